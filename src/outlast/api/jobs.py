@@ -1,0 +1,342 @@
+"""The jobs API: submit (``202``, or live events with ``Accept: text/event-stream``), fetch with
+long-poll, list, cancel, the native SSE view of a job's stream, and queue statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from outlast.api.capability import sign, signing_key
+from outlast.api.sse_response import SSEResponse, sse_comment, sse_event
+from outlast.config import Settings
+from outlast.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    QueueFull,
+    RequestError,
+    ServiceUnavailable,
+    Unprocessable,
+)
+from outlast.executors.registry import Registry
+from outlast.lifecycle import Lifecycle
+from outlast.metrics import Metrics
+from outlast.models import JobRecord, JobState, NewJob
+from outlast.store.base import Store, format_offset, parse_offset
+from outlast.worker import Worker
+
+SUBMIT_FIELDS = frozenset({"task", "input", "queue", "timeout", "retries", "delay", "key"})
+MAX_RETRIES = 100
+MAX_TIMEOUT = 7 * 86400.0
+MAX_DELAY = 30 * 86400.0
+MAX_KEY_LENGTH = 255
+MAX_PAGE = 500
+# Retry-After while draining: a restart or another node should be ready by then.
+DRAIN_RETRY_AFTER = "5"
+_JOB_ID = re.compile(r"job_[a-z2-7]{29}")
+
+
+def _field_error(field: str, message: str) -> Unprocessable:
+    return Unprocessable(f"{field}: {message}", extra={"field": field})
+
+
+def _number(body: dict[str, Any], field: str, low: float, high: float) -> float | None:
+    if field not in body or body[field] is None:
+        return None
+    value = body[field]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _field_error(field, "must be a number")
+    if not low <= value <= high:
+        raise _field_error(field, f"must be between {low:g} and {high:g}")
+    return float(value)
+
+
+def render_event(message: dict[str, Any], offset: str) -> bytes:
+    """One job-stream message as a native SSE event whose id is the offset after it."""
+    if message.get("type") == "event":
+        event = message.get("event") or None
+        return sse_event(data=str(message.get("data", "")), event=event, id=offset)
+    return sse_event(
+        data=json.dumps(message, separators=(",", ":")),
+        event=f"outlast.{message.get('type', 'message')}",
+        id=offset,
+    )
+
+
+class JobsAPI:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        registry: Registry,
+        lifecycle: Lifecycle,
+        metrics: Metrics,
+        worker: Worker | None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+        self.worker = worker
+        self.link_key = signing_key(settings.auth) if settings.auth_enabled else None
+
+    def render(self, job: JobRecord) -> dict[str, Any]:
+        """The job as JSON; with tokens on, its read links are signed (for browsers)."""
+        if self.link_key is None:
+            return job.to_json()
+        links = {
+            "stream": sign(self.link_key, f"/v1/stream/{job.stream}"),
+            "events": sign(self.link_key, f"/v1/jobs/{job.id}/events"),
+        }
+        return job.to_json(links=links)
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/jobs", self.submit, methods=["POST"]),
+            Route("/v1/jobs", self.list, methods=["GET"]),
+            Route("/v1/jobs/{job_id}", self.get, methods=["GET"]),
+            Route("/v1/jobs/{job_id}/cancel", self.cancel, methods=["POST"]),
+            Route("/v1/jobs/{job_id}/events", self.events, methods=["GET"]),
+            Route("/v1/queues", self.queues, methods=["GET"]),
+        ]
+
+    # -- submit ---------------------------------------------------------------------------
+
+    async def _json_body(self, request: Request) -> Any:
+        limit = self.settings.limits.job_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body larger than {limit} bytes")
+            chunks.append(chunk)
+        try:
+            return json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
+
+    async def parse_submission(self, body: Any) -> NewJob:
+        if not isinstance(body, dict):
+            raise _field_error("body", "must be a JSON object")
+        unknown = sorted(set(body) - SUBMIT_FIELDS)
+        if unknown:
+            raise _field_error(unknown[0], "unknown field")
+        task = body.get("task")
+        if not isinstance(task, str) or not task:
+            raise _field_error("task", "is required and must be a string")
+        spec = self.registry.get(task)
+        if spec is None:
+            raise Unprocessable(
+                f"task: unknown task {task!r}", code="unknown_task", extra={"field": "task"}
+            )
+        queue = body.get("queue", spec.queue)
+        if not isinstance(queue, str) or queue not in self.settings.queues:
+            raise Unprocessable(
+                f"queue: unknown queue {queue!r}", code="unknown_queue", extra={"field": "queue"}
+            )
+        value = body.get("input", {})
+        await spec.validate(value)
+        timeout = _number(body, "timeout", 0.001, MAX_TIMEOUT)
+        retries = _number(body, "retries", 0, MAX_RETRIES)
+        if retries is not None and retries != int(retries):
+            raise _field_error("retries", "must be a whole number")
+        delay = _number(body, "delay", 0, MAX_DELAY) or 0.0
+        key = body.get("key")
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH):
+            raise _field_error("key", f"must be a string of 1 to {MAX_KEY_LENGTH} characters")
+        return NewJob(
+            task=task,
+            queue=queue,
+            input=value,
+            max_attempts=1 + int(spec.retries if retries is None else retries),
+            timeout=spec.timeout if timeout is None else timeout,
+            delay=delay,
+            key=key,
+        )
+
+    async def admit(self, new: NewJob) -> tuple[JobRecord, bool]:
+        """Admit *new* (503 while draining, 429 when full). Returns (job, created)."""
+        if not self.lifecycle.accepting:
+            self.metrics.jobs_rejected.labels(new.queue, "draining").inc()
+            raise ServiceUnavailable(
+                "shutting down; submit again shortly",
+                code="draining",
+                headers={"Retry-After": DRAIN_RETRY_AFTER},
+            )
+        capacity = self.settings.queues[new.queue].capacity
+        try:
+            result = await self.store.submit_job(new, capacity)
+        except QueueFull:
+            self.metrics.jobs_rejected.labels(new.queue, "queue_full").inc()
+            raise
+        if result.created:
+            self.metrics.jobs_submitted.labels(new.queue, new.task).inc()
+        return result.job, result.created
+
+    async def submit(self, request: Request) -> Response | SSEResponse:
+        new = await self.parse_submission(await self._json_body(request))
+        job, created = await self.admit(new)
+        location = f"/v1/jobs/{job.id}"
+        if "text/event-stream" in request.headers.get("accept", ""):
+            headers = {"Outlast-Job-Id": job.id, "Location": location}
+            return SSEResponse(self.event_stream(job.id, 0), headers=headers)
+        return JSONResponse(
+            self.render(job), 202 if created else 200, headers={"Location": location}
+        )
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def _job(self, request: Request) -> JobRecord:
+        job_id = request.path_params["job_id"]
+        if not _JOB_ID.fullmatch(job_id):
+            raise NotFound(f"job not found: {job_id}", code="job_not_found")
+        return await self.store.get_job(job_id)
+
+    async def get(self, request: Request) -> Response:
+        job = await self._job(request)
+        raw_wait = request.query_params.get("wait")
+        if raw_wait is not None and not job.state.terminal:
+            try:
+                wait = float(raw_wait)
+            except ValueError as exc:
+                raise _field_error("wait", "must be a number of seconds") from exc
+            if not math.isfinite(wait) or wait < 0:
+                raise _field_error("wait", "must be a non-negative number of seconds")
+            job = await self._wait_terminal(job, min(wait, self.settings.jobs.max_wait))
+        return JSONResponse(self.render(job))
+
+    async def _wait_terminal(self, job: JobRecord, wait: float) -> JobRecord:
+        deadline = time.monotonic() + wait
+        while not job.state.terminal and not self.lifecycle.stop_readers.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            info = await self.store.head(job.stream)
+            if info.closed:
+                return await self.store.get_job(job.id)
+            await self._wait(job.stream, info.tail, remaining)
+            job = await self.store.get_job(job.id)
+        return job
+
+    async def _wait(self, stream: str, position: int, timeout: float) -> bool:
+        """Wait for the stream to grow; ends early when live readers are stopped."""
+        stop = self.lifecycle.stop_readers
+        waiter = asyncio.ensure_future(self.store.wait(stream, position, timeout))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+        return (
+            waiter.done()
+            and not waiter.cancelled()
+            and waiter.exception() is None
+            and waiter.result()
+        )
+
+    async def list(self, request: Request) -> Response:
+        params = request.query_params
+        state = params.get("state")
+        if state is not None and state not in JobState.__members__.values():
+            raise _field_error("state", f"must be one of {', '.join(s.value for s in JobState)}")
+        raw_limit = params.get("limit", "50")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+            raise _field_error("limit", f"must be a whole number from 1 to {MAX_PAGE}")
+        page = await self.store.list_jobs(
+            state=JobState(state) if state else None,
+            queue=params.get("queue"),
+            task=params.get("task"),
+            limit=int(raw_limit),
+            cursor=params.get("cursor"),
+        )
+        return JSONResponse({"jobs": [self.render(j) for j in page.jobs], "next": page.next_cursor})
+
+    async def cancel(self, request: Request) -> Response:
+        job = await self._job(request)
+        job = await self.store.cancel_job(job.id)
+        if job.state == JobState.RUNNING and self.worker is not None:
+            self.worker.cancel_local(job.id)
+        return JSONResponse(self.render(job), 202)
+
+    async def queues(self, request: Request) -> Response:
+        counts = await self.store.queue_counts()
+        out = []
+        for name, queue in self.settings.queues.items():
+            states = counts.get(name, {})
+            out.append(
+                {
+                    "name": name,
+                    "concurrency": queue.concurrency,
+                    "capacity": queue.capacity,
+                    **{state.value: states.get(state.value, 0) for state in JobState},
+                }
+            )
+        return JSONResponse({"queues": out})
+
+    # -- native SSE view ------------------------------------------------------------------
+
+    async def events(self, request: Request) -> Response | SSEResponse:
+        job = await self._job(request)
+        raw = request.headers.get("last-event-id") or request.query_params.get("offset") or "-1"
+        if raw == "-1":
+            position = 0
+        else:
+            parsed = parse_offset(raw)
+            if parsed is None:
+                raise BadRequest(f"malformed offset {raw!r}", code="invalid_offset")
+            position = parsed
+        info = await self.store.head(job.stream)
+        if position > info.tail:
+            raise BadRequest("offset is beyond the end of the job's events", code="invalid_offset")
+        if info.closed and position >= info.tail:
+            # Everything was sent: 204 stops EventSource from reconnecting.
+            return Response(status_code=204)
+        return SSEResponse(
+            self.event_stream(job.id, position), headers={"Cache-Control": "no-cache"}
+        )
+
+    async def event_stream(self, job_id: str, position: int) -> AsyncIterator[bytes]:
+        stream = f"jobs/{job_id}"
+        keepalive = self.settings.sse.keepalive
+        reader_gauge = self.metrics.readers.labels("job-events")
+        reader_gauge.inc()
+        try:
+            while True:
+                try:
+                    result = await self.store.read(
+                        stream, position, self.settings.streams.max_read_bytes
+                    )
+                except RequestError:
+                    return  # deleted (retention) while being read
+                if result.units:
+                    out = []
+                    for unit in result.units:
+                        for message in json.loads(b"[" + unit.data + b"]"):
+                            out.append(render_event(message, format_offset(unit.end)))
+                    yield b"".join(out)
+                    position = result.next
+                    continue
+                if result.info.closed:
+                    return
+                if self.lifecycle.stop_readers.is_set():
+                    return
+                if not await self._wait(stream, position, keepalive):
+                    if self.lifecycle.stop_readers.is_set():
+                        return
+                    yield sse_comment("ping")
+        finally:
+            reader_gauge.dec()

@@ -1,0 +1,28 @@
+"""Operational endpoints: liveness and readiness."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from outlast.lifecycle import Lifecycle
+
+
+def ops_routes(lifecycle: Lifecycle) -> list[Route]:
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        if not lifecycle.accepting:
+            return JSONResponse(
+                {"error": {"code": "draining", "message": "shutting down"}},
+                503,
+                headers={"Retry-After": "5"},
+            )
+        return JSONResponse({"status": "ready"})
+
+    return [
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", readyz, methods=["GET", "HEAD"]),
+    ]

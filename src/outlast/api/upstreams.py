@@ -1,0 +1,233 @@
+"""Relays reached the way clients already speak: the OpenAI-compatible pass-through
+``POST /v1/upstreams/<name>/<path>`` and the Durable Proxy endpoint ``POST /v1/proxy``.
+
+Both create a ``relay`` job, so the upstream is read to its end whatever the client does.
+
+Pass-through: with ``"stream": true`` in the JSON body (the openai SDK sends ``Accept:
+application/json`` even then, so the body decides) the answer is the upstream's own events,
+ending with its ``data: [DONE]``; otherwise the upstream's status and body once the job has
+finished. An upstream error before the first event is answered with the upstream's status and
+body excerpt, so SDKs raise their usual errors. ``Idempotency-Key`` maps to the job's key: an
+SDK retry gets the existing job's answer and never starts a second upstream call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from outlast.api.jobs import JobsAPI
+from outlast.api.sse_response import SSEResponse, sse_comment, sse_event
+from outlast.errors import BadRequest, NotFound, RequestError
+from outlast.models import JobRecord, JobState, NewJob
+from outlast.store.base import format_offset
+
+# Request headers a client sends that must not reach the upstream: the upstream's own secret
+# headers come from config, and Authorization here is the client's token for outlast.
+CLIENT_ONLY_HEADERS = frozenset(
+    {
+        "host",
+        "authorization",
+        "content-length",
+        "connection",
+        "accept-encoding",
+        "idempotency-key",
+        "transfer-encoding",
+        "cookie",
+    }
+)
+FORWARDED_PREFIXES = ("openai-", "anthropic-", "x-")
+
+
+def _forwarded_headers(request: Request) -> dict[str, str]:
+    out = {}
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if lower in CLIENT_ONLY_HEADERS or lower.startswith("upstream-"):
+            continue
+        if lower in ("content-type", "accept") or lower.startswith(FORWARDED_PREFIXES):
+            out[lower] = value
+    return out
+
+
+class UpstreamsAPI:
+    def __init__(self, jobs: JobsAPI) -> None:
+        self.jobs = jobs
+        self.settings = jobs.settings
+        self.store = jobs.store
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/upstreams/{name}/{path:path}", self.pass_through, methods=["POST"]),
+            Route("/v1/proxy", self.proxy, methods=["POST"]),
+        ]
+
+    async def _relay_job(self, value: dict[str, Any], key: str | None) -> tuple[JobRecord, bool]:
+        spec = self.jobs.registry.get("relay")
+        assert spec is not None
+        await spec.validate(value)
+        new = NewJob(
+            task="relay",
+            queue=spec.queue,
+            input=value,
+            max_attempts=1 + spec.retries,
+            timeout=spec.timeout,
+            key=key,
+        )
+        return await self.jobs.admit(new)
+
+    async def pass_through(self, request: Request) -> Response | SSEResponse:
+        name = request.path_params["name"]
+        if name not in self.settings.upstreams:
+            raise NotFound(f"no upstream named {name!r}", code="unknown_upstream")
+        raw = await self.jobs._json_body(request)
+        streaming = isinstance(raw, dict) and raw.get("stream") is True
+        idem = request.headers.get("idempotency-key")
+        key = f"upstream:{name}:{idem}" if idem else None
+        value = {
+            "upstream": name,
+            "path": "/" + request.path_params["path"],
+            "method": "POST",
+            "headers": _forwarded_headers(request),
+            "body": raw,
+        }
+        job, _ = await self._relay_job(value, key)
+        headers = {"Outlast-Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"}
+        if streaming:
+            return await self._stream_answer(job, headers)
+        job = await self.jobs._wait_terminal(job, job.timeout + 5)
+        return self._final_answer(job, headers)
+
+    async def _stream_answer(
+        self, job: JobRecord, headers: dict[str, str]
+    ) -> Response | SSEResponse:
+        """Wait for the first upstream event (or the end), then answer like the upstream."""
+        first = await self._first_event_or_end(job)
+        if first is None:
+            job = await self.store.get_job(job.id)
+            return self._final_answer(job, headers)
+        return SSEResponse(
+            self._upstream_events(job.id), headers={**headers, "Cache-Control": "no-cache"}
+        )
+
+    async def _first_event_or_end(self, job: JobRecord) -> int | None:
+        """The position of the first upstream event; ``None`` if the job ended without one."""
+        stream, position = job.stream, 0
+        while True:
+            result = await self.store.read(stream, position, self.settings.streams.max_read_bytes)
+            for unit in result.units:
+                for message in json.loads(b"[" + unit.data + b"]"):
+                    if message.get("type") == "event":
+                        return unit.start
+            position = result.next
+            if result.info.closed and result.up_to_date:
+                return None
+            if self.jobs.lifecycle.stop_readers.is_set():
+                raise RequestError("shutting down", code="draining")
+            await self.jobs._wait(stream, position, self.settings.sse.keepalive)
+
+    async def _upstream_events(self, job_id: str) -> AsyncIterator[bytes]:
+        """The upstream's own events, as it sent them (ids are outlast offsets, for resuming)."""
+        stream, position = f"jobs/{job_id}", 0
+        keepalive = self.settings.sse.keepalive
+        while True:
+            try:
+                result = await self.store.read(
+                    stream, position, self.settings.streams.max_read_bytes
+                )
+            except RequestError:
+                return
+            out = []
+            for unit in result.units:
+                for message in json.loads(b"[" + unit.data + b"]"):
+                    if message.get("type") == "event":
+                        event = message.get("event")
+                        out.append(
+                            sse_event(
+                                data=str(message.get("data", "")),
+                                event=None if event in (None, "", "message") else event,
+                                id=format_offset(unit.end),
+                            )
+                        )
+            if out:
+                yield b"".join(out)
+            position = result.next
+            if result.units:
+                continue
+            if result.info.closed or self.jobs.lifecycle.stop_readers.is_set():
+                return
+            if not await self.jobs._wait(stream, position, keepalive):
+                if self.jobs.lifecycle.stop_readers.is_set():
+                    return
+                yield sse_comment("ping")
+
+    def _final_answer(self, job: JobRecord, headers: dict[str, str]) -> Response:
+        if job.state == JobState.SUCCEEDED and isinstance(job.result, dict):
+            result = job.result
+            status = int(result.get("status", 200))
+            if "body" in result:
+                media = result.get("content_type") or "application/json"
+                return Response(result["body"], status, headers=headers, media_type=media)
+            return JSONResponse(result, status, headers=headers)
+        error = job.error or {}
+        if error.get("code") == "upstream_status" and "status" in error:
+            body = error.get("body", "")
+            media = "application/json" if body.lstrip().startswith("{") else "text/plain"
+            return Response(body, int(error["status"]), headers=headers, media_type=media)
+        status = 504 if error.get("code") == "timeout" else 502
+        if not job.state.terminal:
+            status = 504
+        return JSONResponse(
+            {
+                "error": {
+                    "code": error.get("code", "upstream_error"),
+                    "message": error.get("message", f"job {job.id} is {job.state.value}"),
+                    "job": job.id,
+                }
+            },
+            status,
+            headers=headers,
+        )
+
+    # -- Durable Proxy -------------------------------------------------------------------
+
+    async def proxy(self, request: Request) -> Response:
+        url = request.headers.get("upstream-url")
+        name = request.headers.get("upstream-name")
+        if bool(url) == bool(name):
+            raise BadRequest(
+                "send Upstream-URL, or Upstream-Name with Upstream-Path", code="missing_upstream"
+            )
+        method = (request.headers.get("upstream-method") or "POST").upper()
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.settings.limits.job_body_bytes:
+                raise BadRequest("body too large for a proxied request", code="payload_too_large")
+        headers = _forwarded_headers(request)
+        auth = request.headers.get("upstream-authorization")
+        if auth:
+            headers["authorization"] = auth
+        value: dict[str, Any] = {"method": method, "headers": headers}
+        if body:
+            value["body"] = body.decode("utf-8", "replace")
+        if name:
+            value["upstream"] = name
+            value["path"] = request.headers.get("upstream-path", "/")
+        else:
+            value["url"] = url
+        job, _ = await self._relay_job(value, request.headers.get("idempotency-key"))
+        location = f"/v1/stream/{job.stream}"
+        return Response(
+            status_code=201,
+            headers={
+                "Location": location,
+                "Outlast-Job-Id": job.id,
+                "Content-Type": "application/json",
+            },
+        )

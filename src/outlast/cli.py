@@ -1,0 +1,130 @@
+"""The ``outlast`` command: parse arguments, call one library function."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import click
+
+from outlast.config import Settings, load_settings
+from outlast.errors import ConfigError
+
+
+def _overrides(**flags: Any) -> dict[str, Any]:
+    server = {key: value for key, value in flags.items() if value is not None}
+    return {"server": server} if server else {}
+
+
+@click.group()
+@click.version_option(package_name="outlast")
+def main() -> None:
+    """outlast: finish the work an HTTP request starts."""
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="outlast.toml")
+@click.option("--host", help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to bind (default 8787).")
+@click.option("--store", help="Store URL: sqlite:///path/outlast.db or redis://host:port/db.")
+@click.option("--app", "app_path", help="module:attr holding an outlast.App.")
+@click.option("--grace", type=float, help="Seconds running jobs get at shutdown (default 30).")
+@click.option(
+    "--insecure", is_flag=True, default=None, help="Allow a non-loopback bind without tokens."
+)
+@click.option(
+    "--workers/--no-workers", default=None, help="Run workers in this process (default: yes)."
+)
+@click.option("--log-level", default="info", show_default=True)
+def serve(
+    config_path: str | None,
+    host: str | None,
+    port: int | None,
+    store: str | None,
+    app_path: str | None,
+    grace: float | None,
+    insecure: bool | None,
+    workers: bool | None,
+    log_level: str,
+) -> None:
+    """Run the API and the workers in one process."""
+    from outlast import server
+
+    _run(
+        log_level,
+        config_path,
+        lambda settings: server.serve(settings),
+        host=host,
+        port=port,
+        store=store,
+        app=app_path,
+        grace=grace,
+        insecure=insecure,
+        workers=workers,
+    )
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="outlast.toml")
+@click.option("--store", help="Store URL: sqlite:///path/outlast.db or redis://host:port/db.")
+@click.option("--app", "app_path", help="module:attr holding an outlast.App.")
+@click.option("--grace", type=float, help="Seconds running jobs get at shutdown (default 30).")
+@click.option("--log-level", default="info", show_default=True)
+def worker(
+    config_path: str | None,
+    store: str | None,
+    app_path: str | None,
+    grace: float | None,
+    log_level: str,
+) -> None:
+    """Run workers only (no HTTP listener)."""
+    from outlast import server
+
+    _run(
+        log_level,
+        config_path,
+        lambda settings: server.work(settings),
+        store=store,
+        app=app_path,
+        grace=grace,
+    )
+
+
+def _run(
+    log_level: str,
+    config_path: str | None,
+    main: Callable[[Settings], Coroutine[Any, Any, None]],
+    **flags: Any,
+) -> None:
+    from outlast.logs import configure_logging
+    from outlast.server import run
+
+    configure_logging(log_level)
+    # The current directory is importable, as for `python -m`: --app names the user's module.
+    sys.path.insert(0, os.getcwd())
+    try:
+        settings = load_settings(config_path, overrides=_overrides(**flags))
+        run(main(settings))
+    except ConfigError as exc:
+        logging.getLogger("outlast").error("%s", exc)
+        sys.exit(2)
+
+
+def _register_client_commands() -> None:
+    """Client commands (submit, tail, jobs, cancel) live in outlast.cli_client when present."""
+    try:
+        cli_client = importlib.import_module("outlast.cli_client")
+    except ModuleNotFoundError:  # pragma: no cover - during development only
+        return
+    cli_client.register(main)
+
+
+_register_client_commands()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

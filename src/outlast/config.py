@@ -1,0 +1,235 @@
+"""Settings: one TOML file, overridden by ``OUTLAST_<SECTION>__<KEY>`` variables, then by flags.
+
+Precedence, lowest first: built-in defaults → ``outlast.toml`` → environment → command-line flags.
+Unknown keys are an error that names the key, wherever they come from. Durations are seconds.
+Nothing here does I/O at import time; :func:`load_settings` reads the file and the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from outlast.errors import ConfigError
+
+ENV_PREFIX = "OUTLAST_"
+DEFAULT_STORE = "sqlite:///./outlast.db"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=0, le=65535)
+    store: str = DEFAULT_STORE
+    grace: float = Field(default=30.0, ge=0)
+    app: str = ""
+    insecure: bool = False
+    workers: bool = True  # run workers in `serve` (false: API only)
+
+
+class StoreSettings(_Section):
+    # false: a commit survives the process being killed (kill -9), not a power loss, and costs no
+    # disk flush. true: every acknowledged write is also flushed to disk before the answer.
+    fsync: bool = False
+
+
+class StreamSettings(_Section):
+    # The conformance suite runs with 0.5 s: its tests use vitest's 5 s timeout.
+    long_poll_timeout: float = Field(default=30.0, gt=0)
+    # SSE connections are closed about once a minute so that caches can collapse readers
+    # (protocol §8.2); clients reconnect from their last offset.
+    sse_max_duration: float = Field(default=60.0, gt=0)
+    # Largest body a single catch-up read returns; more data means another request.
+    max_read_bytes: int = Field(default=1 << 20, gt=0)
+    max_readers_per_stream: int = Field(default=10_000, gt=0)
+
+
+class SSESettings(_Section):
+    keepalive: float = Field(default=15.0, gt=0)
+
+
+class JobSettings(_Section):
+    lease: float = Field(default=30.0, gt=0)
+    retention_days: float = Field(default=7.0, gt=0)
+    # Retries wait backoff_base * 2^(attempt-1) seconds, capped, times a random 0.5-1.0 (jitter).
+    backoff_base: float = Field(default=1.0, ge=0)
+    backoff_max: float = Field(default=300.0, ge=0)
+    # Threads for plain `def` tasks; 0 means the sum of the queues' concurrency.
+    threads: int = Field(default=0, ge=0)
+    # How long GET /v1/jobs/<id>?wait= may wait at most.
+    max_wait: float = Field(default=60.0, gt=0)
+
+
+class QueueSettings(_Section):
+    concurrency: int = Field(default=8, ge=1)
+    capacity: int = Field(default=1000, ge=1)
+
+
+class UpstreamSettings(_Section):
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    allow_private: bool = False
+
+
+class EgressSettings(_Section):
+    allowed_hosts: list[str] = Field(default_factory=list)
+    allow_private: bool = False
+
+
+class RelaySettings(_Section):
+    connect_timeout: float = Field(default=10.0, gt=0)
+    # Until the upstream's response headers (and so its status) arrive.
+    first_byte_timeout: float = Field(default=60.0, gt=0)
+    # Longest silence between two pieces of the upstream's body.
+    idle_timeout: float = Field(default=60.0, gt=0)
+    max_line_bytes: int = Field(default=1 << 20, gt=0)
+    max_event_bytes: int = Field(default=8 << 20, gt=0)
+    # How much of an upstream error body is kept in the job's error.
+    excerpt_bytes: int = Field(default=2048, gt=0)
+    # Largest non-event-stream body kept as the result (a plain JSON answer, say).
+    max_body_bytes: int = Field(default=8 << 20, gt=0)
+
+
+class TokenSettings(_Section):
+    name: str
+    token_sha256: str
+    scopes: list[str]
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        value = value.strip().lower()
+        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            raise ValueError("must be the hex SHA-256 of the token (64 hex digits)")
+        return value
+
+
+class AuthSettings(_Section):
+    tokens: list[TokenSettings] = Field(default_factory=list)
+    # Key for signed read links (`sig=`); derived from the tokens when empty.
+    signing_key: str = ""
+
+
+class LimitSettings(_Section):
+    job_body_bytes: int = Field(default=1 << 20, gt=0)
+    append_bytes: int = Field(default=8 << 20, gt=0)
+    stream_name_length: int = Field(default=1024, gt=0)
+
+
+class CorsSettings(_Section):
+    origins: list[str] = Field(default_factory=lambda: ["*"])
+
+
+def _default_queues() -> dict[str, QueueSettings]:
+    return {"default": QueueSettings()}
+
+
+class Settings(_Section):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    streams: StreamSettings = Field(default_factory=StreamSettings)
+    sse: SSESettings = Field(default_factory=SSESettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    queues: dict[str, QueueSettings] = Field(default_factory=_default_queues)
+    upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
+    egress: EgressSettings = Field(default_factory=EgressSettings)
+    relay: RelaySettings = Field(default_factory=RelaySettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    cors: CorsSettings = Field(default_factory=CorsSettings)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.auth.tokens)
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Environment values are TOML/JSON scalars or arrays when they parse as such, else strings."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        pass
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if any(not part for part in path):
+            raise ConfigError(f"malformed environment variable {name}")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {name} conflicts with another one")
+        node[path[-1]] = _parse_env_value(raw)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{where}'")
+        else:
+            lines.append(f"'{where}': {item['msg']}")
+    return f"invalid configuration ({source}): " + "; ".join(lines)
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from the file at *path* (if any), the environment and *overrides*.
+
+    *overrides* is a nested mapping such as ``{"server": {"port": 9000}}`` (from CLI flags).
+    A missing explicit *path* is an error; with no path, ``./outlast.toml`` is read if present.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is None and Path("outlast.toml").is_file():
+        path = "outlast.toml"
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        source = str(path)
+    data = _merge(data, _env_overrides(os.environ if environ is None else environ))
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from exc

@@ -1,0 +1,142 @@
+"""One exception tree for everything outlast raises on purpose.
+
+::
+
+    OutlastError
+    ├── ConfigError              bad settings; names the key
+    ├── StoreError               the store failed or cannot be reached
+    │   └── StoreUnavailable     transient: retry later (HTTP 503 + Retry-After)
+    ├── LeaseLost                a worker no longer owns the job it was running
+    └── RequestError             a request that cannot be served as asked (HTTP 4xx)
+        ├── BadRequest           400  malformed header, offset, body
+        ├── Unauthorized         401
+        ├── Forbidden            403  (also: stale producer epoch)
+        ├── NotFound             404
+        ├── Conflict             409  (content type, Stream-Seq, closed stream, producer gap)
+        ├── Gone                 410
+        ├── PayloadTooLarge      413
+        ├── Unprocessable        422  (names the field)
+        ├── QueueFull            429 + Retry-After
+        └── ServiceUnavailable   503 + Retry-After (draining)
+
+A :class:`RequestError` carries its HTTP status, a short machine-readable ``code``, a message for
+people and any extra response headers. The API renders every one of them as
+``{"error": {"code": ..., "message": ...}}``. Foreign exceptions are translated at the boundary
+where they are caught (``raise StoreUnavailable(...) from exc``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class OutlastError(Exception):
+    """The root of every error outlast raises on purpose."""
+
+
+class ConfigError(OutlastError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+class StoreError(OutlastError):
+    """The store failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now; the caller may retry."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class LeaseLost(OutlastError):
+    """The worker no longer owns the job: its lease expired and the job moved on without it."""
+
+
+class RequestError(OutlastError):
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.headers: dict[str, str] = dict(headers or {})
+        self.extra: dict[str, object] = dict(extra or {})
+
+    def body(self) -> dict[str, object]:
+        return {"error": {"code": self.code, "message": self.message, **self.extra}}
+
+
+class BadRequest(RequestError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(RequestError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(RequestError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(RequestError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(RequestError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class Conflict(RequestError):
+    status = 409
+    code = "conflict"
+
+
+class Gone(RequestError):
+    status = 410
+    code = "gone"
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Unprocessable(RequestError):
+    status = 422
+    code = "invalid"
+
+
+class ServiceUnavailable(RequestError):
+    status = 503
+    code = "unavailable"
+
+
+class QueueFull(RequestError):
+    status = 429
+    code = "queue_full"
+
+    def __init__(self, queue: str, capacity: int, *, retry_after: int = 1) -> None:
+        super().__init__(
+            f"queue {queue!r} is at capacity ({capacity} waiting jobs); retry later",
+            headers={"Retry-After": str(retry_after)},
+            extra={"retry_after": retry_after},
+        )
+        self.queue = queue
+        self.capacity = capacity
+        self.retry_after = retry_after

@@ -1,0 +1,22 @@
+"""What a worker runs for a job: a user's Python task, or a built-in (``http``, ``relay``).
+
+An executor is an async callable ``(ctx) -> result``. It raises :class:`TaskFailure` (with an
+error code and whether a retry may help) for failures it understands; anything else is an
+``exception`` failure, retried while attempts remain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TaskFailure(Exception):
+    def __init__(self, code: str, message: str, *, retryable: bool = True, **details: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.details = details
+
+    def error(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.details}

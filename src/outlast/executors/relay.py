@@ -1,0 +1,373 @@
+"""The built-in ``relay`` task: read an upstream ``text/event-stream`` to its end, storing each
+event in the job's stream before any reader can see it.
+
+The upstream is read by the worker that owns the job, never by code inside a client's response:
+readers come and go, the read goes on. Each attempt:
+
+1. resolves the target (a named upstream with its secret headers, or an allowed raw URL) and
+   refuses private addresses unless allowed, after DNS;
+2. connects (``connect_timeout``), waits for the response head (``first_byte_timeout``), then
+   reads with at most ``idle_timeout`` of silence; the job's own ``timeout`` bounds the whole;
+3. decodes the body with the WHATWG SSE rules and appends every event as
+   ``{"type": "event", "event", "data", "id"}``. Appends are pipelined: the next chunk is read
+   while the previous events commit, in order.
+
+A failure before any event is retried like any failed attempt. After events were stored, a retry
+resumes with ``Last-Event-ID`` when the upstream gave ids; without ids the job ends as
+``interrupted`` rather than risk duplicate output. A non-event-stream 2xx answer (a plain JSON
+completion, say) is kept whole as the result's ``body``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from outlast.config import Settings
+from outlast.egress import Target, check_url, resolve_and_check, upstream_target
+from outlast.errors import Unprocessable
+from outlast.executors import TaskFailure
+from outlast.sse import SSEDecoder, SSEEvent, SSELimitError
+from outlast.store.base import Store
+from outlast.tasks import Job
+
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+INPUT_FIELDS = frozenset({"upstream", "path", "url", "method", "headers", "body"})
+# Events decoded while the previous batch commits wait here; past this the upstream read pauses
+# until the store catches up (memory stays bounded; readers never cause this).
+MAX_PENDING_EVENTS = 10_000
+# Headers a client may not set on the upstream request: hop-by-hop, or owned by outlast.
+DROPPED_HEADERS = frozenset(
+    {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "upgrade"}
+)
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
+
+
+async def validate_input(value: Any, settings: Settings) -> None:
+    """Reject a bad relay input at submit time: 422 naming the field, 403 for egress."""
+    if not isinstance(value, dict):
+        raise Unprocessable("input must be a JSON object", extra={"field": "input"})
+    unknown = sorted(set(value) - INPUT_FIELDS)
+    if unknown:
+        raise Unprocessable(
+            f"input.{unknown[0]}: unknown field", extra={"field": f"input.{unknown[0]}"}
+        )
+    target = resolve_target(value, settings)
+    await resolve_and_check(target)
+    method = value.get("method", "POST")
+    if not isinstance(method, str) or method.upper() not in METHODS:
+        raise Unprocessable("input.method must be an HTTP method", extra={"field": "input.method"})
+    headers = value.get("headers", {})
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise Unprocessable(
+            "input.headers must map names to strings", extra={"field": "input.headers"}
+        )
+
+
+def resolve_target(value: dict[str, Any], settings: Settings) -> Target:
+    if "upstream" in value:
+        if "url" in value:
+            raise Unprocessable(
+                "give input.upstream or input.url, not both", extra={"field": "input.url"}
+            )
+        name = value["upstream"]
+        if not isinstance(name, str) or name not in settings.upstreams:
+            raise Unprocessable(
+                f"input.upstream: unknown upstream {name!r}",
+                code="unknown_upstream",
+                extra={"field": "input.upstream"},
+            )
+        path = value.get("path", "")
+        if not isinstance(path, str) or "://" in path or path.startswith("//"):
+            raise Unprocessable(
+                "input.path must be a path such as /v1/chat/completions",
+                extra={"field": "input.path"},
+            )
+        return upstream_target(settings.upstreams[name], path)
+    url = value.get("url")
+    if not isinstance(url, str):
+        raise Unprocessable(
+            "input.upstream or input.url is required", extra={"field": "input.upstream"}
+        )
+    return check_url(url, settings.egress, field="input.url")
+
+
+@dataclass
+class _Progress:
+    """What earlier attempts stored, so that a retry continues instead of repeating."""
+
+    events: int = 0
+    last_id: str | None = None
+    done: bool = False
+    text_parts: list[str] = field(default_factory=list)
+    saw_chat_chunks: bool = False
+
+    def add(self, event: SSEEvent) -> None:
+        self.events += 1
+        if event.id:
+            self.last_id = event.id
+        data = event.data
+        if data.strip() == "[DONE]":
+            self.done = True
+            return
+        if not data.startswith("{"):
+            return
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            return
+        content = _delta_content(parsed)
+        if content is not None:
+            self.saw_chat_chunks = True
+            self.text_parts.append(content)
+
+    def result(self, status: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": status, "events": self.events, "done": self.done}
+        if self.saw_chat_chunks:
+            out["text"] = "".join(self.text_parts)
+        return out
+
+
+def _delta_content(chunk: Any) -> str | None:
+    """``choices[0].delta.content`` of an OpenAI-style streaming chunk, if that is what it is."""
+    if not isinstance(chunk, dict):
+        return None
+    choices = chunk.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    delta = choices[0].get("delta")
+    if not isinstance(delta, dict):
+        return None
+    content = delta.get("content")
+    return content if isinstance(content, str) else ("" if "content" in delta else None)
+
+
+async def _stored_progress(store: Store, job: Job, max_bytes: int) -> _Progress:
+    progress = _Progress()
+    position = 0
+    while True:
+        result = await store.read(f"jobs/{job.id}", position, max_bytes)
+        for unit in result.units:
+            for message in json.loads(b"[" + unit.data + b"]"):
+                if message.get("type") == "event":
+                    progress.add(
+                        SSEEvent(
+                            event=message.get("event") or "message",
+                            data=message.get("data", ""),
+                            id=message.get("id"),
+                        )
+                    )
+        position = result.next
+        if result.up_to_date:
+            return progress
+
+
+def _request_body(value: Any) -> tuple[bytes | None, dict[str, str]]:
+    if value is None:
+        return None, {}
+    if isinstance(value, str):
+        return value.encode(), {}
+    return json.dumps(value).encode(), {"content-type": "application/json"}
+
+
+def _event_message(event: SSEEvent) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": "event", "event": event.event, "data": event.data}
+    if event.id is not None:
+        message["id"] = event.id
+    return message
+
+
+class _Appender:
+    """Appends events in order, one batch in flight at a time (group commit does the rest)."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.pending: list[dict[str, Any]] = []
+        self.inflight: asyncio.Task[None] | None = None
+
+    async def add(self, messages: list[dict[str, Any]]) -> None:
+        self.pending.extend(messages)
+        if self.inflight is not None and self.inflight.done():
+            await self._settle()
+        if self.inflight is None and self.pending:
+            self._start()
+        elif len(self.pending) >= MAX_PENDING_EVENTS:
+            await self._settle()
+            self._start()
+
+    def _start(self) -> None:
+        batch, self.pending = self.pending, []
+        self.inflight = asyncio.ensure_future(self._emit(batch))
+
+    async def _emit(self, batch: list[dict[str, Any]]) -> None:
+        await self.job.emit_messages(batch)
+
+    async def _settle(self) -> None:
+        if self.inflight is not None:
+            task, self.inflight = self.inflight, None
+            await task
+
+    async def flush(self) -> None:
+        await self._settle()
+        if self.pending:
+            self._start()
+            await self._settle()
+
+    async def abort(self) -> None:
+        if self.inflight is not None:
+            self.inflight.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.inflight
+
+
+async def run_relay(
+    job: Job, value: dict[str, Any], *, settings: Settings, store: Store, client: httpx.AsyncClient
+) -> dict[str, Any]:
+    relay = settings.relay
+    target = resolve_target(value, settings)
+    await resolve_and_check(target)
+    progress = await _stored_progress(store, job, settings.streams.max_read_bytes)
+    if progress.events and progress.last_id is None:
+        raise TaskFailure(
+            "interrupted",
+            f"the upstream stream broke after {progress.events} events and gave no event ids "
+            "to resume from; not repeating the request (it would duplicate output)",
+            retryable=False,
+        )
+    headers: dict[str, str] = {"accept": "text/event-stream"}
+    body, implied = _request_body(value.get("body"))
+    headers.update(implied)
+    for name, header_value in value.get("headers", {}).items():
+        if name.lower() not in DROPPED_HEADERS:
+            headers[name.lower()] = header_value
+    if "upstream" in value:
+        # The upstream's own headers (its API key, say) win; clients never see them.
+        for name, header_value in settings.upstreams[value["upstream"]].headers.items():
+            headers[name.lower()] = header_value
+    if progress.last_id is not None:
+        headers["last-event-id"] = progress.last_id
+    timeout = httpx.Timeout(
+        connect=relay.connect_timeout,
+        read=relay.idle_timeout,
+        write=relay.idle_timeout,
+        pool=relay.connect_timeout,
+    )
+    request = client.build_request(
+        value.get("method", "POST").upper(),
+        target.url,
+        headers=headers,
+        content=body,
+        timeout=timeout,
+    )
+    appender = _Appender(job)
+    try:
+        try:
+            async with asyncio.timeout(relay.first_byte_timeout):
+                response = await client.send(request, stream=True)
+        except TimeoutError as exc:
+            raise TaskFailure(
+                "upstream_error",
+                f"no response from the upstream within {relay.first_byte_timeout:g} s",
+            ) from exc
+        try:
+            return await _consume(response, progress, appender, settings)
+        finally:
+            await response.aclose()
+    except httpx.HTTPError as exc:
+        # What arrived before the break is kept: a retry resumes after it (Last-Event-ID), and
+        # a relay that cannot resume reports exactly what was stored.
+        await appender.flush()
+        raise _transport_failure(exc, progress, relay.idle_timeout) from exc
+    except BaseException:
+        await appender.abort()
+        raise
+
+
+async def _consume(
+    response: httpx.Response, progress: _Progress, appender: _Appender, settings: Settings
+) -> dict[str, Any]:
+    relay = settings.relay
+    status = response.status_code
+    if not 200 <= status < 300:
+        excerpt = await _excerpt(response, relay.excerpt_bytes)
+        raise TaskFailure(
+            "upstream_status",
+            f"upstream answered {status}",
+            retryable=status >= 500 or status in RETRYABLE_STATUSES,
+            status=status,
+            body=excerpt,
+        )
+    content_type = response.headers.get("content-type", "")
+    if "text/event-stream" not in content_type.lower():
+        return await _plain_body(response, status, content_type, relay.max_body_bytes)
+    decoder = SSEDecoder(max_line_bytes=relay.max_line_bytes, max_event_bytes=relay.max_event_bytes)
+    try:
+        async for chunk in response.aiter_raw():
+            events = decoder.feed(chunk)
+            if events:
+                for event in events:
+                    progress.add(event)
+                await appender.add([_event_message(e) for e in events])
+        # The unfinished last event (no blank line after it) is dropped, as WHATWG says.
+        decoder.close()
+    except SSELimitError as exc:
+        await appender.flush()
+        raise TaskFailure(
+            "upstream_error", f"upstream stream rejected: {exc}", retryable=False
+        ) from exc
+    await appender.flush()
+    return progress.result(status)
+
+
+async def _excerpt(response: httpx.Response, limit: int) -> str:
+    data = b""
+    with contextlib.suppress(httpx.HTTPError):
+        async for chunk in response.aiter_raw():
+            data += chunk
+            if len(data) >= limit:
+                break
+    return data[:limit].decode("utf-8", "replace")
+
+
+async def _plain_body(
+    response: httpx.Response, status: int, content_type: str, limit: int
+) -> dict[str, Any]:
+    data = b""
+    async for chunk in response.aiter_raw():
+        data += chunk
+        if len(data) > limit:
+            raise TaskFailure(
+                "upstream_error", f"upstream body larger than {limit} bytes", retryable=False
+            )
+    return {
+        "status": status,
+        "events": 0,
+        "done": False,
+        "content_type": content_type,
+        "body": data.decode("utf-8", "replace"),
+    }
+
+
+def _transport_failure(exc: httpx.HTTPError, progress: _Progress, idle: float) -> TaskFailure:
+    if isinstance(exc, httpx.ReadTimeout):
+        what = f"the upstream was silent for more than {idle:g} s"
+    elif isinstance(exc, httpx.ConnectTimeout):
+        what = "connecting to the upstream timed out"
+    elif isinstance(exc, httpx.ConnectError):
+        what = f"cannot connect to the upstream: {exc}"
+    else:
+        what = f"{type(exc).__name__}: {exc}"
+    if progress.events and progress.last_id is None:
+        return TaskFailure(
+            "interrupted",
+            f"{what}, after {progress.events} events without ids to resume from",
+            retryable=False,
+        )
+    return TaskFailure("upstream_error", what)

@@ -1,0 +1,139 @@
+"""Jobs as data: states, the one place that says which transitions exist, ids, and messages."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+# Every transition a job can make. A retry, a hand-back at shutdown and a recovered lease are
+# running → queued; cancel reaches cancelled from queued or running.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset(
+        {JobState.QUEUED, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}
+    ),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+def can_transition(old: JobState, new: JobState) -> bool:
+    return new in TRANSITIONS[old]
+
+
+class ErrorCode(StrEnum):
+    TIMEOUT = "timeout"
+    EXCEPTION = "exception"
+    UPSTREAM_STATUS = "upstream_status"
+    UPSTREAM_ERROR = "upstream_error"
+    INTERRUPTED = "interrupted"
+    CANCELLED = "cancelled"
+    LEASE_LOST = "lease_lost"
+
+
+def new_job_id(now: float | None = None) -> str:
+    """``job_`` + 48 bits of milliseconds + 96 random bits, base32: unguessable and sortable."""
+    millis = int((time.time() if now is None else now) * 1000)
+    raw = millis.to_bytes(6, "big") + os.urandom(12)
+    return "job_" + base64.b32encode(raw).decode().rstrip("=").lower()
+
+
+def rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def job_stream_name(job_id: str) -> str:
+    return f"jobs/{job_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job as stored. Timestamps are seconds since the epoch."""
+
+    id: str
+    task: str
+    queue: str
+    state: JobState
+    input: Any
+    attempt: int
+    max_attempts: int
+    timeout: float
+    created_at: float
+    run_at: float
+    result: Any = None
+    error: dict[str, Any] | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    key: str | None = None
+    lease_owner: str | None = None
+    lease_expires: float | None = None
+    cancel_requested: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stream(self) -> str:
+        return job_stream_name(self.id)
+
+    def to_json(self, *, links: dict[str, str] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "task": self.task,
+            "queue": self.queue,
+            "state": self.state.value,
+            "input": self.input,
+            "result": self.result,
+            "error": self.error,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "timeout": self.timeout,
+            "created_at": rfc3339(self.created_at),
+            "started_at": rfc3339(self.started_at),
+            "finished_at": rfc3339(self.finished_at),
+            "stream": f"/v1/stream/{self.stream}",
+            "events": f"/v1/jobs/{self.id}/events",
+        }
+        if self.key is not None:
+            body["key"] = self.key
+        if links:
+            body.update(links)
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """What a submission asks for, validated."""
+
+    task: str
+    queue: str
+    input: Any
+    max_attempts: int
+    timeout: float
+    delay: float = 0.0
+    key: str | None = None
+
+
+def state_message(state: JobState, attempt: int, **extra: Any) -> dict[str, Any]:
+    return {"type": "state", "state": state.value, "attempt": attempt, **extra}

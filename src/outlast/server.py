@@ -1,0 +1,230 @@
+"""``serve()`` (API + workers) and ``work()`` (workers only), and the shutdown phases.
+
+On SIGTERM or SIGINT the phases run in this order (SPEC §4):
+
+1. drain      ``/readyz`` answers 503; new submissions answer 503 with ``Retry-After``; workers
+              stop claiming.
+2. listener   uvicorn stops accepting connections; requests in flight complete.
+3. readers    live readers (SSE, long-poll, job events) end within a second, cleanly, so that
+              they resume from their offset elsewhere or after the restart.
+4. jobs       running jobs get ``grace`` seconds to finish; the rest are stopped and handed back
+              to their queue without spending an attempt.
+5. store      closed; every acknowledged write is already durable. The process exits 0.
+
+A second signal stops at once (phase 4 with no grace). Uvicorn's own signal capture is replaced:
+it would re-raise the signal after shutdown, and the process would die of it instead of
+exiting 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Generator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+import uvicorn
+
+from outlast.api.app import create_app
+from outlast.config import Settings
+from outlast.errors import ConfigError
+from outlast.executors.registry import Registry, build_registry
+from outlast.lifecycle import Lifecycle
+from outlast.metrics import Metrics
+from outlast.store import open_store
+from outlast.store.base import Store
+from outlast.tasks import App, load_app
+from outlast.worker import Worker
+
+log = logging.getLogger("outlast.server")
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# How long uvicorn may wait for in-flight requests once the listener is closed. Live readers are
+# ended by phase 3, so what remains are ordinary requests that finish quickly.
+REQUEST_DRAIN_TIMEOUT = 10
+SWITCH_INTERVAL = 0.0005
+# Connect timeout for outgoing requests of built-in tasks; the job's own timeout bounds the rest.
+EGRESS_CONNECT_TIMEOUT = 10.0
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn without its signal handling: :func:`serve` installs its own."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def check_binding(settings: Settings) -> None:
+    """Without tokens, outlast binds to loopback only unless ``insecure`` says otherwise."""
+    host = settings.server.host
+    if settings.auth_enabled or host in LOOPBACK_HOSTS:
+        return
+    if not settings.server.insecure:
+        raise ConfigError(
+            f"refusing to bind {host} without auth tokens: configure [auth] tokens, "
+            "bind 127.0.0.1, or pass --insecure"
+        )
+
+
+@dataclass
+class Node:
+    """What one process runs: the store, the task registry and (optionally) a worker."""
+
+    settings: Settings
+    store: Store
+    registry: Registry
+    metrics: Metrics
+    lifecycle: Lifecycle
+    worker: Worker | None
+
+
+@contextlib.asynccontextmanager
+async def open_node(settings: Settings, *, workers: bool) -> AsyncIterator[Node]:
+    app: App | None = load_app(settings.server.app) if settings.server.app else None
+    threads = ThreadPoolExecutor(
+        max_workers=settings.jobs.threads or sum(q.concurrency for q in settings.queues.values()),
+        thread_name_prefix="outlast-task",
+    )
+    http_client = httpx.AsyncClient(
+        timeout=httpx.Timeout(None, connect=EGRESS_CONNECT_TIMEOUT), follow_redirects=False
+    )
+    store = await open_store(settings.server.store, fsync=settings.store.fsync)
+    metrics = Metrics()
+    registry = build_registry(settings, app, store, http_client, threads)
+    worker = Worker(settings, store, registry, metrics) if workers else None
+    try:
+        yield Node(settings, store, registry, metrics, Lifecycle(), worker)
+    finally:
+        # Phase 5: every acknowledged write is durable already; close cleanly.
+        await store.close()
+        await http_client.aclose()
+        # Threads of sync tasks stopped at the deadline may still run; do not wait for them.
+        threads.shutdown(wait=False, cancel_futures=True)
+
+
+class _Signals:
+    """Phases 1-3 on the first signal, an immediate stop on the second."""
+
+    def __init__(self, node: Node, server: _Server | None) -> None:
+        self.node = node
+        self.server = server
+        self.count = 0
+        self.first = asyncio.Event()
+        self.immediate = asyncio.Event()
+        self.signalled_at = 0.0
+
+    def __enter__(self) -> _Signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.on_signal, sig)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+    def on_signal(self, signum: int) -> None:
+        self.count += 1
+        name = signal.Signals(signum).name
+        if self.count > 1:
+            log.warning("second signal (%s): stopping at once", name)
+            self.immediate.set()
+            if self.server is not None:
+                self.server.force_exit = True
+            self.node.lifecycle.end_readers()
+            return
+        log.info("signal %s: shutting down", name)
+        # Phase 1: refuse new work and report not-ready; workers stop claiming.
+        self.node.lifecycle.begin_drain()
+        self.signalled_at = time.monotonic()
+        if self.node.worker is not None:
+            self.node.worker.stop_claiming()
+        # Phase 2: uvicorn's main loop sees this within a tick and closes its listeners.
+        if self.server is not None:
+            self.server.should_exit = True
+        # Phase 3: live readers end now; clients resume from their last offset.
+        self.node.lifecycle.end_readers()
+        self.first.set()
+
+
+async def _drain_jobs(node: Node, signals: _Signals) -> None:
+    """Phase 4: running jobs get the grace period (cut short by a second signal)."""
+    if node.worker is None:
+        return
+    # The grace period runs from the signal, not from the end of phases 2-3.
+    grace = max(0.0, node.settings.server.grace - (time.monotonic() - signals.signalled_at))
+    drain = asyncio.ensure_future(node.worker.drain(grace))
+    stop_now = asyncio.ensure_future(signals.immediate.wait())
+    await asyncio.wait({drain, stop_now}, return_when=asyncio.FIRST_COMPLETED)
+    if not drain.done():
+        await node.worker.drain(0)
+        await drain
+    stop_now.cancel()
+
+
+async def serve(settings: Settings) -> None:
+    """The API and (unless disabled) the workers in one process, until a signal."""
+    check_binding(settings)
+    if not settings.auth_enabled:
+        log.warning(
+            "no auth tokens configured: every request is trusted (bound to %s)",
+            settings.server.host,
+        )
+    async with open_node(settings, workers=settings.server.workers) as node:
+        app = create_app(
+            settings, node.store, node.lifecycle, node.metrics, node.registry, node.worker
+        )
+        config = uvicorn.Config(
+            app,
+            host=settings.server.host,
+            port=settings.server.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=REQUEST_DRAIN_TIMEOUT,
+            lifespan="off",
+            server_header=False,
+        )
+        server = _Server(config)
+        with _Signals(node, server) as signals:
+            if node.worker is not None:
+                await node.worker.start()
+            await server.serve()
+            # uvicorn returns once its listener is closed and connections are done; workers
+            # stopped claiming at the signal (phase 1). If uvicorn stopped for another reason
+            # (say the port was taken), stop everything as for a signal.
+            if not signals.first.is_set():
+                signals.on_signal(signal.SIGTERM)
+            await _drain_jobs(node, signals)
+    log.info("stopped")
+
+
+async def work(settings: Settings) -> None:
+    """Workers only, no HTTP listener; the same shutdown phases."""
+    async with open_node(settings, workers=True) as node:
+        assert node.worker is not None
+        with _Signals(node, None) as signals:
+            await node.worker.start()
+            await signals.first.wait()
+            await _drain_jobs(node, signals)
+    log.info("stopped")
+
+
+def run(main: asyncio.Future[None] | object) -> None:
+    """Run a coroutine on a fresh event loop (uvloop when available)."""
+    # The store's writer thread hands every commit back to the event loop; with Python's
+    # default 5 ms GIL switch interval each hand-off can wait that long behind the loop.
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        asyncio.run(main)  # type: ignore[arg-type]
+    else:
+        uvloop.run(main)  # type: ignore[arg-type]

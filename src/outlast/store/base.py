@@ -1,0 +1,266 @@
+"""The store contract: what every backend (SQLite, Redis) implements, and its data types.
+
+A stream is an append-only sequence of *units*: one unit per append (one POST, or the initial
+body of a PUT). A unit of a byte stream holds the appended bytes; a unit of a JSON stream holds the
+messages of one flattened batch, each serialised compactly and joined with commas, so a read of
+several units is ``"[" + ",".join(units) + "]"``. Positions are byte counts from the stream's
+start; offsets exposed to clients are positions formatted by :func:`format_offset`.
+
+Every method is a single atomic step in the backend: correctness never depends on state held in
+one process, so many processes may share one store. Protocol violations raise the matching
+:class:`~outlast.errors.RequestError` (``NotFound``, ``Conflict``, ``Gone``, ...).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from outlast.models import JobRecord, JobState, NewJob
+    from outlast.store.jobs_logic import Outcome, SubmitResult
+
+# Offsets look like the reference server's: "<16 digits>_<16 digits>", fixed width so that
+# lexicographic order is stream order. The first part is reserved (always zero here).
+OFFSET_WIDTH = 16
+ZERO_OFFSET = "0" * OFFSET_WIDTH + "_" + "0" * OFFSET_WIDTH
+_OFFSET_RE = re.compile(r"([0-9]{16})_([0-9]{16})")
+
+
+def format_offset(position: int) -> str:
+    return f"{0:016d}_{position:016d}"
+
+
+def parse_offset(token: str) -> int | None:
+    """The position an offset token names, or ``None`` when it is not one of ours."""
+    match = _OFFSET_RE.fullmatch(token)
+    if match is None or match.group(1) != "0" * OFFSET_WIDTH:
+        return None
+    return int(match.group(2))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """A stream's metadata as of one moment."""
+
+    id: int  # internal; unique across re-creations of the same name (used in ETags)
+    name: str
+    content_type: str
+    tail: int
+    closed: bool
+    created_at: float
+    touched_at: float
+    ttl: int | None = None
+    expires_at: float | None = None  # absolute, seconds since the epoch
+    last_seq: str | None = None
+
+    @property
+    def is_json(self) -> bool:
+        return is_json_type(self.content_type)
+
+    def expiry(self) -> float | None:
+        """When the stream expires: ``expires_at``, or ``ttl`` after the last access."""
+        if self.expires_at is not None:
+            return self.expires_at
+        if self.ttl is not None:
+            return self.touched_at + self.ttl
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    start: int
+    end: int
+    count: int  # messages in the unit (1 for byte streams)
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    info: StreamInfo
+    units: list[Unit]
+    next: int  # position after the last unit returned
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.next >= self.info.tail
+
+
+@dataclass(frozen=True, slots=True)
+class Producer:
+    id: str
+    epoch: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreateSpec:
+    content_type: str
+    ttl: int | None = None
+    expires_at: float | None = None
+    closed: bool = False
+    units: list[tuple[bytes, int]] = field(default_factory=list)  # (data, message count)
+    fork_from: str | None = None
+    fork_offset: int | None = None  # position in the source; None = the source's tail
+    fork_sub_offset: int = 0  # bytes (or messages) of the unit at fork_offset to take
+    content_type_given: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CreateResult:
+    created: bool
+    info: StreamInfo
+
+
+@dataclass(frozen=True, slots=True)
+class AppendSpec:
+    content_type: str | None
+    unit: tuple[bytes, int] | None  # None: close without data
+    close: bool = False
+    stream_seq: str | None = None
+    producer: Producer | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    info: StreamInfo
+    duplicate: bool = False  # an idempotent producer's retry: nothing was written
+    producer_epoch: int | None = None
+    producer_seq: int | None = None  # highest accepted seq for this producer and epoch
+    new_epoch: bool = False
+
+
+def is_json_type(content_type: str) -> bool:
+    return media_type(content_type) == "application/json"
+
+
+def media_type(content_type: str) -> str:
+    """The bare media type, lower-cased, without parameters."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+class StreamStore(abc.ABC):
+    """Durable streams. Appends are durable when the call returns."""
+
+    @abc.abstractmethod
+    async def create_stream(self, name: str, spec: CreateSpec) -> CreateResult:
+        """Create *name* (or a fork of ``spec.fork_from``); idempotent when it matches."""
+
+    @abc.abstractmethod
+    async def append(self, name: str, spec: AppendSpec) -> AppendResult:
+        """Append one unit and/or close the stream, atomically with producer state."""
+
+    @abc.abstractmethod
+    async def read(self, name: str, position: int, max_bytes: int) -> ReadResult:
+        """Units starting at *position*, at least one if any, at most about *max_bytes*."""
+
+    @abc.abstractmethod
+    async def head(self, name: str) -> StreamInfo:
+        """The stream's metadata (does not count as an access for TTL)."""
+
+    @abc.abstractmethod
+    async def delete_stream(self, name: str) -> None:
+        """Delete *name*; a stream that forks still read from is kept as soft-deleted."""
+
+    @abc.abstractmethod
+    async def wait(self, name: str, position: int, timeout: float) -> bool:
+        """Wait until the stream grows past *position*, is closed, or *timeout* passes.
+
+        Returns ``True`` when something changed (the caller re-reads), ``False`` on timeout.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush and release everything."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    jobs: list[JobRecord]
+    next_cursor: str | None
+
+
+class JobStore(abc.ABC):
+    """Jobs: admission, claims with leases, attempts, cancel, recovery, retention.
+
+    Each method is atomic across every process sharing the store: admission never overshoots a
+    queue's capacity and a job is claimed by one worker at a time.
+    """
+
+    @abc.abstractmethod
+    async def submit_job(self, new: NewJob, capacity: int) -> SubmitResult:
+        """Admit a job (``QueueFull`` when the queue holds *capacity* waiting jobs)."""
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str) -> JobRecord:
+        """The job (``NotFound`` if there is none)."""
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """A page of jobs, newest first; pass ``next_cursor`` back for the next page."""
+
+    @abc.abstractmethod
+    async def claim_jobs(self, queue: str, owner: str, limit: int, lease: float) -> list[JobRecord]:
+        """Up to *limit* due jobs of *queue*, now running under *owner*'s lease."""
+
+    @abc.abstractmethod
+    async def renew_leases(
+        self, owner: str, job_ids: list[str], lease: float
+    ) -> tuple[list[str], list[str]]:
+        """Extend *owner*'s leases; returns (ids still owned, ids whose cancel was requested)."""
+
+    @abc.abstractmethod
+    async def emit(
+        self, job_id: str, owner: str, attempt: int, messages: list[dict[str, Any]]
+    ) -> None:
+        """Append messages to the job's stream (``LeaseLost`` if the attempt is no longer ours)."""
+
+    @abc.abstractmethod
+    async def finish_job(
+        self, job_id: str, owner: str, attempt: int, outcome: Outcome
+    ) -> JobRecord:
+        """End an attempt: succeeded, failed (maybe retried), cancelled, or released."""
+
+    @abc.abstractmethod
+    async def cancel_job(self, job_id: str) -> JobRecord:
+        """Cancel: a queued job at once, a running one by flagging it for its worker."""
+
+    @abc.abstractmethod
+    async def recover_expired(self) -> list[JobRecord]:
+        """Return jobs with expired leases to their queue (or fail them when spent)."""
+
+    @abc.abstractmethod
+    async def purge_jobs(self, finished_before: float) -> int:
+        """Remove terminal jobs (and their streams) finished before the given time."""
+
+    @abc.abstractmethod
+    async def queue_counts(self) -> dict[str, dict[str, int]]:
+        """Jobs per queue and state."""
+
+    @abc.abstractmethod
+    async def next_due(self, queue: str) -> float | None:
+        """When the earliest queued job of *queue* becomes due (``None``: nothing queued)."""
+
+    @abc.abstractmethod
+    def watch_queue(self, queue: str) -> asyncio.Event:
+        """An event set when a job may next become claimable in *queue*.
+
+        Take it *before* claiming, so that a submission during the claim still wakes the
+        worker. Other processes' submissions may go unnoticed: wait with a timeout and claim
+        again (the store re-checks anyway).
+        """
+
+
+class Store(StreamStore, JobStore, abc.ABC):
+    """Everything outlast keeps: streams and jobs, in one backend."""

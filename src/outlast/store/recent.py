@@ -1,0 +1,79 @@
+"""Recently committed units per stream, kept in memory so that live readers at the tail are served
+without a query each (one append wakes every reader of the stream).
+
+Only what was committed is put here, so "durable before visible" still holds. The cache is
+consulted only for a position strictly inside the range it holds; anything else (the tail
+itself, older data, another process's appends) goes to the store. Streams with a TTL or an
+expiry are not kept (reads renew or end them). Memory is bounded per stream and in streams.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from outlast.store.base import ReadResult, StreamInfo, Unit
+
+MAX_STREAMS = 512
+MAX_UNITS = 64
+MAX_BYTES = 256 * 1024
+
+
+@dataclass
+class _Entry:
+    info: StreamInfo
+    units: deque[Unit] = field(default_factory=deque)
+    size: int = 0
+
+
+class RecentUnits:
+    def __init__(self) -> None:
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def appended(self, name: str, info: StreamInfo, unit: Unit | None) -> None:
+        """Record a committed append (``unit`` is ``None`` for a close without data)."""
+        if info.ttl is not None or info.expires_at is not None:
+            self._entries.pop(name, None)
+            return
+        entry = self._entries.get(name)
+        if (
+            entry is None
+            or entry.info.id != info.id
+            or (unit is not None and entry.info.tail != unit.start)
+        ):
+            entry = _Entry(info)
+            self._entries[name] = entry
+        entry.info = info
+        if unit is not None:
+            entry.units.append(unit)
+            entry.size += len(unit.data)
+            while len(entry.units) > MAX_UNITS or (entry.size > MAX_BYTES and len(entry.units) > 1):
+                entry.size -= len(entry.units.popleft().data)
+        self._entries.move_to_end(name)
+        while len(self._entries) > MAX_STREAMS:
+            self._entries.popitem(last=False)
+
+    def forget(self, name: str | None = None) -> None:
+        if name is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(name, None)
+
+    def read(self, name: str, position: int, max_bytes: int) -> ReadResult | None:
+        entry = self._entries.get(name)
+        if entry is None or not entry.units:
+            return None
+        if not entry.units[0].start <= position < entry.info.tail:
+            return None
+        units: list[Unit] = []
+        size = 0
+        for unit in entry.units:
+            if unit.start < position:
+                continue
+            if units and size + len(unit.data) > max_bytes:
+                break
+            units.append(unit)
+            size += len(unit.data)
+        if not units or units[0].start != position:
+            return None  # not an offset the cache can answer for (not a unit boundary)
+        return ReadResult(info=entry.info, units=units, next=units[-1].end)

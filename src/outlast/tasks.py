@@ -1,0 +1,158 @@
+"""Tasks as users write them: :class:`App` registers functions, :class:`Job` is what they get.
+
+::
+
+    import outlast
+    app = outlast.App()
+
+    @app.task(timeout=60, retries=3, queue="default")
+    async def summarize(job: outlast.Job, text: str) -> dict:
+        await job.emit({"progress": 0.5})
+        return {"summary": text[:100]}
+
+A plain ``def`` task runs in a bounded thread pool; it may call ``job.emit(...)`` directly (the
+call blocks until the output is stored) and read ``job.cancelled`` to stop early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from outlast.errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_RETRIES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDef:
+    name: str
+    fn: Callable[..., Any]
+    timeout: float = DEFAULT_TIMEOUT
+    retries: int = DEFAULT_RETRIES
+    queue: str = "default"
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+    def check_input(self, value: Any) -> str | None:
+        """Why *value* cannot be this task's input (``None`` when it can)."""
+        if not isinstance(value, dict):
+            return "must be a JSON object (its keys are the task's keyword arguments)"
+        try:
+            inspect.signature(self.fn).bind(None, **value)
+        except TypeError as exc:
+            return str(exc)
+        return None
+
+
+class App:
+    """A registry of tasks, served with ``outlast serve --app module:attr``."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, TaskDef] = {}
+
+    def task(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        queue: str = "default",
+    ) -> F | Callable[[F], F]:
+        def register(func: F) -> F:
+            task_name = name or func.__name__
+            if task_name in self.tasks:
+                raise ValueError(f"task {task_name!r} is registered twice")
+            if task_name in ("relay", "http"):
+                raise ValueError(f"{task_name!r} is a built-in task name")
+            if timeout <= 0 or retries < 0:
+                raise ValueError("timeout must be > 0 and retries >= 0")
+            self.tasks[task_name] = TaskDef(task_name, func, timeout, retries, queue)
+            return func
+
+        return register(fn) if fn is not None else register
+
+
+def load_app(path: str) -> App:
+    """Import ``module:attr`` and return the :class:`App` it names."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"--app must look like module:attr, not {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # anything the user's module raises while importing
+        raise ConfigError(
+            f"cannot import {module_name!r} for --app: {type(exc).__name__}: {exc}"
+        ) from exc
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise ConfigError(f"{path} is not an outlast.App")
+    return app
+
+
+class _Done:
+    """An already-finished awaitable: what ``Job.emit`` returns when called from a thread."""
+
+    def __await__(self) -> Any:
+        return
+        yield  # pragma: no cover - makes this a generator
+
+
+class Job:
+    """The running job, as a task sees it."""
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        task: str,
+        queue: str,
+        attempt: int,
+        max_attempts: int,
+        input: Any,
+        emitter: Callable[[list[dict[str, Any]]], Coroutine[Any, Any, None]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.id = id
+        self.task = task
+        self.queue = queue
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.input = input
+        self._emitter = emitter
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._cancelled = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the job was cancelled or timed out: a sync task should return soon."""
+        return self._cancelled.is_set()
+
+    def _mark_cancelled(self) -> None:
+        self._cancelled.set()
+
+    def emit(self, data: Any) -> Awaitable[None]:
+        """Append ``{"type": "output", "data": data}`` to the job's stream.
+
+        Await it in an async task. From a sync task, just call it: it returns once stored.
+        """
+        return self.emit_messages([{"type": "output", "data": data}])
+
+    def emit_messages(self, messages: list[dict[str, Any]]) -> Awaitable[None]:
+        if threading.get_ident() == self._loop_thread:
+            return self._emitter(messages)
+        asyncio.run_coroutine_threadsafe(self._emitter(messages), self._loop).result()
+        return _Done()

@@ -1,0 +1,263 @@
+"""The relay against a fake upstream on 127.0.0.1: read to the end whatever readers do, every
+event stored in order, and each upstream fault ending with the right state and message."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess, upstream_env, wait_for
+
+pytestmark = pytest.mark.slow
+
+FAST = {
+    "OUTLAST_JOBS__BACKOFF_BASE": "0.01",
+    "OUTLAST_RELAY__FIRST_BYTE_TIMEOUT": "1",
+    "OUTLAST_RELAY__IDLE_TIMEOUT": "1",
+    "OUTLAST_RELAY__MAX_LINE_BYTES": "65536",
+}
+
+
+def relay_server(factory: Callable[..., ServerProcess], fake: Any, **extra: str) -> ServerProcess:
+    return factory(env={**upstream_env(fake), **FAST, **extra}).start()
+
+
+def submit(server: ServerProcess, path: str, **fields: Any) -> str:
+    body = {"task": "relay", "input": {"upstream": "fake", "path": path, "method": "GET"}, **fields}
+    resp = httpx.post(f"{server.url}/v1/jobs", json=body)
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["id"])
+
+
+def finished(server: ServerProcess, job_id: str) -> dict[str, Any]:
+    resp = httpx.get(f"{server.url}/v1/jobs/{job_id}", params={"wait": 30}, timeout=40)
+    job: dict[str, Any] = resp.json()
+    assert job["state"] in ("succeeded", "failed", "cancelled"), job
+    return job
+
+
+def stored_events(server: ServerProcess, job_id: str) -> list[dict[str, Any]]:
+    resp = httpx.get(f"{server.url}/v1/stream/jobs/{job_id}", params={"offset": "-1"})
+    assert resp.status_code == 200
+    return [m for m in resp.json() if m["type"] == "event"]
+
+
+def test_upstream_is_read_to_the_end_after_the_client_leaves(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = relay_server(server_factory, upstream)
+    body = {
+        "task": "relay",
+        "input": {"upstream": "fake", "path": "/sse?n=200&interval=0.01&key=k1", "method": "GET"},
+    }
+    seen = 0
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "POST", f"{server.url}/v1/jobs", json=body, headers={"Accept": "text/event-stream"}
+        ) as resp,
+    ):
+        assert resp.status_code == 200
+        job_id = resp.headers["Outlast-Job-Id"]
+        for line in resp.iter_lines():
+            if line.startswith("data:") and '"i"' in line:
+                seen += 1
+                if seen == 5:
+                    break  # the client goes away mid-stream
+    assert seen == 5
+    job = finished(server, job_id)
+    assert job["state"] == "succeeded", job
+    assert upstream.sent["k1"] == 200 and upstream.completed["k1"] == 1
+    events = stored_events(server, job_id)
+    assert [json.loads(e["data"])["i"] for e in events[:-1]] == list(range(200))
+    assert events[-1]["data"] == "[DONE]"
+    assert [e["id"] for e in events[:-1]] == [str(i) for i in range(200)]
+    assert job["result"] == {"status": 200, "events": 201, "done": True}
+
+
+def test_relay_finishes_during_a_graceful_shutdown(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = relay_server(server_factory, upstream, OUTLAST_SERVER__GRACE="30")
+    job_id = submit(server, "/sse?n=100&interval=0.02&key=k2")
+    wait_for(lambda: upstream.sent["k2"] >= 10, timeout=20)
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=60) == 0
+    assert upstream.completed["k2"] == 1
+    server.start()
+    job = finished(server, job_id)
+    assert job["state"] == "succeeded"
+    assert job["attempt"] == 1
+    assert len(stored_events(server, job_id)) == 101
+
+
+def test_openai_style_chunks_give_the_text(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    from tests.fakes.upstream import FAKE_TEXT
+
+    server = relay_server(server_factory, upstream)
+    resp = httpx.post(
+        f"{server.url}/v1/jobs",
+        json={
+            "task": "relay",
+            "input": {"upstream": "fake", "path": "/v1/chat/completions", "body": {"stream": True}},
+        },
+    )
+    job = finished(server, resp.json()["id"])
+    assert job["state"] == "succeeded"
+    assert job["result"]["text"] == FAKE_TEXT
+    assert job["result"]["done"] is True
+    # The upstream's secret header was sent; the client never saw it.
+    assert upstream.last_headers["chat"]["authorization"] == "Bearer upstream-secret"
+    assert "upstream-secret" not in resp.text
+
+
+def test_resume_with_last_event_id_after_a_cut(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = relay_server(server_factory, upstream)
+    job = finished(server, submit(server, "/drop?after=3&n=6&key=k3"))
+    assert job["state"] == "succeeded", job
+    assert job["attempt"] == 2
+    assert upstream.last_headers["k3"]["last-event-id"] == "2"
+    events = stored_events(server, job["id"])
+    assert [e["data"] for e in events] == [*(json.dumps({"i": i}) for i in range(6)), "[DONE]"]
+
+
+def test_a_cut_without_ids_ends_as_interrupted(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = relay_server(server_factory, upstream)
+    job = finished(server, submit(server, "/drop?after=3&n=6&ids=0&key=k4"))
+    assert job["state"] == "failed"
+    assert job["error"]["code"] == "interrupted"
+    assert upstream.requests["/drop"] == 1  # never repeated: it would duplicate output
+    assert len(stored_events(server, job["id"])) == 3
+
+
+@pytest.mark.parametrize("status", [500, 429])
+def test_upstream_errors_before_any_event_are_retried_then_fail(
+    server_factory: Callable[..., ServerProcess], upstream: Any, status: int
+) -> None:
+    server = relay_server(server_factory, upstream)
+    job = finished(server, submit(server, f"/status/{status}", retries=1))
+    assert job["state"] == "failed"
+    assert job["attempt"] == 2
+    assert job["error"]["code"] == "upstream_status"
+    assert job["error"]["status"] == status
+    assert f"fake upstream says {status}" in job["error"]["body"]
+    assert upstream.requests[f"/status/{status}"] == 2
+
+
+def test_a_client_error_is_not_retried(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = relay_server(server_factory, upstream)
+    job = finished(server, submit(server, "/status/401", retries=3))
+    assert job["state"] == "failed"
+    assert job["attempt"] == 1
+    assert job["error"]["status"] == 401
+
+
+def test_connection_refused(server_factory: Callable[..., ServerProcess], upstream: Any) -> None:
+    server = relay_server(server_factory, upstream)
+    upstream.stop()
+    job = finished(server, submit(server, "/sse", retries=1))
+    assert job["state"] == "failed"
+    assert job["attempt"] == 2
+    assert job["error"]["code"] == "upstream_error"
+    assert "connect" in job["error"]["message"]
+
+
+def test_hang_before_the_first_byte(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = relay_server(server_factory, upstream)
+    job = finished(server, submit(server, "/hang", retries=0))
+    assert job["state"] == "failed"
+    assert job["error"]["code"] == "upstream_error"
+    assert "no response from the upstream within 1 s" in job["error"]["message"]
+
+
+def test_stall_mid_stream_after_events_without_ids(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = relay_server(server_factory, upstream)
+    job = finished(server, submit(server, "/stall?after=3&ids=0", retries=2))
+    assert job["state"] == "failed"
+    assert job["error"]["code"] == "interrupted"
+    assert "silent for more than 1 s" in job["error"]["message"]
+    assert len(stored_events(server, job["id"])) == 3
+
+
+def test_malformed_lines_follow_the_whatwg_rules(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = relay_server(server_factory, upstream)
+    job = finished(server, submit(server, "/malformed"))
+    assert job["state"] == "succeeded", job
+    events = stored_events(server, job["id"])
+    assert [(e["event"], e["data"]) for e in events] == [
+        ("message", "first"),
+        ("message", "second"),
+        ("custom", "third\n spaced"),
+        ("message", "[DONE]"),
+    ]
+    assert "id" not in events[1]  # an id containing NUL is ignored
+    assert job["result"]["done"] is True
+
+
+def test_an_over_long_line_fails_instead_of_growing(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = relay_server(server_factory, upstream)
+    job = finished(server, submit(server, "/longline?size=200000"))
+    assert job["state"] == "failed"
+    assert job["error"]["code"] == "upstream_error"
+    assert "line" in job["error"]["message"]
+    assert len(stored_events(server, job["id"])) == 1
+
+
+def test_a_stream_that_never_ends_hits_the_total_timeout(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = relay_server(server_factory, upstream)
+    job = finished(server, submit(server, "/forever?interval=0.05&key=k5", timeout=1, retries=0))
+    assert job["state"] == "failed"
+    assert job["error"]["code"] == "timeout"
+    sent = upstream.sent["k5"]
+    assert sent > 0
+    assert len(stored_events(server, job["id"])) <= sent
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/sse",
+        "http://10.0.0.8/sse",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:9/sse",
+        "http://localhost:9/sse",
+    ],
+)
+def test_relay_refuses_private_targets(
+    server_factory: Callable[..., ServerProcess], url: str
+) -> None:
+    server = server_factory(env={"OUTLAST_EGRESS__ALLOWED_HOSTS": '["*"]'}).start()
+    resp = httpx.post(f"{server.url}/v1/jobs", json={"task": "relay", "input": {"url": url}})
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["error"]["code"] == "egress_denied"
+
+
+def test_unknown_upstream_is_422(server: ServerProcess) -> None:
+    resp = httpx.post(
+        f"{server.url}/v1/jobs", json={"task": "relay", "input": {"upstream": "nope", "path": "/"}}
+    )
+    assert resp.status_code == 422
+    assert resp.json()["error"]["field"] == "input.upstream"

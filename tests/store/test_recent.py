@@ -1,0 +1,51 @@
+"""The in-memory cache of recently committed units answers only inside the range it holds."""
+
+from __future__ import annotations
+
+from outlast.store.base import StreamInfo, Unit
+from outlast.store.recent import MAX_UNITS, RecentUnits
+
+
+def info(tail: int, *, stream_id: int = 1, ttl: int | None = None) -> StreamInfo:
+    return StreamInfo(
+        id=stream_id,
+        name="s",
+        content_type="text/plain",
+        tail=tail,
+        closed=False,
+        created_at=0.0,
+        touched_at=0.0,
+        ttl=ttl,
+    )
+
+
+def test_serves_units_inside_its_range_only() -> None:
+    recent = RecentUnits()
+    recent.appended("s", info(3), Unit(0, 3, 1, b"abc"))
+    recent.appended("s", info(5), Unit(3, 5, 1, b"de"))
+    hit = recent.read("s", 3, 1 << 20)
+    assert hit is not None and [u.data for u in hit.units] == [b"de"] and hit.next == 5
+    assert recent.read("s", 5, 1 << 20) is None  # the tail itself: ask the store
+    assert recent.read("s", 1, 1 << 20) is None  # not a unit boundary
+    assert recent.read("other", 0, 1 << 20) is None
+
+
+def test_a_gap_or_a_new_stream_starts_over() -> None:
+    recent = RecentUnits()
+    recent.appended("s", info(3), Unit(0, 3, 1, b"abc"))
+    recent.appended("s", info(9), Unit(7, 9, 1, b"xy"))  # 3..7 was written elsewhere
+    assert recent.read("s", 0, 1 << 20) is None
+    assert recent.read("s", 7, 1 << 20) is not None
+    recent.appended("s", info(2, stream_id=2), Unit(0, 2, 1, b"zz"))  # re-created
+    hit = recent.read("s", 0, 1 << 20)
+    assert hit is not None and hit.units[0].data == b"zz"
+
+
+def test_bounded_and_skips_ttl_streams() -> None:
+    recent = RecentUnits()
+    for i in range(MAX_UNITS + 10):
+        recent.appended("s", info(i + 1), Unit(i, i + 1, 1, b"x"))
+    assert recent.read("s", 0, 1 << 20) is None
+    assert recent.read("s", 10, 1 << 20) is not None
+    recent.appended("t", info(1, ttl=60), Unit(0, 1, 1, b"x"))
+    assert recent.read("t", 0, 1 << 20) is None

@@ -1,0 +1,115 @@
+"""The built-in ``http`` task against a fake upstream on 127.0.0.1, and egress refusals."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess, upstream_env
+
+FAST_RETRIES = {"OUTLAST_JOBS__BACKOFF_BASE": "0.01"}
+
+
+def _run(server: ServerProcess, body: dict[str, Any]) -> dict[str, Any]:
+    resp = httpx.post(f"{server.url}/v1/jobs", json=body)
+    assert resp.status_code == 202, resp.text
+    job = httpx.get(f"{server.url}/v1/jobs/{resp.json()['id']}", params={"wait": 30}, timeout=40)
+    result: dict[str, Any] = job.json()
+    assert result["state"] in ("succeeded", "failed"), result
+    return result
+
+
+def test_http_task_makes_the_request_and_keeps_the_answer(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = server_factory(env=upstream_env(upstream)).start()
+    job = _run(
+        server,
+        {
+            "task": "http",
+            "input": {
+                "url": f"{upstream.url}/echo",
+                "method": "POST",
+                "headers": {"X-From": "outlast"},
+                "body": {"hello": "world"},
+            },
+        },
+    )
+    assert job["state"] == "succeeded"
+    result = job["result"]
+    assert result["status"] == 200
+    echoed = httpx.Response(200, content=result["body"]).json()
+    assert echoed["method"] == "POST"
+    assert echoed["headers"]["x-from"] == "outlast"
+    assert echoed["body"] == '{"hello": "world"}'
+
+
+def test_http_task_retries_5xx_then_fails_with_the_status(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = server_factory(env={**upstream_env(upstream), **FAST_RETRIES}).start()
+    job = _run(
+        server, {"task": "http", "input": {"url": f"{upstream.url}/status/503"}, "retries": 2}
+    )
+    assert job["state"] == "failed"
+    assert job["attempt"] == 3
+    assert job["error"]["code"] == "upstream_status"
+    assert job["error"]["status"] == 503
+    assert "fake upstream says 503" in job["error"]["body"]
+    assert upstream.requests["/status/503"] == 3
+
+
+def test_http_task_keeps_a_4xx_answer_without_retrying(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = server_factory(env={**upstream_env(upstream), **FAST_RETRIES}).start()
+    job = _run(server, {"task": "http", "input": {"url": f"{upstream.url}/status/404"}})
+    assert job["state"] == "succeeded"
+    assert job["result"]["status"] == 404
+    assert upstream.requests["/status/404"] == 1
+
+
+def test_http_task_retries_connection_errors(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = server_factory(env={**upstream_env(upstream), **FAST_RETRIES}).start()
+    closed_port = upstream.port + 0
+    upstream.stop()  # nothing listens there any more
+    job = _run(
+        server,
+        {"task": "http", "input": {"url": f"http://127.0.0.1:{closed_port}/echo"}, "retries": 1},
+    )
+    assert job["state"] == "failed"
+    assert job["attempt"] == 2
+    assert job["error"]["code"] == "upstream_error"
+
+
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("http://127.0.0.1:9/x", "egress_denied"),
+        ("http://10.1.2.3/x", "egress_denied"),
+        ("http://169.254.169.254/latest/meta-data", "egress_denied"),
+        ("http://[::1]:9/x", "egress_denied"),
+        ("http://localhost:9/x", "egress_denied"),
+    ],
+)
+def test_private_addresses_are_refused_at_submit(
+    server_factory: Callable[..., ServerProcess], url: str, code: str
+) -> None:
+    # Every host is allowed by name here; the address check alone must refuse these.
+    server = server_factory(env={"OUTLAST_EGRESS__ALLOWED_HOSTS": '["*"]'}).start()
+    resp = httpx.post(f"{server.url}/v1/jobs", json={"task": "http", "input": {"url": url}})
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["error"]["code"] == code
+
+
+def test_hosts_outside_the_allow_list_are_refused(server: ServerProcess) -> None:
+    resp = httpx.post(
+        f"{server.url}/v1/jobs", json={"task": "http", "input": {"url": "https://example.com/"}}
+    )
+    assert resp.status_code == 403
+    assert resp.json()["error"]["field"] == "input.url"
