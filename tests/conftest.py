@@ -2,11 +2,18 @@
 
 Servers run as subprocesses (``python -m outlast serve``) so that tests can send them real
 signals. Every wait is on a condition with a timeout as a guard, never a bare sleep.
+
+Backends: tests that take the ``backend`` fixture (directly, or through ``server``,
+``server_factory`` or ``store_url``) run once per store backend in :data:`BACKENDS`. Redis runs
+as real ``redis-server`` processes on 127.0.0.1 (``redis_factory``), with AOF and
+``appendfsync always`` so that what outlast acknowledged survives a Redis restart.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +26,17 @@ from typing import Any
 
 import httpx
 import pytest
+
+
+def _backends() -> list[str]:
+    backends = ["sqlite"]
+    if importlib.util.find_spec("outlast.store.redis") is not None:
+        backends.append("redis")
+    return backends
+
+
+# Every store backend that exists: the same tests run on each.
+BACKENDS = _backends()
 
 
 def free_port() -> int:
@@ -112,9 +130,135 @@ class ServerProcess:
             return ""
 
 
+@dataclass
+class RedisProcess:
+    """One ``redis-server`` on 127.0.0.1 with its data in its own folder (AOF, fsync always)."""
+
+    port: int
+    dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def db_url(self, db: int) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self, timeout: float = 10.0) -> RedisProcess:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        exe = shutil.which("redis-server")
+        assert exe is not None, "redis-server is needed: scripts/test installs it"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.dir / "redis.log", "ab")  # noqa: SIM115 - handed to the child process
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                log_text = (self.dir / "redis.log").read_text(errors="replace")
+                code = self.proc.returncode
+                raise AssertionError(f"redis-server exited with {code}:\n{log_text}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    return sock.recv(64).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        wait_for(ready, timeout=timeout)
+        return self
+
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        """SIGTERM: redis-server flushes its AOF and exits. SIGKILL: it dies at once."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signum)
+            self.proc.wait(timeout=30)
+
+
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Build (not start) servers: ``server_factory(env={...}, args=[...])``."""
+def redis_factory(tmp_path: Path) -> Iterator[Callable[[], RedisProcess]]:
+    """Start real ``redis-server`` processes: ``redis_factory()``; each is stopped afterwards."""
+    started: list[RedisProcess] = []
+
+    def make() -> RedisProcess:
+        server = RedisProcess(port=free_port(), dir=tmp_path / f"redis-{len(started)}")
+        started.append(server)
+        return server.start()
+
+    yield make
+    for server in started:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store backend a test runs on; tests that use it run once per backend."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store_url_factory(
+    backend: str, tmp_path: Path, redis_factory: Callable[[], RedisProcess]
+) -> Callable[[], str]:
+    """Fresh, empty stores of the test's backend: a new SQLite file, or a new Redis database
+    (0-15) on one ``redis-server`` started for the test."""
+    made: list[str] = []
+    redis: list[RedisProcess] = []
+
+    def make() -> str:
+        index = len(made)
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path}/outlast-{index}.db"
+        elif backend == "redis":
+            if not redis:
+                redis.append(redis_factory())
+            assert index < 16, "one redis-server has 16 databases"
+            url = redis[0].db_url(index)
+        else:  # pragma: no cover - a backend listed in BACKENDS without a recipe here
+            raise AssertionError(f"no store recipe for backend {backend!r}")
+        made.append(url)
+        return url
+
+    return make
+
+
+@pytest.fixture
+def store_url(store_url_factory: Callable[[], str]) -> str:
+    """One fresh, empty store of the test's backend."""
+    return store_url_factory()
+
+
+@pytest.fixture
+def server_factory(
+    tmp_path: Path, store_url_factory: Callable[[], str]
+) -> Iterator[Callable[..., ServerProcess]]:
+    """Build (not start) servers: ``server_factory(env={...}, args=[...], store=URL)``.
+
+    Without ``store``, each server gets a fresh store of the test's backend; pass another
+    server's ``store`` to share one (a restart, or several nodes on one Redis).
+    """
     servers: list[ServerProcess] = []
 
     def make(
@@ -127,7 +271,7 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("OUTLAST_")}
         full_env.update(env or {})
         server = ServerProcess(
-            store=store or f"sqlite:///{tmp_path}/outlast-{index}.db",
+            store=store or store_url_factory(),
             port=free_port(),
             env=full_env,
             args=list(args or []),
