@@ -11,7 +11,6 @@ as real ``redis-server`` processes on 127.0.0.1 (``redis_factory``), with AOF an
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import signal
@@ -27,16 +26,10 @@ from typing import Any
 import httpx
 import pytest
 
-
-def _backends() -> list[str]:
-    backends = ["sqlite"]
-    if importlib.util.find_spec("outlast.store.redis") is not None:
-        backends.append("redis")
-    return backends
-
-
-# Every store backend that exists: the same tests run on each.
-BACKENDS = _backends()
+# Every store backend: the same tests run on each. OUTLAST_TEST_BACKENDS=sqlite,redis narrows
+# or widens the list for one run (``scripts/test`` runs them all).
+DEFAULT_BACKENDS = "sqlite"
+BACKENDS = os.environ.get("OUTLAST_TEST_BACKENDS", DEFAULT_BACKENDS).split(",")
 
 
 def free_port() -> int:
