@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,11 +52,37 @@ class ErrorCode(StrEnum):
     LEASE_LOST = "lease_lost"
 
 
+# Ids made by this process: (milliseconds, sequence) of the last one, so that two ids made in
+# the same millisecond still sort in creation order.
+_last_id_stamp = (0, 0)
+_id_lock = threading.Lock()
+SEQUENCE_LIMIT = 1 << 16
+# Crockford's base32 alphabet: its characters are in ASCII order (standard base32's are not), so
+# ids sort as text in the order of the numbers they encode.
+_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+JOB_ID_PATTERN = r"job_[0-9a-hjkmnp-tv-z]{32}"
+
+
 def new_job_id(now: float | None = None) -> str:
-    """``job_`` + 48 bits of milliseconds + 96 random bits, base32: unguessable and sortable."""
+    """``job_`` + 48 bits of milliseconds + a 16-bit sequence + 96 random bits, in base32.
+
+    Unguessable (the random part) and sortable by creation time: across processes to the
+    millisecond, within one process exactly (the sequence orders ids of the same millisecond).
+    """
+    global _last_id_stamp
     millis = int((time.time() if now is None else now) * 1000)
-    raw = millis.to_bytes(6, "big") + os.urandom(12)
-    return "job_" + base64.b32encode(raw).decode().rstrip("=").lower()
+    with _id_lock:
+        last_millis, last_seq = _last_id_stamp
+        if millis <= last_millis:
+            millis, seq = last_millis, last_seq + 1
+            if seq >= SEQUENCE_LIMIT:
+                millis, seq = millis + 1, 0
+        else:
+            seq = 0
+        _last_id_stamp = (millis, seq)
+    value = (millis << 112) | (seq << 96) | int.from_bytes(os.urandom(12), "big")
+    # 160 bits = 32 digits of 5 bits, most significant first: string order is number order.
+    return "job_" + "".join(_ID_ALPHABET[(value >> (5 * i)) & 31] for i in range(31, -1, -1))
 
 
 def rfc3339(ts: float | None) -> str | None:

@@ -30,7 +30,7 @@ from outlast.errors import (
 from outlast.executors.registry import Registry
 from outlast.lifecycle import Lifecycle
 from outlast.metrics import Metrics
-from outlast.models import JobRecord, JobState, NewJob
+from outlast.models import JOB_ID_PATTERN, JobRecord, JobState, NewJob
 from outlast.store.base import Store, format_offset, parse_offset
 from outlast.worker import Worker
 
@@ -42,7 +42,7 @@ MAX_KEY_LENGTH = 255
 MAX_PAGE = 500
 # Retry-After while draining: a restart or another node should be ready by then.
 DRAIN_RETRY_AFTER = "5"
-_JOB_ID = re.compile(r"job_[a-z2-7]{29}")
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
 def _field_error(field: str, message: str) -> Unprocessable:

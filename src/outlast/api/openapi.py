@@ -11,7 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from outlast.models import ErrorCode, JobState
+from outlast.models import JOB_ID_PATTERN, ErrorCode, JobState
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -71,7 +71,7 @@ SCHEMAS: dict[str, Any] = {
     "Job": {
         "type": "object",
         "properties": {
-            "id": {"type": "string", "pattern": "^job_[a-z2-7]{29}$"},
+            "id": {"type": "string", "pattern": "^" + JOB_ID_PATTERN + "$"},
             "task": {"type": "string"},
             "queue": {"type": "string"},
             "state": {"type": "string", "enum": [s.value for s in JobState]},
