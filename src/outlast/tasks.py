@@ -20,6 +20,8 @@ import asyncio
 import importlib
 import inspect
 import threading
+import types
+import typing
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -44,15 +46,78 @@ class TaskDef:
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.fn)
 
-    def check_input(self, value: Any) -> str | None:
-        """Why *value* cannot be this task's input (``None`` when it can)."""
+    def check_input(self, value: Any) -> tuple[str, str] | None:
+        """Why *value* cannot be this task's input, as (field, problem); ``None`` when it can.
+
+        The input's keys must bind to the function's parameters, and values of parameters
+        annotated with JSON types (``int``, ``str``, ``list[str]``, ``X | None``, ...) must have
+        those types: a submission learns at once what the task would fail on much later.
+        """
         if not isinstance(value, dict):
-            return "must be a JSON object (its keys are the task's keyword arguments)"
+            return "input", "must be a JSON object (its keys are the task's keyword arguments)"
         try:
-            inspect.signature(self.fn).bind(None, **value)
+            bound = inspect.signature(self.fn).bind(None, **value)
         except TypeError as exc:
-            return str(exc)
+            return "input", str(exc)
+        hints = _type_hints(self.fn)
+        params = inspect.signature(self.fn).parameters
+        for name, arg in list(bound.arguments.items())[1:]:
+            if params[name].kind is inspect.Parameter.VAR_KEYWORD or name not in hints:
+                continue
+            if not _matches(arg, hints[name]):
+                return f"input.{name}", f"must be {_describe(hints[name])}"
         return None
+
+
+def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # annotations that do not resolve: no type checks, the task decides
+        return {}
+
+
+_JSON_TYPES: dict[Any, str] = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a type hint; hints this does not know always fit."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin is not None:
+        hint, args = origin, typing.get_args(hint)
+        if hint is list and isinstance(value, list) and len(args) == 1:
+            return all(_matches(item, args[0]) for item in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint in (str, list, dict, type(None)):
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return _JSON_TYPES.get(origin or hint, str(hint))
 
 
 class App:

@@ -60,6 +60,11 @@ def _number(body: dict[str, Any], field: str, low: float, high: float) -> float 
     return float(value)
 
 
+def _reject_constant(name: str) -> Any:
+    # Python's parser accepts NaN and Infinity; JSON does not, and neither can our answers.
+    raise ValueError(f"{name} is not JSON")
+
+
 def render_event(message: dict[str, Any], offset: str) -> bytes:
     """One job-stream message as a native SSE event whose id is the offset after it."""
     if message.get("type") == "event":
@@ -124,9 +129,11 @@ class JobsAPI:
                 raise PayloadTooLarge(f"request body larger than {limit} bytes")
             chunks.append(chunk)
         try:
-            return json.loads(b"".join(chunks))
+            return json.loads(b"".join(chunks), parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
+        except RecursionError as exc:
+            raise BadRequest("body is nested too deeply", code="invalid_json") from exc
 
     async def parse_submission(self, body: Any) -> NewJob:
         if not isinstance(body, dict):
@@ -143,7 +150,9 @@ class JobsAPI:
                 f"task: unknown task {task!r}", code="unknown_task", extra={"field": "task"}
             )
         queue = body.get("queue", spec.queue)
-        if not isinstance(queue, str) or queue not in self.settings.queues:
+        if not isinstance(queue, str):
+            raise _field_error("queue", "must be a string")
+        if queue not in self.settings.queues:
             raise Unprocessable(
                 f"queue: unknown queue {queue!r}", code="unknown_queue", extra={"field": "queue"}
             )

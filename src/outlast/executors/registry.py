@@ -47,7 +47,8 @@ def _python_spec(task: TaskDef, threads: ThreadPoolExecutor) -> TaskSpec:
     async def validate(value: Any) -> None:
         problem = task.check_input(value)
         if problem is not None:
-            raise Unprocessable(f"input {problem}", extra={"field": "input"})
+            field, message = problem
+            raise Unprocessable(f"{field} {message}", extra={"field": field})
 
     if task.is_async:
 
