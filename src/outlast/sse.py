@@ -1,6 +1,6 @@
 """A sans-IO decoder for ``text/event-stream``: bytes in, events out, following the WHATWG rules.
 
-The rules (HTML Living Standard, "Server-sent events", §9.2.6 "Interpreting an event stream"):
+The rules (HTML Living Standard, "Server-sent events", "Interpreting an event stream"):
 
 - the stream is UTF-8; one leading byte-order mark is skipped, later ones are data;
 - lines end with CRLF, LF or CR, and a CR at the end of one chunk may pair with an LF at the
@@ -14,25 +14,31 @@ The rules (HTML Living Standard, "Server-sent events", §9.2.6 "Interpreting an 
   its ``id`` still counts);
 - an event not ended by a blank line when the stream ends is dropped.
 
+Lines are split on bytes, before decoding: CR and LF never occur inside a UTF-8 sequence, so a
+character split across chunks is simply part of an unfinished line, and each finished line is
+decoded whole (invalid bytes become U+FFFD, as a browser's decoder would make them).
+
 Limits make a hostile or broken upstream fail loudly instead of growing memory: a line longer
 than ``max_line_bytes`` or an event whose data exceeds ``max_event_bytes`` raises
-:class:`SSELimitError`.
+:class:`SSELimitError`. Lines nobody will read (comments, unknown fields) are skipped as they
+arrive instead, whatever their length, so a long comment costs nothing.
 """
 
 from __future__ import annotations
 
-import codecs
 import re
 from dataclasses import dataclass
 
 from outlast.errors import OutlastError
 
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 _DIGITS = re.compile(r"[0-9]+")
-_BOM = "\ufeff"
-# A UTF-8 character is at most 4 bytes: a line shorter than a quarter of the limit, in characters,
-# cannot be over it, so the exact byte count is only computed for long lines.
-_MAX_CHAR_BYTES = 4
+_BOM = b"\xef\xbb\xbf"
+_FIELDS = frozenset({"data", "event", "id", "retry"})
+# The longest field name: a line without a colon that is longer cannot name a field.
+_LONGEST_FIELD = max(len(name) for name in _FIELDS)
+# A retry longer than this (milliseconds: over 30,000 years) is ignored rather than parsed.
+_MAX_RETRY_DIGITS = 15
 
 
 class SSELimitError(OutlastError):
@@ -50,73 +56,97 @@ class SSEEvent:
 
 
 class SSEDecoder:
+    """Feed it the body's bytes as they arrive; it returns the events each chunk completed.
+
+    ``last_event_id`` is what an ``EventSource`` would send as ``Last-Event-ID`` on reconnect:
+    the id in force at the last blank line (a block without data still sets it). ``retry`` is
+    the last valid reconnection time the stream asked for, in milliseconds.
+    """
+
     def __init__(self, *, max_line_bytes: int = 1 << 20, max_event_bytes: int = 8 << 20) -> None:
         self.max_line_bytes = max_line_bytes
         self.max_event_bytes = max_event_bytes
-        self.retry: int | None = None  # the last valid ``retry`` value, in milliseconds
-        self.last_id: str | None = None
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._started = False  # past the place where a BOM may be
+        self.retry: int | None = None
+        self.last_event_id: str | None = None
+        self._id_buffer: str | None = None  # the "last event ID buffer" of the standard
+        self._head = b""  # the first bytes, until it is known whether they hold a BOM
+        self._started = False
         self._after_cr = False  # the last chunk ended with CR: a leading LF belongs to it
-        self._partial = ""  # an unfinished line
+        self._line = bytearray()  # an unfinished line
+        self._skipping = False  # the unfinished line is a comment or unknown field: drop it
         self._data: list[str] = []
         self._data_size = 0
         self._event = ""
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Decode *chunk* and return the events it completed (often none)."""
-        return self._feed_text(self._decoder.decode(chunk))
-
-    def close(self) -> list[SSEEvent]:
-        """The stream ended: flush the decoder. An event without its blank line is dropped."""
-        events = self._feed_text(self._decoder.decode(b"", final=True))
-        self._partial = ""
-        self._data, self._data_size, self._event = [], 0, ""
-        return events
-
-    def _feed_text(self, text: str) -> list[SSEEvent]:
-        if not text:
-            return []
         if not self._started:
-            text = self._partial + text
-            self._partial = ""
-            if len(text) < len(_BOM) and _BOM.startswith(text):
-                self._partial = text
+            chunk = self._head + chunk
+            if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
+                self._head = chunk  # maybe a BOM split across chunks: wait for more
                 return []
+            self._head = b""
             self._started = True
-            if text.startswith(_BOM):
-                text = text[len(_BOM) :]
+            if chunk.startswith(_BOM):
+                chunk = chunk[len(_BOM) :]
+        if not chunk:
+            return []
+        start = 0
         if self._after_cr:
             self._after_cr = False
-            if text.startswith("\n"):
-                text = text[1:]
+            if chunk[:1] == b"\n":
+                start = 1
         events: list[SSEEvent] = []
-        start = 0
-        for match in _LINE_BREAK.finditer(text):
-            if match.group() == "\r" and match.end() == len(text):
+        for match in _LINE_BREAK.finditer(chunk, start):
+            self._extend(chunk, start, match.start())
+            if match.end() == len(chunk) and match.group() == b"\r":
                 self._after_cr = True
-            line = text[start : match.start()]
-            if self._partial:
-                line, self._partial = self._partial + line, ""
-            self._check_line(line)
-            event = self._line(line)
+            event = self._end_line()
             if event is not None:
                 events.append(event)
             start = match.end()
-        if start < len(text):
-            self._partial += text[start:]
-            self._check_line(self._partial)
+        if start < len(chunk):
+            self._extend(chunk, start, len(chunk))
         return events
 
-    def _check_line(self, line: str) -> None:
-        if len(line) * _MAX_CHAR_BYTES <= self.max_line_bytes:
-            return
-        if len(line.encode("utf-8", "surrogatepass")) > self.max_line_bytes:
-            raise SSELimitError(f"a line is longer than {self.max_line_bytes} bytes")
+    def close(self) -> list[SSEEvent]:
+        """The stream ended. Whatever was unfinished is dropped, as the standard says (an event
+        needs its blank line), so this returns no events; it resets the decoder for reuse."""
+        self._line.clear()
+        self._skipping = False
+        self._data, self._data_size, self._event = [], 0, ""
+        return []
 
-    def _line(self, line: str) -> SSEEvent | None:
-        if not line:
+    # -- lines ----------------------------------------------------------------------------
+
+    def _extend(self, chunk: bytes, start: int, end: int) -> None:
+        if self._skipping or start == end:
+            return
+        self._line += chunk[start:end]
+        if len(self._line) > self.max_line_bytes:
+            if not self._ignorable(bytes(self._line)):
+                raise SSELimitError(f"a line is longer than {self.max_line_bytes} bytes")
+            self._line.clear()
+            self._skipping = True
+
+    @staticmethod
+    def _ignorable(head: bytes) -> bool:
+        """Whether a line starting with *head* is certainly a comment or an unknown field."""
+        if head.startswith(b":"):
+            return True
+        name, colon, _ = head.partition(b":")
+        if colon:
+            return name.decode("utf-8", "replace") not in _FIELDS
+        return len(head) > _LONGEST_FIELD
+
+    def _end_line(self) -> SSEEvent | None:
+        if self._skipping:
+            self._skipping = False
+            return None
+        if not self._line:
             return self._dispatch()
+        line = self._line.decode("utf-8", "replace")
+        self._line.clear()
         if line[0] == ":":
             return None
         name, colon, value = line.partition(":")
@@ -129,15 +159,17 @@ class SSEDecoder:
             self._data.append(value)
         elif name == "event":
             self._event = value
-        elif name == "id" and "\0" not in value:
-            self.last_id = value
-        elif name == "retry" and _DIGITS.fullmatch(value):
+        elif name == "id":
+            if "\0" not in value:
+                self._id_buffer = value
+        elif name == "retry" and len(value) <= _MAX_RETRY_DIGITS and _DIGITS.fullmatch(value):
             self.retry = int(value)
         return None
 
     def _dispatch(self) -> SSEEvent | None:
+        self.last_event_id = self._id_buffer
         data, event = self._data, self._event
         self._data, self._data_size, self._event = [], 0, ""
         if not data:
             return None
-        return SSEEvent(data="\n".join(data), event=event or "message", id=self.last_id)
+        return SSEEvent(data="\n".join(data), event=event or "message", id=self._id_buffer)
