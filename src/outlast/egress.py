@@ -1,24 +1,41 @@
 """Where outlast may send requests on a job's behalf (``http`` and ``relay`` tasks, ``/v1/proxy``).
 
-A raw URL's host must be in ``[egress] allowed_hosts`` (or be a named upstream's host), and its
-addresses must not be loopback, private, link-local, reserved or cloud-metadata addresses unless
-the config says so. Addresses are checked after DNS resolution, so a name that points at
-127.0.0.1 is refused like 127.0.0.1 itself. The check runs both when a job is submitted (a clear
-4xx) and again just before connecting (the name may resolve differently by then).
+A raw URL's host must be in ``[egress] allowed_hosts``, and its addresses must be public: not
+loopback, private, link-local, shared, reserved or multicast, unless the config allows private
+addresses (``[egress] allow_private``, or ``allow_private`` of a named upstream). Cloud metadata
+addresses (169.254.169.254 and its kin) are refused always: no upstream lives there, and a token
+read from one is the classic server-side request forgery.
+
+Addresses are checked after DNS resolution, so a name that points at 127.0.0.1 is refused like
+127.0.0.1 itself, and IPv6 forms that embed an IPv4 address (``::ffff:127.0.0.1``, NAT64, 6to4,
+Teredo) are judged by the address they embed. The check runs three times: when a job is
+submitted (a clear ``403``), just before the request, and at connect time inside the HTTP
+client (:func:`guarded_transport`), on the very addresses the socket connects to, so a name
+that resolves differently the second time (DNS rebinding) gains nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import ipaddress
 import socket
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
-from outlast.config import EgressSettings, UpstreamSettings
-from outlast.errors import Forbidden, Unprocessable
+import httpcore
+import httpx
 
-# Cloud metadata services, refused even where private addresses are allowed.
+from outlast.config import EgressSettings, UpstreamSettings
+from outlast.errors import Forbidden, OutlastError, Unprocessable
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Cloud metadata services (AWS, GCP, Azure, OpenStack; AWS over IPv6; Alibaba), refused even
+# where private addresses are allowed.
 METADATA_ADDRESSES = frozenset(
     {
         ipaddress.ip_address("169.254.169.254"),
@@ -26,6 +43,11 @@ METADATA_ADDRESSES = frozenset(
         ipaddress.ip_address("100.100.100.200"),
     }
 )
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+class EgressRefused(OutlastError):
+    """A connection to a refused address was attempted (found at connect time)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,22 +57,42 @@ class Target:
     allow_private: bool
 
 
-def is_private(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return is_private(addr.ipv4_mapped)
-    return (
-        addr.is_loopback
-        or addr.is_private
-        or addr.is_link_local
-        or addr.is_reserved
-        or addr.is_multicast
-        or addr.is_unspecified
-        or addr in METADATA_ADDRESSES
-        or (
-            isinstance(addr, ipaddress.IPv4Address)
-            and addr in ipaddress.ip_network("100.64.0.0/10")
-        )
-    )
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr in _NAT64:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr.teredo is not None:
+        return addr.teredo[1]
+    return None
+
+
+def is_metadata(addr: IPAddress) -> bool:
+    if isinstance(addr, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(addr)
+        if embedded is not None:
+            return embedded in METADATA_ADDRESSES
+    return addr in METADATA_ADDRESSES
+
+
+def is_private(addr: IPAddress) -> bool:
+    """Whether *addr* is anything but a public unicast address."""
+    if isinstance(addr, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(addr)
+        if embedded is not None and is_private(embedded):
+            return True
+    return not addr.is_global or addr.is_multicast or addr in METADATA_ADDRESSES
+
+
+def refusal(addr: IPAddress, allow_private: bool) -> str | None:
+    """Why a connection to *addr* is refused, or ``None`` when it is allowed."""
+    if is_metadata(addr):
+        return f"{addr} is a cloud metadata address, never allowed"
+    if not allow_private and is_private(addr):
+        return f"{addr} is a private or local address; set allow_private to permit it"
+    return None
 
 
 def _host_allowed(host: str, allowed: list[str]) -> bool:
@@ -66,10 +108,14 @@ def _host_allowed(host: str, allowed: list[str]) -> bool:
 
 def check_url(url: str, egress: EgressSettings, *, field: str = "url") -> Target:
     """Validate a raw URL against the allow-list (no DNS yet): 422 or 403 when refused."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        raise Unprocessable(f"{field} is not a valid URL: {exc}", extra={"field": field}) from exc
+    if parts.scheme not in ("http", "https") or not host:
         raise Unprocessable(f"{field} must be an absolute http(s) URL", extra={"field": field})
-    host = parts.hostname
     if not _host_allowed(host, egress.allowed_hosts):
         raise Forbidden(
             f"host {host!r} is not in [egress] allowed_hosts",
@@ -87,28 +133,104 @@ def upstream_target(upstream: UpstreamSettings, path: str) -> Target:
     return Target(base + path, host, upstream.allow_private)
 
 
-async def resolve_and_check(target: Target) -> None:
-    """Resolve the target's host and refuse private addresses unless allowed (403)."""
-    if target.allow_private:
-        return
-    host = target.host
+async def _resolve(host: str) -> list[IPAddress]:
     try:
-        literal = ipaddress.ip_address(host.strip("[]"))
+        return [ipaddress.ip_address(host.strip("[]"))]
     except ValueError:
-        literal = None
-    if literal is not None:
-        addresses = {literal}
-    else:
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise Forbidden(f"cannot resolve {host!r}: {exc}", code="egress_denied") from exc
-        addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
+        pass
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    seen: dict[IPAddress, None] = {}
+    for info in infos:
+        seen[ipaddress.ip_address(str(info[4][0]).split("%")[0])] = None
+    return list(seen)
+
+
+async def resolve_and_check(target: Target) -> list[IPAddress]:
+    """Resolve the target's host; 403 when any of its addresses is refused. Returns them."""
+    try:
+        addresses = await _resolve(target.host)
+    except OSError as exc:
+        raise Forbidden(f"cannot resolve {target.host!r}: {exc}", code="egress_denied") from exc
     for addr in addresses:
-        if is_private(addr):
-            raise Forbidden(
-                f"{host!r} resolves to {addr}, a private or local address; "
-                "set allow_private to permit it",
-                code="egress_denied",
-            )
+        why = refusal(addr, target.allow_private)
+        if why is not None:
+            raise Forbidden(f"{target.host!r} resolves to {why}", code="egress_denied")
+    return addresses
+
+
+# -- the check at connect time ---------------------------------------------------------------
+
+# The policy of the request being made in this task: whether private addresses are allowed.
+# ``None`` outside :func:`egress_scope` (outlast's own requests): only metadata is refused then.
+_allow_private: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
+    "outlast_egress_allow_private", default=None
+)
+
+
+@contextlib.contextmanager
+def egress_scope(target: Target) -> Iterator[None]:
+    """Requests made inside connect only to addresses *target*'s policy allows."""
+    token = _allow_private.set(target.allow_private)
+    try:
+        yield
+    finally:
+        _allow_private.reset(token)
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves names itself, checks every address, and connects to a checked address only."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self.inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        allow_private = _allow_private.get()
+        try:
+            async with asyncio.timeout(timeout):
+                addresses = await _resolve(host)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(f"resolving {host!r} timed out") from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host!r}: {exc}") from exc
+        for addr in addresses:
+            why = refusal(addr, allow_private is not False)
+            if why is not None:
+                raise EgressRefused(f"refused to connect to {host!r}: it resolves to {why}")
+        error: Exception | None = None
+        for addr in addresses:
+            try:
+                return await self.inner.connect_tcp(
+                    str(addr), port, timeout, local_address, socket_options
+                )
+            except httpcore.ConnectError as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise EgressRefused("outlast does not connect to unix sockets on a job's behalf")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+def guarded_transport(**kwargs: Any) -> httpx.AsyncHTTPTransport:
+    """An httpx transport whose connections go only where :func:`egress_scope` allows."""
+    transport = httpx.AsyncHTTPTransport(**kwargs)
+    pool = transport._pool
+    if not isinstance(pool, httpcore.AsyncConnectionPool):  # pragma: no cover - a proxy
+        raise TypeError("guarded_transport does not support proxies")
+    # httpx builds its pool with no way to pass a network backend; the pool reads it from this
+    # attribute when it opens a connection (checked by tests/relay/test_egress.py).
+    pool._network_backend = _GuardedBackend(pool._network_backend)
+    return transport

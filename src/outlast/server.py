@@ -33,6 +33,7 @@ import uvicorn
 
 from outlast.api.app import create_app
 from outlast.config import Settings
+from outlast.egress import guarded_transport
 from outlast.errors import ConfigError
 from outlast.executors.registry import Registry, build_registry
 from outlast.lifecycle import Lifecycle
@@ -93,7 +94,9 @@ async def open_node(settings: Settings, *, workers: bool) -> AsyncIterator[Node]
         thread_name_prefix="outlast-task",
     )
     http_client = httpx.AsyncClient(
-        timeout=httpx.Timeout(None, connect=EGRESS_CONNECT_TIMEOUT), follow_redirects=False
+        transport=guarded_transport(),  # refuses private addresses at connect time too
+        timeout=httpx.Timeout(None, connect=EGRESS_CONNECT_TIMEOUT),
+        follow_redirects=False,
     )
     store = await open_store(settings.server.store, fsync=settings.store.fsync)
     metrics = Metrics()

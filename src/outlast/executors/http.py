@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from outlast.config import EgressSettings
-from outlast.egress import check_url, resolve_and_check
+from outlast.egress import EgressRefused, check_url, egress_scope, resolve_and_check
 from outlast.errors import Unprocessable
 from outlast.executors import TaskFailure
 
@@ -68,7 +68,12 @@ async def run_http(
     headers = {**implied, **spec.get("headers", {})}
     method = spec.get("method", "GET").upper()
     try:
-        async with client.stream(method, target.url, headers=headers, content=body) as resp:
+        with egress_scope(target):  # the address check again, at connect time
+            resp = await client.send(
+                client.build_request(method, target.url, headers=headers, content=body),
+                stream=True,
+            )
+        try:
             chunks: list[bytes] = []
             size = 0
             async for chunk in resp.aiter_bytes():
@@ -80,6 +85,10 @@ async def run_http(
                         retryable=False,
                     )
                 chunks.append(chunk)
+        finally:
+            await resp.aclose()
+    except EgressRefused as exc:
+        raise TaskFailure("upstream_error", str(exc), retryable=False) from exc
     except httpx.HTTPError as exc:
         raise TaskFailure("upstream_error", f"{type(exc).__name__}: {exc}") from exc
     raw = b"".join(chunks)

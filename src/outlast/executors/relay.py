@@ -2,20 +2,25 @@
 event in the job's stream before any reader can see it.
 
 The upstream is read by the worker that owns the job, never by code inside a client's response:
-readers come and go, the read goes on. Each attempt:
+readers come and go, the read goes on, and readers only ever read the store, so a slow reader
+cannot slow the upstream down. Each attempt:
 
 1. resolves the target (a named upstream with its secret headers, or an allowed raw URL) and
-   refuses private addresses unless allowed, after DNS;
+   refuses private addresses unless allowed, after DNS and again at connect time;
 2. connects (``connect_timeout``), waits for the response head (``first_byte_timeout``), then
-   reads with at most ``idle_timeout`` of silence; the job's own ``timeout`` bounds the whole;
+   reads with at most ``idle_timeout`` of silence between chunks; the job's own ``timeout``
+   bounds the whole attempt (the worker enforces it);
 3. decodes the body with the WHATWG SSE rules and appends every event as
    ``{"type": "event", "event", "data", "id"}``. Appends are pipelined: the next chunk is read
-   while the previous events commit, in order.
+   while the previous events commit, in order, and the read pauses only when the store falls
+   more than ``MAX_PENDING_BYTES`` behind.
 
 A failure before any event is retried like any failed attempt. After events were stored, a retry
 resumes with ``Last-Event-ID`` when the upstream gave ids; without ids the job ends as
-``interrupted`` rather than risk duplicate output. A non-event-stream 2xx answer (a plain JSON
-completion, say) is kept whole as the result's ``body``.
+``interrupted`` rather than risk duplicate output. An attempt that finds the stream already
+complete (``data: [DONE]`` stored, the worker stopped before it could finish the job) finishes
+without calling the upstream again. A non-event-stream 2xx answer (a plain JSON completion,
+say) is kept whole as the result's ``body``.
 """
 
 from __future__ import annotations
@@ -23,14 +28,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from outlast.config import Settings
-from outlast.egress import Target, check_url, resolve_and_check, upstream_target
-from outlast.errors import Unprocessable
+from outlast.config import RelaySettings, Settings
+from outlast.egress import (
+    EgressRefused,
+    Target,
+    check_url,
+    egress_scope,
+    resolve_and_check,
+    upstream_target,
+)
+from outlast.errors import Forbidden, Unprocessable
 from outlast.executors import TaskFailure
 from outlast.sse import SSEDecoder, SSEEvent, SSELimitError
 from outlast.store.base import Store
@@ -38,13 +51,28 @@ from outlast.tasks import Job
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 INPUT_FIELDS = frozenset({"upstream", "path", "url", "method", "headers", "body"})
-# Events decoded while the previous batch commits wait here; past this the upstream read pauses
-# until the store catches up (memory stays bounded; readers never cause this).
-MAX_PENDING_EVENTS = 10_000
+# Decoded events waiting while the previous batch commits. Past this the upstream read pauses
+# until the store catches up: memory stays bounded. Readers never cause this, the store does.
+MAX_PENDING_BYTES = 16 << 20
+# One append to the store carries at most this much; a burst is cut into several.
+MAX_BATCH_BYTES = 1 << 20
 # Headers a client may not set on the upstream request: hop-by-hop, or owned by outlast.
 DROPPED_HEADERS = frozenset(
-    {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "upgrade"}
+    {
+        "host",
+        "content-length",
+        "connection",
+        "transfer-encoding",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "accept-encoding",
+        "last-event-id",
+    }
 )
+# 4xx answers worth another attempt; any other 4xx will not change by asking again.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 
 
@@ -101,7 +129,7 @@ def resolve_target(value: dict[str, Any], settings: Settings) -> Target:
 
 @dataclass
 class _Progress:
-    """What earlier attempts stored, so that a retry continues instead of repeating."""
+    """What the job's stream holds so far, so that a retry continues instead of repeating."""
 
     events: int = 0
     last_id: str | None = None
@@ -111,8 +139,9 @@ class _Progress:
 
     def add(self, event: SSEEvent) -> None:
         self.events += 1
-        if event.id:
-            self.last_id = event.id
+        if event.id is not None:
+            # An empty id resets it, as for EventSource: nothing to resume from then.
+            self.last_id = event.id or None
         data = event.data
         if data.strip() == "[DONE]":
             self.done = True
@@ -184,66 +213,64 @@ def _event_message(event: SSEEvent) -> dict[str, Any]:
     return message
 
 
+def _cut(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The first batch of *messages* (at least one, at most about ``MAX_BATCH_BYTES``)."""
+    size = 0
+    for i, message in enumerate(messages):
+        size += len(message["data"])
+        if size >= MAX_BATCH_BYTES:
+            return messages[: i + 1], messages[i + 1 :]
+    return messages, []
+
+
 class _Appender:
-    """Appends events in order, one batch in flight at a time (group commit does the rest)."""
+    """Appends events in order with one append in flight; the next batch starts as soon as the
+    previous one committed, so no event waits for the upstream's next chunk to be stored."""
 
     def __init__(self, job: Job) -> None:
         self.job = job
         self.pending: list[dict[str, Any]] = []
+        self.pending_bytes = 0
         self.inflight: asyncio.Task[None] | None = None
 
     async def add(self, messages: list[dict[str, Any]]) -> None:
         self.pending.extend(messages)
+        self.pending_bytes += sum(len(m["data"]) for m in messages)
         if self.inflight is not None and self.inflight.done():
-            await self._settle()
-        if self.inflight is None and self.pending:
-            self._start()
-        elif len(self.pending) >= MAX_PENDING_EVENTS:
-            await self._settle()
-            self._start()
-
-    def _start(self) -> None:
-        batch, self.pending = self.pending, []
-        self.inflight = asyncio.ensure_future(self._emit(batch))
-
-    async def _emit(self, batch: list[dict[str, Any]]) -> None:
-        await self.job.emit_messages(batch)
-
-    async def _settle(self) -> None:
-        if self.inflight is not None:
             task, self.inflight = self.inflight, None
-            await task
+            await task  # raises what the append raised
+        if self.inflight is None:
+            self.inflight = asyncio.ensure_future(self._drain())
+        if self.pending_bytes > MAX_PENDING_BYTES:
+            await self.flush()  # back-pressure: the store is behind
+
+    async def _drain(self) -> None:
+        while self.pending:
+            batch, self.pending = _cut(self.pending)
+            self.pending_bytes -= sum(len(m["data"]) for m in batch)
+            await self.job.emit_messages(batch)
 
     async def flush(self) -> None:
-        await self._settle()
+        """Wait until everything added is stored (raises what an append raised)."""
+        while self.inflight is not None:
+            task = self.inflight
+            await task
+            if self.inflight is task:
+                self.inflight = None
         if self.pending:
-            self._start()
-            await self._settle()
+            self.inflight = asyncio.ensure_future(self._drain())
+            await self.flush()
 
     async def abort(self) -> None:
         if self.inflight is not None:
             self.inflight.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.inflight
+            self.inflight = None
 
 
-async def run_relay(
-    job: Job, value: dict[str, Any], *, settings: Settings, store: Store, client: httpx.AsyncClient
-) -> dict[str, Any]:
-    relay = settings.relay
-    target = resolve_target(value, settings)
-    await resolve_and_check(target)
-    progress = await _stored_progress(store, job, settings.streams.max_read_bytes)
-    if progress.events and progress.last_id is None:
-        raise TaskFailure(
-            "interrupted",
-            f"the upstream stream broke after {progress.events} events and gave no event ids "
-            "to resume from; not repeating the request (it would duplicate output)",
-            retryable=False,
-        )
-    headers: dict[str, str] = {"accept": "text/event-stream"}
-    body, implied = _request_body(value.get("body"))
-    headers.update(implied)
+def _headers(value: dict[str, Any], settings: Settings, implied: dict[str, str]) -> dict[str, str]:
+    headers: dict[str, str] = {"accept": "text/event-stream", **implied}
     for name, header_value in value.get("headers", {}).items():
         if name.lower() not in DROPPED_HEADERS:
             headers[name.lower()] = header_value
@@ -251,52 +278,102 @@ async def run_relay(
         # The upstream's own headers (its API key, say) win; clients never see them.
         for name, header_value in settings.upstreams[value["upstream"]].headers.items():
             headers[name.lower()] = header_value
+    return headers
+
+
+async def run_relay(
+    job: Job, value: dict[str, Any], *, settings: Settings, store: Store, client: httpx.AsyncClient
+) -> dict[str, Any]:
+    relay = settings.relay
+    target = resolve_target(value, settings)
+    try:
+        await resolve_and_check(target)
+    except Forbidden as exc:
+        raise TaskFailure("upstream_error", exc.message, retryable=False) from exc
+    progress = await _stored_progress(store, job, settings.streams.max_read_bytes)
+    if progress.done:
+        # An earlier attempt stored the whole stream and stopped before finishing the job.
+        return progress.result(200)
+    if progress.events and progress.last_id is None:
+        raise TaskFailure(
+            "interrupted",
+            f"the upstream stream broke after {progress.events} events and gave no event ids "
+            "to resume from; not repeating the request (it would duplicate output)",
+            retryable=False,
+        )
+    body, implied = _request_body(value.get("body"))
+    headers = _headers(value, settings, implied)
     if progress.last_id is not None:
         headers["last-event-id"] = progress.last_id
-    timeout = httpx.Timeout(
-        connect=relay.connect_timeout,
-        read=relay.idle_timeout,
-        write=relay.idle_timeout,
-        pool=relay.connect_timeout,
-    )
     request = client.build_request(
         value.get("method", "POST").upper(),
         target.url,
         headers=headers,
         content=body,
-        timeout=timeout,
+        # Our own clocks below enforce first byte and idle with clear messages; httpx's read
+        # timeout is only a backstop.
+        timeout=httpx.Timeout(
+            connect=relay.connect_timeout,
+            read=max(relay.first_byte_timeout, relay.idle_timeout) + 1,
+            write=relay.idle_timeout,
+            pool=relay.connect_timeout,
+        ),
     )
     appender = _Appender(job)
     try:
-        try:
-            async with asyncio.timeout(relay.first_byte_timeout):
-                response = await client.send(request, stream=True)
-        except TimeoutError as exc:
-            raise TaskFailure(
-                "upstream_error",
-                f"no response from the upstream within {relay.first_byte_timeout:g} s",
-            ) from exc
-        try:
-            return await _consume(response, progress, appender, settings)
-        finally:
-            await response.aclose()
-    except httpx.HTTPError as exc:
+        with egress_scope(target):
+            try:
+                async with asyncio.timeout(relay.first_byte_timeout):
+                    response = await client.send(request, stream=True)
+            except TimeoutError as exc:
+                raise TaskFailure(
+                    "upstream_error",
+                    f"no response from the upstream within {relay.first_byte_timeout:g} s "
+                    "(first_byte_timeout)",
+                ) from exc
+            try:
+                return await _consume(response, progress, appender, relay)
+            finally:
+                await response.aclose()
+    except EgressRefused as exc:
+        raise TaskFailure("upstream_error", str(exc), retryable=False) from exc
+    except (httpx.HTTPError, _Silent) as exc:
         # What arrived before the break is kept: a retry resumes after it (Last-Event-ID), and
         # a relay that cannot resume reports exactly what was stored.
         await appender.flush()
-        raise _transport_failure(exc, progress, relay.idle_timeout) from exc
+        raise _transport_failure(exc, progress, relay) from exc
+    except TaskFailure:
+        await appender.flush()
+        raise
     except BaseException:
         await appender.abort()
         raise
 
 
+class _Silent(Exception):
+    """The upstream sent nothing for longer than ``idle_timeout``."""
+
+
+async def _chunks(response: httpx.Response, idle: float) -> AsyncIterator[bytes]:
+    """The body's chunks (content-encoding undone), each within *idle* seconds of the last."""
+    chunks = response.aiter_bytes()
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise _Silent() from exc
+        yield chunk
+
+
 async def _consume(
-    response: httpx.Response, progress: _Progress, appender: _Appender, settings: Settings
+    response: httpx.Response, progress: _Progress, appender: _Appender, relay: RelaySettings
 ) -> dict[str, Any]:
-    relay = settings.relay
     status = response.status_code
     if not 200 <= status < 300:
-        excerpt = await _excerpt(response, relay.excerpt_bytes)
+        excerpt = await _excerpt(response, relay)
         raise TaskFailure(
             "upstream_status",
             f"upstream answered {status}",
@@ -306,45 +383,47 @@ async def _consume(
         )
     content_type = response.headers.get("content-type", "")
     if "text/event-stream" not in content_type.lower():
-        return await _plain_body(response, status, content_type, relay.max_body_bytes)
+        return await _plain_body(response, status, content_type, relay)
     decoder = SSEDecoder(max_line_bytes=relay.max_line_bytes, max_event_bytes=relay.max_event_bytes)
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in _chunks(response, relay.idle_timeout):
             events = decoder.feed(chunk)
             if events:
                 for event in events:
                     progress.add(event)
                 await appender.add([_event_message(e) for e in events])
-        # The unfinished last event (no blank line after it) is dropped, as WHATWG says.
-        decoder.close()
     except SSELimitError as exc:
-        await appender.flush()
         raise TaskFailure(
             "upstream_error", f"upstream stream rejected: {exc}", retryable=False
         ) from exc
+    # The unfinished last event (no blank line after it) is dropped, as WHATWG says.
+    decoder.close()
     await appender.flush()
     return progress.result(status)
 
 
-async def _excerpt(response: httpx.Response, limit: int) -> str:
+async def _excerpt(response: httpx.Response, relay: RelaySettings) -> str:
+    """The start of an error body, bounded in size and in time."""
     data = b""
-    with contextlib.suppress(httpx.HTTPError):
-        async for chunk in response.aiter_raw():
+    with contextlib.suppress(httpx.HTTPError, _Silent):
+        async for chunk in _chunks(response, relay.idle_timeout):
             data += chunk
-            if len(data) >= limit:
+            if len(data) >= relay.excerpt_bytes:
                 break
-    return data[:limit].decode("utf-8", "replace")
+    return data[: relay.excerpt_bytes].decode("utf-8", "replace")
 
 
 async def _plain_body(
-    response: httpx.Response, status: int, content_type: str, limit: int
+    response: httpx.Response, status: int, content_type: str, relay: RelaySettings
 ) -> dict[str, Any]:
     data = b""
-    async for chunk in response.aiter_raw():
+    async for chunk in _chunks(response, relay.idle_timeout):
         data += chunk
-        if len(data) > limit:
+        if len(data) > relay.max_body_bytes:
             raise TaskFailure(
-                "upstream_error", f"upstream body larger than {limit} bytes", retryable=False
+                "upstream_error",
+                f"upstream body larger than {relay.max_body_bytes} bytes (max_body_bytes)",
+                retryable=False,
             )
     return {
         "status": status,
@@ -355,13 +434,20 @@ async def _plain_body(
     }
 
 
-def _transport_failure(exc: httpx.HTTPError, progress: _Progress, idle: float) -> TaskFailure:
-    if isinstance(exc, httpx.ReadTimeout):
-        what = f"the upstream was silent for more than {idle:g} s"
-    elif isinstance(exc, httpx.ConnectTimeout):
-        what = "connecting to the upstream timed out"
+def _transport_failure(
+    exc: httpx.HTTPError | _Silent, progress: _Progress, relay: RelaySettings
+) -> TaskFailure:
+    if isinstance(exc, _Silent | httpx.ReadTimeout):
+        what = f"the upstream was silent for more than {relay.idle_timeout:g} s (idle_timeout)"
+    elif isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        what = (
+            f"connecting to the upstream took more than {relay.connect_timeout:g} s "
+            "(connect_timeout)"
+        )
     elif isinstance(exc, httpx.ConnectError):
-        what = f"cannot connect to the upstream: {exc}"
+        what = f"cannot connect to the upstream: {exc or 'connection refused'}"
+    elif isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        what = f"the upstream connection broke: {exc or type(exc).__name__}"
     else:
         what = f"{type(exc).__name__}: {exc}"
     if progress.events and progress.last_id is None:
@@ -370,4 +456,6 @@ def _transport_failure(exc: httpx.HTTPError, progress: _Progress, idle: float) -
             f"{what}, after {progress.events} events without ids to resume from",
             retryable=False,
         )
+    if progress.events:
+        what += f", after {progress.events} events (a retry resumes after id {progress.last_id})"
     return TaskFailure("upstream_error", what)
