@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Generator
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +52,9 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 # ended by phase 3, so what remains are ordinary requests that finish quickly.
 REQUEST_DRAIN_TIMEOUT = 10
 SWITCH_INTERVAL = 0.0005
+# Threads that run plain `def` tasks are named with this prefix.
+TASK_THREAD_PREFIX = "outlast-task"
+IDLE_THREAD_EXIT = 0.5
 # Connect timeout for outgoing requests of built-in tasks; the job's own timeout bounds the rest.
 EGRESS_CONNECT_TIMEOUT = 10.0
 
@@ -91,7 +96,7 @@ async def open_node(settings: Settings, *, workers: bool) -> AsyncIterator[Node]
     app: App | None = load_app(settings.server.app) if settings.server.app else None
     threads = ThreadPoolExecutor(
         max_workers=settings.jobs.threads or sum(q.concurrency for q in settings.queues.values()),
-        thread_name_prefix="outlast-task",
+        thread_name_prefix=TASK_THREAD_PREFIX,
     )
     http_client = httpx.AsyncClient(
         transport=guarded_transport(),  # refuses private addresses at connect time too
@@ -231,3 +236,27 @@ def run(main: asyncio.Future[None] | object) -> None:
         asyncio.run(main)  # type: ignore[arg-type]
     else:
         uvloop.run(main)  # type: ignore[arg-type]
+    _leave_task_threads()
+
+
+def _leave_task_threads() -> None:
+    """Exit now if threads of sync tasks are still running.
+
+    A thread cannot be stopped from outside, and Python joins every pool thread at exit, so a
+    task that ignores ``job.cancelled`` would hold the process long after the grace period or a
+    second signal. Its job was already handed back and the store is closed: nothing is lost by
+    not waiting.
+    """
+    pool = [t for t in threading.enumerate() if t.name.startswith(TASK_THREAD_PREFIX)]
+    # Idle pool threads end as soon as the pool is shut down; give them that moment.
+    deadline = time.monotonic() + IDLE_THREAD_EXIT
+    for thread in pool:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in pool if t.is_alive()]
+    if not stuck:
+        return
+    log.warning("leaving %d task threads still running: %s", len(stuck), ", ".join(stuck))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
