@@ -8,10 +8,16 @@ Routes (query parameters in brackets):
   ``Last-Event-ID``. Counts events sent per ``key``.
 - ``POST /v1/chat/completions``: OpenAI-style. With ``"stream": true`` the words of
   ``FAKE_TEXT`` as ``chat.completion.chunk`` events (``interval`` from the ``x-fake-interval``
-  header), ending with ``data: [DONE]``; otherwise one ``chat.completion`` JSON answer.
+  header), ending with ``data: [DONE]``; otherwise one ``chat.completion`` JSON answer. Header
+  ``x-fake-key`` names the counters, ``x-fake-status`` answers that error status instead,
+  ``x-fake-gate`` holds the answer until the test opens that gate, ``x-fake-cut-after`` cuts
+  the stream after that many words (ids are never sent, so it cannot be resumed).
 - ``/status/{code}``: that status with a JSON error body.
 - ``/hang``: waits ``seconds`` before answering (never, by default).
-- ``/stall`` [after=3]: ``after`` events, then silence.
+- ``/stall`` [after=3, n=6, ids=1]: ``after`` events, then silence (the first time per key;
+  a retry with ``Last-Event-ID`` gets the rest).
+- ``/gate`` [gate=, n=5, size=0]: holds its answer until the test calls ``open_gate(gate)``,
+  then sends ``n`` events like ``/sse`` (with ``size`` bytes of padding each).
 - ``/drop`` [after=3, ids=1]: ``after`` events, then the connection is cut (once per key;
   the retry with ``Last-Event-ID`` gets the rest).
 - ``/malformed``: lines an SSE parser must survive.
@@ -53,6 +59,10 @@ class FakeUpstream:
         self.last_headers: dict[str, dict[str, str]] = {}
         self.dropped: set[str] = set()
         self.completed: Counter[str] = Counter()  # streams sent to their end, per key
+        self.opened: set[str] = set()  # gates the test opened
+        self._gate_events: dict[str, asyncio.Event] = {}  # gates answers wait on (fake's loop)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stalled: set[str] = set()
         self.port = _free_port()
         self.app = Starlette(
             routes=[
@@ -65,6 +75,7 @@ class FakeUpstream:
                 Route("/malformed", self.malformed, methods=["GET", "POST"]),
                 Route("/longline", self.longline, methods=["GET", "POST"]),
                 Route("/forever", self.forever, methods=["GET", "POST"]),
+                Route("/gate", self.gated, methods=["GET", "POST"]),
                 Route("/echo", self.echo, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
             ]
         )
@@ -90,6 +101,24 @@ class FakeUpstream:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+    def open_gate(self, name: str) -> None:
+        """Let the answers waiting on gate *name* go (from the test's thread)."""
+        self.opened.add(name)
+        loop = self.loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._set_gate, name)
+
+    def _set_gate(self, name: str) -> None:
+        event = self._gate_events.get(name)
+        if event is not None:
+            event.set()
+
+    async def _wait_gate(self, name: str) -> None:
+        self.loop = asyncio.get_running_loop()
+        if name in self.opened:
+            return
+        await self._gate_events.setdefault(name, asyncio.Event()).wait()
 
     def _note(self, request: Request) -> str:
         key = request.query_params.get("key", request.url.path)
@@ -129,6 +158,13 @@ class FakeUpstream:
         payload = await request.json()
         interval = float(request.headers.get("x-fake-interval", "0"))
         words = FAKE_TEXT.split(" ")
+        if "x-fake-gate" in request.headers:
+            await self._wait_gate(request.headers["x-fake-gate"])
+        if "x-fake-status" in request.headers:
+            code = int(request.headers["x-fake-status"])
+            error = {"message": f"fake upstream says {code}", "type": "fake_error", "code": code}
+            return JSONResponse({"error": error}, code)
+        cut_after = int(request.headers.get("x-fake-cut-after", "-1"))
         if not payload.get("stream"):
             self.completed[key] += 1
             return JSONResponse(
@@ -165,6 +201,8 @@ class FakeUpstream:
         async def body() -> AsyncIterator[bytes]:
             yield chunk({"role": "assistant", "content": ""})
             for i, word in enumerate(words):
+                if i == cut_after:
+                    raise ConnectionResetError("the fake upstream cuts the connection")
                 yield chunk({"content": word if i == 0 else " " + word})
                 self.sent[key] += 1
                 if interval:
@@ -190,16 +228,39 @@ class FakeUpstream:
 
     async def stall(self, request: Request) -> Response:
         key = self._note(request)
-        after = int(request.query_params.get("after", "3"))
-        ids = request.query_params.get("ids", "1") == "1"
+        q = request.query_params
+        after, total, ids = int(q.get("after", "3")), int(q.get("n", "6")), q.get("ids", "1") == "1"
+        start = int(request.headers.get("last-event-id", "-1")) + 1
+        first_time = key not in self.stalled
+        self.stalled.add(key)
 
         async def body() -> AsyncIterator[bytes]:
-            for i in range(after):
+            for i in range(start, total):
+                if first_time and i == after:
+                    await asyncio.sleep(3600)
                 yield (f'data: {{"i": {i}}}\n' + (f"id: {i}\n" if ids else "") + "\n").encode()
                 self.sent[key] += 1
-            await asyncio.sleep(3600)
+            yield b"data: [DONE]\n\n"
+            self.completed[key] += 1
 
         return StreamingResponse(body(), media_type="text/event-stream")
+
+    async def gated(self, request: Request) -> Response:
+        key = self._note(request)
+        q = request.query_params
+        n, size = int(q.get("n", "5")), int(q.get("size", "0"))
+        await self._wait_gate(q.get("gate", key))
+        pad = "x" * size
+
+        async def body() -> AsyncIterator[bytes]:
+            for i in range(n):
+                data = json.dumps({"i": i, "pad": pad} if size else {"i": i})
+                yield f"data: {data}\nid: {i}\n\n".encode()
+                self.sent[key] += 1
+            yield b"data: [DONE]\n\n"
+            self.completed[key] += 1
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def drop(self, request: Request) -> Response:
         key = self._note(request)

@@ -41,10 +41,15 @@ def finished(server: ServerProcess, job_id: str) -> dict[str, Any]:
     return job
 
 
-def stored_events(server: ServerProcess, job_id: str) -> list[dict[str, Any]]:
+def all_messages(server: ServerProcess, job_id: str) -> list[dict[str, Any]]:
     resp = httpx.get(f"{server.url}/v1/stream/jobs/{job_id}", params={"offset": "-1"})
     assert resp.status_code == 200
-    return [m for m in resp.json() if m["type"] == "event"]
+    messages: list[dict[str, Any]] = resp.json()
+    return messages
+
+
+def stored_events(server: ServerProcess, job_id: str) -> list[dict[str, Any]]:
+    return [m for m in all_messages(server, job_id) if m["type"] == "event"]
 
 
 def test_upstream_is_read_to_the_end_after_the_client_leaves(
@@ -236,13 +241,120 @@ def test_a_stream_that_never_ends_hits_the_total_timeout(
     assert len(stored_events(server, job["id"])) <= sent
 
 
+def test_stall_mid_stream_with_ids_resumes_after_the_last_event(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = relay_server(server_factory, upstream)
+    job = finished(server, submit(server, "/stall?after=3&n=6&key=k6", retries=1))
+    assert job["state"] == "succeeded", job
+    assert job["attempt"] == 2
+    assert upstream.last_headers["k6"]["last-event-id"] == "2"
+    errors = [m for m in all_messages(server, job["id"]) if m["type"] == "error"]
+    assert "silent for more than 1 s (idle_timeout)" in errors[0]["error"]["message"]
+    events = stored_events(server, job["id"])
+    assert [e["data"] for e in events] == [*(json.dumps({"i": i}) for i in range(6)), "[DONE]"]
+
+
+def test_idle_timeout_on_the_last_attempt(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = relay_server(server_factory, upstream)
+    job = finished(server, submit(server, "/stall?after=2&key=k7", retries=0))
+    assert job["state"] == "failed"
+    assert job["error"]["code"] == "upstream_error"
+    assert job["error"]["message"] == (
+        "the upstream was silent for more than 1 s (idle_timeout), after 2 events "
+        "(a retry resumes after id 1)"
+    )
+
+
+def test_an_event_over_the_limit_fails(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = relay_server(server_factory, upstream, OUTLAST_RELAY__MAX_EVENT_BYTES="4096")
+    upstream.open_gate("big")
+    job = finished(server, submit(server, "/gate?gate=big&n=3&size=5000", retries=2))
+    assert job["state"] == "failed"
+    assert job["attempt"] == 1  # the same upstream would send the same event again
+    assert job["error"]["code"] == "upstream_error"
+    assert "an event is larger than 4096 bytes" in job["error"]["message"]
+    assert stored_events(server, job["id"]) == []
+
+
+def test_a_plain_answer_is_kept_whole(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = relay_server(server_factory, upstream)
+    resp = httpx.post(
+        f"{server.url}/v1/jobs",
+        json={"task": "relay", "input": {"upstream": "fake", "path": "/echo", "body": {"a": 1}}},
+    )
+    job = finished(server, resp.json()["id"])
+    assert job["state"] == "succeeded", job
+    result = job["result"]
+    assert (result["status"], result["events"], result["done"]) == (200, 0, False)
+    assert result["content_type"] == "application/json"
+    echoed = json.loads(result["body"])
+    assert echoed["method"] == "POST" and json.loads(echoed["body"]) == {"a": 1}
+    assert echoed["headers"]["accept"] == "text/event-stream"
+
+
+def test_a_raw_url_to_an_allowed_private_host(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = relay_server(server_factory, upstream)
+    resp = httpx.post(
+        f"{server.url}/v1/jobs",
+        json={"task": "relay", "input": {"url": f"{upstream.url}/sse?n=3", "method": "GET"}},
+    )
+    assert resp.status_code == 202, resp.text
+    job = finished(server, resp.json()["id"])
+    assert job["result"] == {"status": 200, "events": 4, "done": True}
+    # The named upstream's secret header goes only to the named upstream.
+    assert "authorization" not in upstream.last_headers["/sse"]
+
+
+def test_a_named_upstream_at_a_private_address_needs_allow_private(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = server_factory(env={"OUTLAST_UPSTREAMS__LOCAL__URL": upstream.url}).start()
+    resp = httpx.post(
+        f"{server.url}/v1/jobs",
+        json={"task": "relay", "input": {"upstream": "local", "path": "/sse"}},
+    )
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["error"]["code"] == "egress_denied"
+    assert upstream.requests["/sse"] == 0
+
+
+def test_metadata_is_refused_even_with_allow_private(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory(
+        env={"OUTLAST_EGRESS__ALLOWED_HOSTS": '["*"]', "OUTLAST_EGRESS__ALLOW_PRIVATE": "true"}
+    ).start()
+    for url in ("http://169.254.169.254/latest/meta-data/", "http://[::ffff:169.254.169.254]/"):
+        resp = httpx.post(f"{server.url}/v1/jobs", json={"task": "relay", "input": {"url": url}})
+        assert resp.status_code == 403, resp.text
+        assert "metadata" in resp.json()["error"]["message"]
+
+
 @pytest.mark.parametrize(
     "url",
     [
         "http://127.0.0.1:9/sse",
+        "http://127.1:9/sse",
+        "http://2130706433:9/sse",
+        "http://0.0.0.0:9/sse",
         "http://10.0.0.8/sse",
+        "http://172.16.0.1/sse",
+        "http://192.168.1.1/sse",
+        "http://100.64.0.1/sse",
         "http://169.254.169.254/latest/meta-data/",
         "http://[::1]:9/sse",
+        "http://[::ffff:127.0.0.1]:9/sse",
+        "http://[fe80::1]:9/sse",
+        "http://[fd00:ec2::254]/latest/meta-data/",
         "http://localhost:9/sse",
     ],
 )

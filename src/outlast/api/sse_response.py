@@ -21,7 +21,8 @@ class SSEResponse:
     ) -> None:
         self.events = events
         self.status_code = status_code
-        self.headers = [(b"content-type", self.media_type)]
+        # X-Accel-Buffering: a proxy such as nginx must pass events on as they come.
+        self.headers = [(b"content-type", self.media_type), (b"x-accel-buffering", b"no")]
         self.headers += [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()
         ]

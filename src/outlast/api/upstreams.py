@@ -7,8 +7,13 @@ Pass-through: with ``"stream": true`` in the JSON body (the openai SDK sends ``A
 application/json`` even then, so the body decides) the answer is the upstream's own events,
 ending with its ``data: [DONE]``; otherwise the upstream's status and body once the job has
 finished. An upstream error before the first event is answered with the upstream's status and
-body excerpt, so SDKs raise their usual errors. ``Idempotency-Key`` maps to the job's key: an
-SDK retry gets the existing job's answer and never starts a second upstream call.
+body excerpt, so SDKs raise their usual errors; a relay that fails after events were sent ends
+its stream with an OpenAI-style ``{"error": ...}`` event, which the SDK raises as an error
+rather than ending quietly with half an answer.
+
+``Idempotency-Key`` becomes the job's key: an SDK retry (same key) gets the existing job's
+answer, from its first event, and never starts a second upstream call. A retry that also sends
+``Last-Event-ID`` (the ids here are the job stream's offsets) continues after that event.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from outlast.api.capability import sign
 from outlast.api.jobs import JobsAPI
 from outlast.api.sse_response import SSEResponse, sse_comment, sse_event
-from outlast.errors import BadRequest, NotFound, RequestError
+from outlast.errors import BadRequest, NotFound, PayloadTooLarge, RequestError
 from outlast.models import JobRecord, JobState, NewJob
-from outlast.store.base import format_offset
+from outlast.store.base import format_offset, parse_offset
 
 # Request headers a client sends that must not reach the upstream: the upstream's own secret
 # headers come from config, and Authorization here is the client's token for outlast.
@@ -37,22 +43,35 @@ CLIENT_ONLY_HEADERS = frozenset(
         "connection",
         "accept-encoding",
         "idempotency-key",
+        "last-event-id",
         "transfer-encoding",
         "cookie",
     }
 )
 FORWARDED_PREFIXES = ("openai-", "anthropic-", "x-")
+# SDK telemetry (the openai SDK's retry count and timeouts among it): it changes from one retry
+# to the next, and a retry must be the same job input to find the existing job by its key.
+VOLATILE_PREFIXES = ("x-stainless-",)
 
 
 def _forwarded_headers(request: Request) -> dict[str, str]:
     out = {}
     for name, value in request.headers.items():
         lower = name.lower()
-        if lower in CLIENT_ONLY_HEADERS or lower.startswith("upstream-"):
+        if (
+            lower in CLIENT_ONLY_HEADERS
+            or lower.startswith("upstream-")
+            or lower.startswith(VOLATILE_PREFIXES)
+        ):
             continue
         if lower in ("content-type", "accept") or lower.startswith(FORWARDED_PREFIXES):
             out[lower] = value
     return out
+
+
+def _messages(data: bytes) -> list[dict[str, Any]]:
+    parsed: list[dict[str, Any]] = json.loads(b"[" + data + b"]")
+    return parsed
 
 
 class UpstreamsAPI:
@@ -81,6 +100,8 @@ class UpstreamsAPI:
         )
         return await self.jobs.admit(new)
 
+    # -- OpenAI-compatible pass-through ----------------------------------------------------
+
     async def pass_through(self, request: Request) -> Response | SSEResponse:
         name = request.path_params["name"]
         if name not in self.settings.upstreams:
@@ -89,9 +110,12 @@ class UpstreamsAPI:
         streaming = isinstance(raw, dict) and raw.get("stream") is True
         idem = request.headers.get("idempotency-key")
         key = f"upstream:{name}:{idem}" if idem else None
+        path = "/" + request.path_params["path"]
+        if request.url.query:
+            path += "?" + request.url.query
         value = {
             "upstream": name,
-            "path": "/" + request.path_params["path"],
+            "path": path,
             "method": "POST",
             "headers": _forwarded_headers(request),
             "body": raw,
@@ -99,20 +123,31 @@ class UpstreamsAPI:
         job, _ = await self._relay_job(value, key)
         headers = {"Outlast-Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"}
         if streaming:
-            return await self._stream_answer(job, headers)
+            return await self._stream_answer(job, headers, self._resume_from(request, job))
         job = await self.jobs._wait_terminal(job, job.timeout + 5)
         return self._final_answer(job, headers)
 
+    def _resume_from(self, request: Request, job: JobRecord) -> int | None:
+        raw = request.headers.get("last-event-id")
+        if not raw:
+            return None
+        position = parse_offset(raw)
+        if position is None:
+            raise BadRequest(f"malformed Last-Event-ID {raw!r}", code="invalid_offset")
+        return position
+
     async def _stream_answer(
-        self, job: JobRecord, headers: dict[str, str]
+        self, job: JobRecord, headers: dict[str, str], resume: int | None
     ) -> Response | SSEResponse:
         """Wait for the first upstream event (or the end), then answer like the upstream."""
         first = await self._first_event_or_end(job)
         if first is None:
             job = await self.store.get_job(job.id)
             return self._final_answer(job, headers)
+        position = first if resume is None else max(first, resume)
         return SSEResponse(
-            self._upstream_events(job.id), headers={**headers, "Cache-Control": "no-cache"}
+            self._upstream_events(job.id, position),
+            headers={**headers, "Cache-Control": "no-cache"},
         )
 
     async def _first_event_or_end(self, job: JobRecord) -> int | None:
@@ -121,9 +156,8 @@ class UpstreamsAPI:
         while True:
             result = await self.store.read(stream, position, self.settings.streams.max_read_bytes)
             for unit in result.units:
-                for message in json.loads(b"[" + unit.data + b"]"):
-                    if message.get("type") == "event":
-                        return unit.start
+                if any(m.get("type") == "event" for m in _messages(unit.data)):
+                    return unit.start
             position = result.next
             if result.info.closed and result.up_to_date:
                 return None
@@ -131,9 +165,10 @@ class UpstreamsAPI:
                 raise RequestError("shutting down", code="draining")
             await self.jobs._wait(stream, position, self.settings.sse.keepalive)
 
-    async def _upstream_events(self, job_id: str) -> AsyncIterator[bytes]:
-        """The upstream's own events, as it sent them (ids are outlast offsets, for resuming)."""
-        stream, position = f"jobs/{job_id}", 0
+    async def _upstream_events(self, job_id: str, position: int) -> AsyncIterator[bytes]:
+        """The upstream's own events, as it sent them (ids are outlast offsets, for resuming),
+        then an error event if the relay failed after them."""
+        stream = f"jobs/{job_id}"
         keepalive = self.settings.sse.keepalive
         while True:
             try:
@@ -141,10 +176,10 @@ class UpstreamsAPI:
                     stream, position, self.settings.streams.max_read_bytes
                 )
             except RequestError:
-                return
+                return  # removed (retention) while being read
             out = []
             for unit in result.units:
-                for message in json.loads(b"[" + unit.data + b"]"):
+                for message in _messages(unit.data):
                     if message.get("type") == "event":
                         event = message.get("event")
                         out.append(
@@ -159,7 +194,12 @@ class UpstreamsAPI:
             position = result.next
             if result.units:
                 continue
-            if result.info.closed or self.jobs.lifecycle.stop_readers.is_set():
+            if result.info.closed:
+                job = await self.store.get_job(job_id)
+                if job.state != JobState.SUCCEEDED:
+                    yield _error_event(job)
+                return
+            if self.jobs.lifecycle.stop_readers.is_set():
                 return
             if not await self.jobs._wait(stream, position, keepalive):
                 if self.jobs.lifecycle.stop_readers.is_set():
@@ -179,9 +219,7 @@ class UpstreamsAPI:
             body = error.get("body", "")
             media = "application/json" if body.lstrip().startswith("{") else "text/plain"
             return Response(body, int(error["status"]), headers=headers, media_type=media)
-        status = 504 if error.get("code") == "timeout" else 502
-        if not job.state.terminal:
-            status = 504
+        status = 504 if error.get("code") == "timeout" or not job.state.terminal else 502
         return JSONResponse(
             {
                 "error": {
@@ -204,11 +242,12 @@ class UpstreamsAPI:
                 "send Upstream-URL, or Upstream-Name with Upstream-Path", code="missing_upstream"
             )
         method = (request.headers.get("upstream-method") or "POST").upper()
+        limit = self.settings.limits.job_body_bytes
         body = b""
         async for chunk in request.stream():
             body += chunk
-            if len(body) > self.settings.limits.job_body_bytes:
-                raise BadRequest("body too large for a proxied request", code="payload_too_large")
+            if len(body) > limit:
+                raise PayloadTooLarge(f"a proxied request body is limited to {limit} bytes")
         headers = _forwarded_headers(request)
         auth = request.headers.get("upstream-authorization")
         if auth:
@@ -221,13 +260,27 @@ class UpstreamsAPI:
             value["path"] = request.headers.get("upstream-path", "/")
         else:
             value["url"] = url
-        job, _ = await self._relay_job(value, request.headers.get("idempotency-key"))
+        job, created = await self._relay_job(value, request.headers.get("idempotency-key"))
+        # Answered now: the upstream is called by a worker, after this response has gone.
         location = f"/v1/stream/{job.stream}"
-        return Response(
-            status_code=201,
-            headers={
-                "Location": location,
-                "Outlast-Job-Id": job.id,
-                "Content-Type": "application/json",
-            },
+        if self.jobs.link_key is not None:
+            location = sign(self.jobs.link_key, location)
+        return JSONResponse(
+            self.jobs.render(job),
+            status_code=201 if created else 200,
+            headers={"Location": location, "Outlast-Job-Id": job.id},
         )
+
+
+def _error_event(job: JobRecord) -> bytes:
+    """A failed relay's error, shaped like an OpenAI stream error so that SDKs raise it."""
+    error = job.error or {}
+    body = {
+        "error": {
+            "message": str(error.get("message", f"the relay job {job.id} is {job.state.value}")),
+            "type": "outlast_relay_error",
+            "code": error.get("code", job.state.value),
+            "job": job.id,
+        }
+    }
+    return sse_event(data=json.dumps(body))
