@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("outlast.metrics")
 
 # Request latencies from sub-millisecond appends to long-polls that wait out their timeout.
 LATENCY_BUCKETS = (
@@ -31,9 +35,37 @@ LATENCY_BUCKETS = (
 )
 
 
+# Job latencies, from a no-op task to an LLM call of several minutes.
+JOB_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+    3600,
+)
+
+ScrapeHook = Callable[[], Awaitable[None]]
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Run before each scrape: gauges read from the store are fresh when they are read.
+        self._scrape_hooks: list[ScrapeHook] = []
         r = self.registry
         self.requests = Counter(
             "outlast_http_requests",
@@ -62,8 +94,26 @@ class Metrics:
         )
         self.jobs = Gauge(
             "outlast_jobs",
-            "Jobs by queue and state (refreshed every few seconds)",
+            "Jobs in the store by queue and state (every node sharing the store)",
             ["queue", "state"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "outlast_queue_depth",
+            "Jobs waiting in the queue (queued, delayed or waiting to retry)",
+            ["queue"],
+            registry=r,
+        )
+        self.queue_capacity = Gauge(
+            "outlast_queue_capacity",
+            "Waiting jobs the queue admits before answering 429",
+            ["queue"],
+            registry=r,
+        )
+        self.worker_running = Gauge(
+            "outlast_worker_jobs_running",
+            "Jobs running in this process",
+            ["queue"],
             registry=r,
         )
         self.jobs_submitted = Counter(
@@ -82,24 +132,39 @@ class Metrics:
             "outlast_job_run_seconds",
             "Time an attempt ran",
             ["queue", "task"],
-            buckets=LATENCY_BUCKETS,
+            buckets=JOB_BUCKETS,
             registry=r,
         )
         self.job_wait_seconds = Histogram(
             "outlast_job_wait_seconds",
-            "Time from due to started",
+            "Time from due (submitted, delay or backoff over) to started",
             ["queue"],
-            buckets=LATENCY_BUCKETS,
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
+        self.job_seconds = Histogram(
+            "outlast_job_duration_seconds",
+            "Time from submitted to terminal, by final state",
+            ["queue", "task", "state"],
+            buckets=JOB_BUCKETS,
             registry=r,
         )
         self.readers = Gauge(
             "outlast_stream_readers", "Live stream readers connected", ["mode"], registry=r
         )
 
+    def on_scrape(self, hook: ScrapeHook) -> None:
+        self._scrape_hooks.append(hook)
+
     def render(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def endpoint(self, request: Request) -> Response:
+        for hook in self._scrape_hooks:
+            try:
+                await hook()
+            except Exception:  # a scrape still answers, with the last known values
+                log.exception("refreshing metrics before a scrape failed")
         return self.render()
 
 

@@ -30,7 +30,7 @@ from outlast.errors import LeaseLost, StoreError
 from outlast.executors import TaskFailure
 from outlast.executors.registry import Registry
 from outlast.metrics import Metrics
-from outlast.models import ErrorCode, JobRecord, JobState
+from outlast.models import ErrorCode, JobRecord
 from outlast.store.base import Store
 from outlast.store.jobs_logic import Outcome
 from outlast.tasks import Job
@@ -46,7 +46,8 @@ IDLE_RECHECK = 1.0
 # A task this node does not know is handed back, to be claimed by a node that does, after:
 UNKNOWN_TASK_DELAY = 5.0
 RETENTION_SWEEP_INTERVAL = 3600.0
-GAUGE_REFRESH_INTERVAL = 5.0
+# Expired leases are looked for every third of a lease, but not more often than this.
+MIN_MAINTENANCE_INTERVAL = 0.5
 # Bounded excerpt of an exception kept in the job's error.
 MAX_ERROR_MESSAGE = 2000
 
@@ -62,6 +63,9 @@ class _Running:
     handle: Job
     task: asyncio.Task[None] | None = None
     stop_reason: str | None = None  # "cancel" | "shutdown" | "lease_lost"
+    # Set once the attempt is over and its outcome is being written: stopping the job then
+    # would lose an outcome that is already decided.
+    finishing: bool = False
     started: float = field(default_factory=time.monotonic)
 
 
@@ -137,6 +141,8 @@ class Worker:
         return True
 
     def _stop(self, running: _Running, reason: str) -> None:
+        if running.finishing:
+            return
         if running.stop_reason is None:
             running.stop_reason = reason
         running.handle._mark_cancelled()
@@ -197,6 +203,7 @@ class Worker:
         running = _Running(record, handle)
         self.running[record.id] = running
         self._active[record.queue] = self._active.get(record.queue, 0) + 1
+        self.metrics.worker_running.labels(record.queue).inc()
         running.task = asyncio.create_task(self._run(running), name=f"job:{record.id}")
         waited = max(0.0, time.time() - record.run_at)
         self.metrics.job_wait_seconds.labels(record.queue).observe(waited)
@@ -211,11 +218,13 @@ class Worker:
         record = running.record
         try:
             outcome = await self._attempt(running)
+            running.finishing = True
             if outcome is not None:
                 await self._finish(running, outcome)
         finally:
             self.running.pop(record.id, None)
             self._active[record.queue] -= 1
+            self.metrics.worker_running.labels(record.queue).dec()
             slot = self._slot_freed.get(record.queue)
             if slot is not None:
                 slot.set()
@@ -233,19 +242,13 @@ class Worker:
         try:
             async with asyncio.timeout(record.timeout):
                 result = await spec.run(running.handle, record.input)
-            json.dumps(result)  # the result must be JSON: fail the attempt now if it is not
         except asyncio.CancelledError:
+            if running.stop_reason is None:
+                raise  # not ours to handle (the event loop is going away)
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            reason = running.stop_reason
-            if reason == "cancel":
-                return Outcome("cancelled")
-            if reason == "shutdown":
-                return Outcome("release")
-            if reason == "lease_lost":
-                return None  # the job moved on without us; nothing to report
-            raise
+            return self._stopped(running)
         except TimeoutError:
             running.handle._mark_cancelled()
             return self._failed(
@@ -254,17 +257,29 @@ class Worker:
                 f"attempt exceeded its {record.timeout:g} s timeout",
                 True,
             )
-        except TaskFailure as failure:
-            return self._failure(record, failure.error(), failure.retryable)
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, TypeError) and "JSON serializable" in str(exc):
-                return self._failed(
-                    record, ErrorCode.EXCEPTION, f"result is not JSON: {exc}", False
-                )
-            return self._exception(record, exc)
         except Exception as exc:
+            # A task that fails while being stopped (say, its cleanup raises) was stopped all
+            # the same: a cancel stays a cancel and a shutdown does not spend the attempt.
+            if running.stop_reason is not None:
+                return self._stopped(running)
+            if isinstance(exc, TaskFailure):
+                return self._failure(record, exc.error(), exc.retryable)
             return self._exception(record, exc)
+        try:
+            # The result must be JSON (and JSON has no NaN): fail the attempt now if it is not.
+            json.dumps(result, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return self._failed(record, ErrorCode.EXCEPTION, f"result is not JSON: {exc}", False)
         return Outcome("succeeded", result=result)
+
+    @staticmethod
+    def _stopped(running: _Running) -> Outcome | None:
+        """The outcome of an attempt stopped by this worker, by the reason it was stopped."""
+        if running.stop_reason == "cancel":
+            return Outcome("cancelled")
+        if running.stop_reason == "shutdown":
+            return Outcome("release")  # handed back: the attempt does not count
+        return None  # lease lost: the job moved on without us; nothing to report
 
     def _exception(self, record: JobRecord, exc: Exception) -> Outcome:
         message = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_MESSAGE]
@@ -291,6 +306,10 @@ class Worker:
         elapsed = time.monotonic() - running.started
         self.metrics.job_attempts.labels(record.queue, record.task, outcome.kind).inc()
         self.metrics.job_run_seconds.labels(record.queue, record.task).observe(elapsed)
+        if done.state.terminal and done.finished_at is not None:
+            self.metrics.job_seconds.labels(record.queue, record.task, done.state.value).observe(
+                max(0.0, done.finished_at - done.created_at)
+            )
         log.info(
             "job attempt ended",
             extra={
@@ -326,30 +345,24 @@ class Worker:
                 self.cancel_local(job_id)
 
     async def _maintenance_loop(self) -> None:
-        recover_every = max(0.5, min(self.lease / 3, 10.0))
-        last_purge = 0.0
-        last_gauges = 0.0
+        recover_every = max(MIN_MAINTENANCE_INTERVAL, min(self.lease / 3, 10.0))
+        retention = self.settings.jobs.retention_days * 86400
+        # A short retention (tests, small disks) is swept often enough to be honoured.
+        purge_every = min(RETENTION_SWEEP_INTERVAL, max(MIN_MAINTENANCE_INTERVAL, retention / 10))
+        next_recover = next_purge = time.monotonic()  # both at start, then on their schedules
         while True:
-            await asyncio.sleep(recover_every)
+            now = time.monotonic()
             try:
-                recovered = await self.store.recover_expired()
-                if recovered:
-                    log.info("recovered %d jobs with expired leases", len(recovered))
-                now = time.monotonic()
-                if now - last_purge >= RETENTION_SWEEP_INTERVAL:
-                    last_purge = now
-                    cutoff = time.time() - self.settings.jobs.retention_days * 86400
-                    purged = await self.store.purge_jobs(cutoff)
+                if now >= next_recover:
+                    next_recover = now + recover_every
+                    recovered = await self.store.recover_expired()
+                    if recovered:
+                        log.info("recovered %d jobs with expired leases", len(recovered))
+                if now >= next_purge:
+                    next_purge = now + purge_every
+                    purged = await self.store.purge_jobs(time.time() - retention)
                     if purged:
                         log.info("retention: removed %d finished jobs", purged)
-                if now - last_gauges >= GAUGE_REFRESH_INTERVAL:
-                    last_gauges = now
-                    await self.refresh_gauges()
             except StoreError as exc:
                 log.warning("maintenance failed: %s", exc)
-
-    async def refresh_gauges(self) -> None:
-        counts = await self.store.queue_counts()
-        for queue, states in counts.items():
-            for state in JobState:
-                self.metrics.jobs.labels(queue, state.value).set(states.get(state.value, 0))
+            await asyncio.sleep(max(0.0, min(next_recover, next_purge) - time.monotonic()))

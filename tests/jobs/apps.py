@@ -130,3 +130,15 @@ def sync_emit(job: outlast.Job, n: int) -> dict[str, Any]:
 @app.task(timeout=30, retries=0)
 async def not_json(job: outlast.Job) -> Any:
     return {"set": {1, 2}}
+
+
+@app.task(timeout=30, retries=0)
+async def emit_nan(job: outlast.Job) -> str:
+    """Emitting a value that is not JSON fails the attempt; nothing unreadable is stored."""
+    await job.emit({"x": float("nan")})
+    return "unreachable"
+
+
+@app.task(timeout=30, retries=0)
+async def nan_result(job: outlast.Job) -> float:
+    return float("nan")

@@ -105,7 +105,9 @@ def open_gate(runs: Path, gate: str) -> None:
 def metric(server: ServerProcess, name: str, **labels: str) -> float | None:
     """One sample of the server's /metrics (``None`` when absent)."""
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    want = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
+    # The exposition lists labels in name order.
+    pairs = sorted(labels.items())
+    want = "{" + ",".join(f'{k}="{v}"' for k, v in pairs) + "}" if labels else ""
     for line in text.splitlines():
         if line.startswith("#"):
             continue

@@ -94,6 +94,18 @@ class JobsAPI:
         self.metrics = metrics
         self.worker = worker
         self.link_key = signing_key(settings.auth) if settings.auth_enabled else None
+        metrics.on_scrape(self.refresh_gauges)
+
+    async def refresh_gauges(self) -> None:
+        """Job counts from the store (shared by every node), read when /metrics is scraped."""
+        counts = await self.store.queue_counts()
+        for name in {*self.settings.queues, *counts}:
+            states = counts.get(name, {})
+            for state in JobState:
+                self.metrics.jobs.labels(name, state.value).set(states.get(state.value, 0))
+            self.metrics.queue_depth.labels(name).set(states.get(JobState.QUEUED.value, 0))
+        for name, queue in self.settings.queues.items():
+            self.metrics.queue_capacity.labels(name).set(queue.capacity)
 
     def render(self, job: JobRecord) -> dict[str, Any]:
         """The job as JSON; with tokens on, its read links are signed (for browsers)."""
@@ -275,10 +287,15 @@ class JobsAPI:
         return JSONResponse({"jobs": [self.render(j) for j in page.jobs], "next": page.next_cursor})
 
     async def cancel(self, request: Request) -> Response:
-        job = await self._job(request)
-        job = await self.store.cancel_job(job.id)
+        before = await self._job(request)
+        job = await self.store.cancel_job(before.id)
         if job.state == JobState.RUNNING and self.worker is not None:
             self.worker.cancel_local(job.id)
+        elif job.state.terminal and not before.state.terminal and job.finished_at is not None:
+            # Cancelled while waiting: no worker saw it end, so it is counted here.
+            self.metrics.job_seconds.labels(job.queue, job.task, job.state.value).observe(
+                max(0.0, job.finished_at - job.created_at)
+            )
         return JSONResponse(self.render(job), 202)
 
     async def queues(self, request: Request) -> Response:

@@ -79,7 +79,10 @@ class JobTx(streams.Tx):
 
 
 def _message(message: dict[str, Any]) -> tuple[bytes, int]:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode(), 1
+    # allow_nan=False: NaN is not JSON, and a stream holding it could not be read back by
+    # clients. A task that emits one gets a ValueError, like any value that is not JSON.
+    data = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return data.encode(), 1
 
 
 def _emit(
