@@ -11,45 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, upstream_env, wait_for
+from tests.conftest import ServerProcess, wait_for
+from tests.relay.helpers import all_messages, finished, relay_server, stored_events, submit
 
 pytestmark = pytest.mark.slow
-
-FAST = {
-    "OUTLAST_JOBS__BACKOFF_BASE": "0.01",
-    "OUTLAST_RELAY__FIRST_BYTE_TIMEOUT": "1",
-    "OUTLAST_RELAY__IDLE_TIMEOUT": "1",
-    "OUTLAST_RELAY__MAX_LINE_BYTES": "65536",
-}
-
-
-def relay_server(factory: Callable[..., ServerProcess], fake: Any, **extra: str) -> ServerProcess:
-    return factory(env={**upstream_env(fake), **FAST, **extra}).start()
-
-
-def submit(server: ServerProcess, path: str, **fields: Any) -> str:
-    body = {"task": "relay", "input": {"upstream": "fake", "path": path, "method": "GET"}, **fields}
-    resp = httpx.post(f"{server.url}/v1/jobs", json=body)
-    assert resp.status_code == 202, resp.text
-    return str(resp.json()["id"])
-
-
-def finished(server: ServerProcess, job_id: str) -> dict[str, Any]:
-    resp = httpx.get(f"{server.url}/v1/jobs/{job_id}", params={"wait": 30}, timeout=40)
-    job: dict[str, Any] = resp.json()
-    assert job["state"] in ("succeeded", "failed", "cancelled"), job
-    return job
-
-
-def all_messages(server: ServerProcess, job_id: str) -> list[dict[str, Any]]:
-    resp = httpx.get(f"{server.url}/v1/stream/jobs/{job_id}", params={"offset": "-1"})
-    assert resp.status_code == 200
-    messages: list[dict[str, Any]] = resp.json()
-    return messages
-
-
-def stored_events(server: ServerProcess, job_id: str) -> list[dict[str, Any]]:
-    return [m for m in all_messages(server, job_id) if m["type"] == "event"]
 
 
 def test_upstream_is_read_to_the_end_after_the_client_leaves(
