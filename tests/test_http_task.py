@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, upstream_env
+from tests.conftest import ServerProcess, upstream_env, wait_for
 
 FAST_RETRIES = {"OUTLAST_JOBS__BACKOFF_BASE": "0.01"}
 
@@ -113,3 +113,41 @@ def test_hosts_outside_the_allow_list_are_refused(server: ServerProcess) -> None
     )
     assert resp.status_code == 403
     assert resp.json()["error"]["field"] == "input.url"
+
+
+def test_http_task_retries_429(server_factory: Callable[..., ServerProcess], upstream: Any) -> None:
+    server = server_factory(env={**upstream_env(upstream), **FAST_RETRIES}).start()
+    job = _run(
+        server, {"task": "http", "input": {"url": f"{upstream.url}/status/429"}, "retries": 1}
+    )
+    assert job["state"] == "failed"
+    assert job["error"]["status"] == 429
+    assert upstream.requests["/status/429"] == 2
+
+
+def test_http_task_is_bounded_by_the_job_timeout(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = server_factory(env={**upstream_env(upstream), **FAST_RETRIES}).start()
+    job = _run(
+        server,
+        {"task": "http", "input": {"url": f"{upstream.url}/hang"}, "timeout": 0.5, "retries": 0},
+    )
+    assert job["state"] == "failed"
+    assert job["error"]["code"] == "timeout"
+    assert upstream.requests["/hang"] == 1
+
+
+def test_http_task_can_be_cancelled_mid_request(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    server = server_factory(env=upstream_env(upstream)).start()
+    resp = httpx.post(
+        f"{server.url}/v1/jobs", json={"task": "http", "input": {"url": f"{upstream.url}/hang"}}
+    )
+    job_id = resp.json()["id"]
+    wait_for(lambda: upstream.requests["/hang"] == 1, timeout=30)
+    assert httpx.post(f"{server.url}/v1/jobs/{job_id}/cancel").status_code == 202
+    job = httpx.get(f"{server.url}/v1/jobs/{job_id}", params={"wait": 30}, timeout=40).json()
+    assert job["state"] == "cancelled"
+    assert job["error"]["code"] == "cancelled"
