@@ -1,0 +1,281 @@
+"""The job rules of the store contract (:class:`outlast.store.base.JobStore`), called directly on
+a fresh store of every backend: admission, exclusive claims, leases, attempts, cancel, recovery,
+retention. Leases of 0 s expire at once, so recovery is tested without waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from outlast.errors import BadRequest, Conflict, LeaseLost, NotFound, QueueFull
+from outlast.models import JobState, NewJob
+from outlast.store import Store, open_store
+from outlast.store.jobs_logic import Outcome
+
+pytestmark = pytest.mark.anyio
+
+LEASE = 30.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    opened = await open_store(store_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def new(
+    task: str = "t",
+    *,
+    queue: str = "q",
+    delay: float = 0.0,
+    attempts: int = 3,
+    key: str | None = None,
+    value: object = None,
+) -> NewJob:
+    return NewJob(
+        task=task,
+        queue=queue,
+        input=value if value is not None else {},
+        max_attempts=attempts,
+        timeout=10.0,
+        delay=delay,
+        key=key,
+    )
+
+
+async def messages(store: Store, job_id: str) -> list[dict[str, object]]:
+    import json
+
+    result = await store.read(f"jobs/{job_id}", 0, 1 << 20)
+    return [m for u in result.units for m in json.loads(b"[" + u.data + b"]")]
+
+
+async def test_submit_get_and_idempotency(store: Store) -> None:
+    first = await store.submit_job(new(key="k", value={"a": 1}), capacity=10)
+    assert first.created
+    job = await store.get_job(first.job.id)
+    assert job.state == JobState.QUEUED and job.attempt == 0 and job.key == "k"
+    again = await store.submit_job(new(key="k", value={"a": 1}), capacity=10)
+    assert not again.created and again.job.id == first.job.id
+    with pytest.raises(Conflict):
+        await store.submit_job(new(key="k", value={"a": 2}), capacity=10)
+    with pytest.raises(Conflict):
+        await store.submit_job(new("other", key="k", value={"a": 1}), capacity=10)
+    with pytest.raises(NotFound):
+        await store.get_job("job_" + "0" * 32)
+    assert await messages(store, job.id) == [{"type": "state", "state": "queued", "attempt": 0}]
+
+
+async def test_admission_never_overshoots_under_concurrent_submits(store: Store) -> None:
+    async def one() -> bool:
+        try:
+            await store.submit_job(new(), capacity=10)
+        except QueueFull:
+            return False
+        return True
+
+    admitted = await asyncio.gather(*(one() for _ in range(60)))
+    assert sum(admitted) == 10
+    assert (await store.queue_counts())["q"]["queued"] == 10
+    # Another queue has its own capacity.
+    await store.submit_job(new(queue="other"), capacity=10)
+
+
+async def test_claims_are_exclusive_ordered_and_respect_delay(store: Store) -> None:
+    ids = [(await store.submit_job(new(), capacity=100)).job.id for _ in range(20)]
+    later = (await store.submit_job(new(delay=3600), capacity=100)).job.id
+    due = await store.next_due("q")
+    assert due is not None and due <= time.time()
+
+    claims = await asyncio.gather(
+        *(store.claim_jobs("q", f"owner-{i}", 3, LEASE) for i in range(10))
+    )
+    claimed = [job.id for batch in claims for job in batch]
+    assert sorted(claimed) == sorted(ids)  # each once; the delayed one not at all
+    assert all(len(batch) <= 3 for batch in claims)
+    for batch in claims:
+        for job in batch:
+            assert job.state == JobState.RUNNING and job.attempt == 1
+            assert job.lease_expires is not None and job.lease_expires > time.time()
+    assert await store.claim_jobs("q", "late", 5, LEASE) == []
+    next_due = await store.next_due("q")
+    assert next_due is not None and next_due > time.time() + 3000
+    assert (await store.get_job(later)).state == JobState.QUEUED
+    # First come, first served.
+    one_by_one = await store.submit_job(new(queue="fifo"), capacity=100)
+    two = await store.submit_job(new(queue="fifo"), capacity=100)
+    got = await store.claim_jobs("fifo", "o", 1, LEASE)
+    assert [j.id for j in got] == [one_by_one.job.id]
+    assert [j.id for j in await store.claim_jobs("fifo", "o", 1, LEASE)] == [two.job.id]
+
+
+async def test_only_the_lease_holder_renews_emits_and_finishes(store: Store) -> None:
+    job_id = (await store.submit_job(new(), capacity=10)).job.id
+    [job] = await store.claim_jobs("q", "me", 1, LEASE)
+    assert job.id == job_id
+    owned, cancel = await store.renew_leases("me", [job_id], LEASE)
+    assert owned == [job_id] and cancel == []
+    assert await store.renew_leases("you", [job_id], LEASE) == ([], [])
+    await store.emit(job_id, "me", 1, [{"type": "output", "data": 1}])
+    with pytest.raises(LeaseLost):
+        await store.emit(job_id, "you", 1, [{"type": "output", "data": 2}])
+    with pytest.raises(LeaseLost):
+        await store.emit(job_id, "me", 2, [{"type": "output", "data": 3}])
+    with pytest.raises(LeaseLost):
+        await store.finish_job(job_id, "you", 1, Outcome("succeeded", result=1))
+    done = await store.finish_job(job_id, "me", 1, Outcome("succeeded", result={"r": 1}))
+    assert done.state == JobState.SUCCEEDED and done.result == {"r": 1}
+    assert done.finished_at is not None and done.lease_owner is None
+    with pytest.raises(LeaseLost):
+        await store.finish_job(job_id, "me", 1, Outcome("succeeded", result=1))
+    assert (await store.head(f"jobs/{job_id}")).closed
+    assert await messages(store, job_id) == [
+        {"type": "state", "state": "queued", "attempt": 0},
+        {"type": "state", "state": "running", "attempt": 1},
+        {"type": "output", "data": 1},
+        {"type": "result", "result": {"r": 1}},
+        {"type": "state", "state": "succeeded", "attempt": 1},
+    ]
+
+
+async def test_failed_attempts_retry_then_fail_and_release_spends_nothing(store: Store) -> None:
+    job_id = (await store.submit_job(new(attempts=2), capacity=10)).job.id
+    error = {"code": "exception", "message": "boom"}
+    await store.claim_jobs("q", "me", 1, LEASE)
+    # Handed back (shutdown): the attempt does not count.
+    back = await store.finish_job(job_id, "me", 1, Outcome("release"))
+    assert back.state == JobState.QUEUED and back.attempt == 0
+    [again] = await store.claim_jobs("q", "me", 1, LEASE)
+    assert again.attempt == 1
+    retry_at = time.time() + 3600
+    queued = await store.finish_job(
+        job_id, "me", 1, Outcome("failed", error=error, retry_at=retry_at)
+    )
+    assert queued.state == JobState.QUEUED and queued.attempt == 1 and queued.error == error
+    assert await store.claim_jobs("q", "me", 1, LEASE) == []  # not before its backoff
+    assert await store.next_due("q") == pytest.approx(retry_at)
+    # A job waiting for its retry is queued: a cancel ends it at once.
+    assert (await store.cancel_job(job_id)).state == JobState.CANCELLED
+
+    other = (await store.submit_job(new(attempts=2), capacity=10)).job.id
+    await store.claim_jobs("q", "me", 1, LEASE)
+    await store.finish_job(other, "me", 1, Outcome("failed", error=error, retry_at=time.time()))
+    [second] = await store.claim_jobs("q", "me", 1, LEASE)
+    assert second.attempt == 2
+    failed = await store.finish_job(
+        other, "me", 2, Outcome("failed", error=error, retry_at=time.time())
+    )
+    assert failed.state == JobState.FAILED and failed.attempt == 2
+    states = [m for m in await messages(store, other) if m["type"] in ("state", "error")]
+    assert [(m["type"], m.get("state"), m["attempt"]) for m in states] == [
+        ("state", "queued", 0),
+        ("state", "running", 1),
+        ("error", None, 1),
+        ("state", "queued", 1),
+        ("state", "running", 2),
+        ("error", None, 2),
+        ("state", "failed", 2),
+    ]
+
+
+async def test_cancel_queued_running_and_terminal(store: Store) -> None:
+    queued = (await store.submit_job(new(), capacity=10)).job.id
+    done = await store.cancel_job(queued)
+    assert done.state == JobState.CANCELLED and done.error is not None
+    assert (await store.cancel_job(queued)) == done  # idempotent
+    assert (await store.head(f"jobs/{queued}")).closed
+
+    running = (await store.submit_job(new(), capacity=10)).job.id
+    await store.claim_jobs("q", "me", 1, LEASE)
+    flagged = await store.cancel_job(running)
+    assert flagged.state == JobState.RUNNING and flagged.cancel_requested
+    assert await store.renew_leases("me", [running], LEASE) == ([running], [running])
+    cancelled = await store.finish_job(running, "me", 1, Outcome("cancelled"))
+    assert cancelled.state == JobState.CANCELLED
+    with pytest.raises(NotFound):
+        await store.cancel_job("job_" + "0" * 32)
+    counts = (await store.queue_counts())["q"]
+    assert counts["cancelled"] == 2 and counts.get("running", 0) == 0
+
+
+async def test_expired_leases_are_recovered(store: Store) -> None:
+    retry = (await store.submit_job(new(attempts=2), capacity=10)).job.id
+    spent = (await store.submit_job(new(attempts=1), capacity=10)).job.id
+    cancel = (await store.submit_job(new(attempts=2), capacity=10)).job.id
+    kept = (await store.submit_job(new(queue="k"), capacity=10)).job.id
+    assert len(await store.claim_jobs("q", "gone", 3, 0.0)) == 3  # leases expire at once
+    await store.claim_jobs("k", "alive", 1, LEASE)
+    await store.cancel_job(cancel)
+    recovered = {job.id: job for job in await store.recover_expired()}
+    assert set(recovered) == {retry, spent, cancel}
+    assert recovered[retry].state == JobState.QUEUED and recovered[retry].attempt == 1
+    assert recovered[spent].state == JobState.FAILED
+    assert recovered[spent].error is not None
+    assert recovered[spent].error["code"] == "lease_lost"
+    assert recovered[cancel].state == JobState.CANCELLED
+    assert (await store.get_job(kept)).state == JobState.RUNNING
+    assert await store.recover_expired() == []
+    assert {"type": "state", "state": "queued", "attempt": 1, "reason": "lease_expired"} in (
+        await messages(store, retry)
+    )
+    # The old holder can no longer report on it.
+    with pytest.raises(LeaseLost):
+        await store.finish_job(retry, "gone", 1, Outcome("succeeded", result=1))
+    [again] = await store.claim_jobs("q", "new", 1, LEASE)
+    assert again.id == retry and again.attempt == 2
+
+
+async def test_purge_removes_old_terminal_jobs_and_their_streams(store: Store) -> None:
+    old = (await store.submit_job(new(), capacity=10)).job.id
+    await store.cancel_job(old)
+    waiting = (await store.submit_job(new(delay=3600), capacity=10)).job.id
+    running = (await store.submit_job(new(queue="r"), capacity=10)).job.id
+    await store.claim_jobs("r", "me", 1, LEASE)
+    assert await store.purge_jobs(time.time() - 3600) == 0  # not old enough yet
+    assert await store.purge_jobs(time.time() + 1) == 1
+    with pytest.raises(NotFound):
+        await store.get_job(old)
+    with pytest.raises(NotFound):
+        await store.head(f"jobs/{old}")
+    assert (await store.get_job(waiting)).state == JobState.QUEUED
+    assert (await store.get_job(running)).state == JobState.RUNNING
+    assert (await store.queue_counts())["q"].get("cancelled", 0) == 0
+
+
+async def test_list_pages_newest_first_with_filters(store: Store) -> None:
+    ids = [
+        (await store.submit_job(new("a" if i % 2 else "b"), capacity=100)).job.id for i in range(9)
+    ]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await store.list_jobs(limit=4, cursor=cursor)
+        seen += [j.id for j in page.jobs]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == sorted(ids, reverse=True)
+    only_a = await store.list_jobs(task="a")
+    assert [j.id for j in only_a.jobs] == sorted(ids[1::2], reverse=True)
+    assert (await store.list_jobs(state=JobState.RUNNING)).jobs == []
+    assert (await store.list_jobs(queue="nowhere")).jobs == []
+    with pytest.raises(BadRequest):
+        await store.list_jobs(cursor="garbage")
+
+
+async def test_watch_queue_is_set_by_a_submission(store: Store) -> None:
+    event = store.watch_queue("q")
+    assert not event.is_set()
+    await store.submit_job(new(), capacity=10)
+    await asyncio.wait_for(event.wait(), timeout=10)
