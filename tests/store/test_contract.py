@@ -16,8 +16,9 @@ from outlast.errors import BadRequest, Conflict, Forbidden, Gone, NotFound
 from outlast.store import Store, open_store
 from outlast.store.base import AppendSpec, CreateSpec, Producer
 
-# "sqlite-fsync": the same file store with its fsyncing writer-thread engine.
-STORE_BACKENDS = ["sqlite", "sqlite-fsync"]
+# "sqlite-fsync": the same file store with its fsyncing writer-thread engine. "redis": a real
+# redis-server (AOF, appendfsync always) started for the test.
+STORE_BACKENDS = ["sqlite", "sqlite-fsync", "redis"]
 
 pytestmark = pytest.mark.anyio
 
@@ -32,6 +33,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     fsync = request.param == "sqlite-fsync"
     if request.param in ("sqlite", "sqlite-fsync"):
         url = f"sqlite:///{tmp_path}/contract.db"
+    elif request.param == "redis":
+        url = request.getfixturevalue("redis_factory")().url
     else:  # pragma: no cover - more backends join the list as they land
         raise AssertionError(request.param)
     opened = await open_store(url, fsync=fsync)

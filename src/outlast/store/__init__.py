@@ -16,4 +16,11 @@ async def open_store(url: str, *, fsync: bool = False) -> Store:
         from outlast.store.sqlite import SQLiteStore
 
         return await SQLiteStore.open(url, fsync=fsync)
-    raise ConfigError(f"unsupported store URL {url!r}: use sqlite:///path/outlast.db")
+    if scheme in ("redis", "rediss"):
+        # Durability is the Redis server's own (appendonly, appendfsync): see docs/redis.md.
+        from outlast.store.redis import RedisStore
+
+        return await RedisStore.open(url)
+    raise ConfigError(
+        f"unsupported store URL {url!r}: use sqlite:///path/outlast.db or redis://host:port/db"
+    )

@@ -1,0 +1,526 @@
+"""The shared store: one Redis for many ``serve`` and ``worker`` processes
+(``redis://host:port/db?prefix=outlast:``).
+
+Writes run the same stream and job rules as the SQLite store, as optimistic Redis transactions
+on a writer thread (:mod:`outlast.store.redis_engine`, :mod:`outlast.store.redis_tx`): atomic
+across every process, so admission never overshoots a queue's capacity, a job is claimed by one
+worker at a time and offsets only grow. Reads go straight to Redis (a read of a stream is one
+server-side script, so it sees one committed state).
+
+Every commit publishes the stream names and queues it changed on one channel; each process
+listens and wakes its own live readers and idle workers, so a reader on one node follows a
+stream written on another without polling. When the subscription drops (a Redis restart), the
+listener reconnects by itself and wakes every local waiter, as notifications may have been
+missed. While Redis cannot be reached, operations fail fast with
+:class:`~outlast.errors.StoreUnavailable` (HTTP 503 + ``Retry-After``).
+
+Durability is Redis's: see ``docs/redis.md``. At start the store checks the server's
+persistence settings and warns when an acknowledged write could be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from outlast.errors import BadRequest, ConfigError, NotFound, StoreError, StoreUnavailable
+from outlast.models import JobRecord, JobState, NewJob
+from outlast.store import jobs_logic as jobs
+from outlast.store import streams_logic as logic
+from outlast.store.base import (
+    AppendResult,
+    AppendSpec,
+    CreateResult,
+    CreateSpec,
+    JobPage,
+    ReadResult,
+    Store,
+    StreamInfo,
+    Unit,
+)
+from outlast.store.notify import Notifier
+from outlast.store.recent import RecentUnits
+from outlast.store.redis_engine import OUTAGE_RETRY_AFTER, WriterEngine
+from outlast.store.redis_tx import (
+    UNIT_HEADER,
+    IdBlock,
+    Keys,
+    RedisTx,
+    decode_job,
+    decode_row,
+    pairs,
+    unpack_unit,
+)
+
+log = logging.getLogger("outlast.store.redis")
+
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "outlast:"
+MIN_VERSION = (6, 2)
+CONNECT_TIMEOUT = 2.0
+# A command that takes longer than this means Redis is in trouble: answer 503 rather than hang.
+COMMAND_TIMEOUT = 5.0
+PURGE_SLICE = 500
+SWEEP_INTERVAL = 30.0
+LIST_BATCH = 200
+# The subscription is re-established after a drop with this back-off (seconds, doubling).
+RESUBSCRIBE_MIN = 0.05
+RESUBSCRIBE_MAX = 1.0
+SUBSCRIBE_TIMEOUT = 5.0
+
+# Reads a stream's row and its units from a position, at most about max_bytes (at least one
+# unit), in one atomic step: the units agree with the row's tail.
+READ_SCRIPT = """
+local row = redis.call('HGETALL', KEYS[1])
+local out = {}
+if #row == 0 then return {row, out} end
+local pos, max_bytes, header = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local size, offset = 0, 0
+while true do
+  local batch = redis.call('ZRANGEBYSCORE', KEYS[2], pos, '+inf', 'LIMIT', offset, 16)
+  if #batch == 0 then break end
+  for _, member in ipairs(batch) do
+    local length = #member - header
+    if #out > 0 and size + length > max_bytes then return {row, out} end
+    out[#out + 1] = member
+    size = size + length
+  end
+  offset = offset + #batch
+end
+return {row, out}
+"""
+
+
+@dataclass(frozen=True)
+class RedisURL:
+    params: dict[str, Any]  # for redis-py connections
+    prefix: str
+    display: str  # without the password
+
+
+def parse_url(url: str) -> RedisURL:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError(f"not a redis URL: {url!r}")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"prefix"})
+    if unknown:
+        raise ConfigError(f"unknown parameter {unknown[0]!r} in store URL (known: prefix)")
+    prefix = query.get("prefix", [DEFAULT_PREFIX])[0]
+    path = parts.path.strip("/") or "0"
+    if not path.isdigit():
+        raise ConfigError(f"the redis database in the store URL must be a number: {url!r}")
+    try:
+        port = parts.port or 6379
+    except ValueError as exc:
+        raise ConfigError(f"bad port in store URL {url!r}") from exc
+    params: dict[str, Any] = {
+        "host": parts.hostname or "127.0.0.1",
+        "port": port,
+        "db": int(path),
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": COMMAND_TIMEOUT,
+        "retry": Retry(NoBackoff(), 0),  # outlast decides what to retry, and when
+        "protocol": 2,  # the replies the engine parses (redis-py 8 defaults to RESP3)
+    }
+    if parts.username:
+        params["username"] = unquote(parts.username)
+    if parts.password:
+        params["password"] = unquote(parts.password)
+    display = f"{parts.scheme}://{params['host']}:{port}/{params['db']}"
+    return RedisURL(params, prefix, display)
+
+
+class _Snapshot(RedisTx):
+    """What one read script returned, for the read rules (nothing else is asked of it)."""
+
+    def __init__(self, keys: Keys, row: logic.Row | None, units: list[Unit]) -> None:
+        super().__init__(_no_calls, keys, IdBlock())
+        self.row = row
+        self.units = units
+
+    def get_stream(self, name: str) -> logic.Row | None:
+        return self.row
+
+    def units_from(self, stream_id: int, start: int, max_bytes: int) -> list[Unit]:
+        return self.units
+
+
+def _no_calls(commands: Any) -> list[Any]:
+    raise AssertionError("a snapshot does not query Redis")
+
+
+class RedisStore(Store):
+    def __init__(self, url: RedisURL, client: aioredis.Redis, engine: WriterEngine) -> None:
+        self.url = url
+        self.client = client
+        self.engine = engine
+        self.keys = engine.keys
+        self.notifier = engine.notifier
+        self.node = engine.node
+        self.recent = RecentUnits()
+        self._read_script = client.register_script(READ_SCRIPT)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subscribed = asyncio.Event()
+
+    @classmethod
+    async def open(cls, url: str) -> RedisStore:
+        parsed = parse_url(url)
+        client = aioredis.Redis(**parsed.params)
+        try:
+            info = await client.info("server")
+        except RedisError as exc:
+            await client.aclose()
+            raise StoreError(f"cannot reach redis at {parsed.display}: {exc}") from exc
+        version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2])
+        if version < MIN_VERSION:
+            await client.aclose()
+            raise StoreError(
+                f"redis at {parsed.display} is version {info.get('redis_version')}; "
+                f"outlast needs {MIN_VERSION[0]}.{MIN_VERSION[1]} or later"
+            )
+        await check_durability(client, parsed.display)
+        node = f"{socket.gethostname()}:{secrets.token_hex(6)}"
+        engine = WriterEngine(
+            parsed.params, Keys(parsed.prefix), Notifier(), node, asyncio.get_running_loop()
+        )
+        engine.start()
+        store = cls(parsed, client, engine)
+        store._tasks.append(asyncio.create_task(store._listen(), name="outlast-redis-listen"))
+        store._tasks.append(asyncio.create_task(store._sweep(), name="outlast-redis-sweep"))
+        # Changes committed after open() returns must reach this process's readers.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(store._subscribed.wait(), SUBSCRIBE_TIMEOUT)
+        return store
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _redis(self, call: Awaitable[T]) -> T:
+        """Await a call to Redis, translating an outage into StoreUnavailable (503)."""
+        try:
+            return await call
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(
+                f"redis at {self.url.display} is unavailable: {exc}",
+                retry_after=OUTAGE_RETRY_AFTER,
+            ) from exc
+
+    async def _change(self, op: Callable[[RedisTx, float], logic.Changed]) -> Any:
+        changed = await self.engine.write(op)
+        return changed.value
+
+    async def _listen(self) -> None:
+        """Follow other processes' commits; reconnect after a drop and wake every waiter."""
+        delay = RESUBSCRIBE_MIN
+        down_since: float | None = None
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(self.keys.changes)
+                if down_since is not None:
+                    log.warning(
+                        "redis subscription restored after %.1f s", time.monotonic() - down_since
+                    )
+                    down_since = None
+                # Whatever was published while we were not listening is lost: everyone
+                # re-checks (readers re-read their stream, workers claim again).
+                self.recent.forget()
+                self.notifier.changed_all()
+                self._subscribed.set()
+                delay = RESUBSCRIBE_MIN
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._on_message(message["data"])
+            except (RedisError, OSError) as exc:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("redis subscription lost (%s); reconnecting", exc)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)  # back-off between reconnection attempts
+            delay = min(RESUBSCRIBE_MAX, delay * 2)
+
+    def _on_message(self, data: bytes) -> None:
+        try:
+            node, names = json.loads(data)
+        except ValueError:
+            return
+        if node == self.node:
+            return  # our own commit: local readers were woken already
+        for name in names:
+            self.recent.forget(name)
+            self.notifier.changed(name)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                await self.engine.write(logic.sweep_expired)
+            except StoreError as exc:
+                log.warning("expiry sweep failed: %s", exc)
+
+    # -- streams ----------------------------------------------------------------------------
+
+    async def create_stream(self, name: str, spec: CreateSpec) -> CreateResult:
+        result: CreateResult = await self._change(lambda tx, now: logic.create(tx, name, spec, now))
+        if result.created:
+            self.recent.forget(name)
+        return result
+
+    async def append(self, name: str, spec: AppendSpec) -> AppendResult:
+        result: AppendResult = await self._change(lambda tx, now: logic.append(tx, name, spec, now))
+        if not result.duplicate:
+            unit = None
+            if spec.unit is not None:
+                data, count = spec.unit
+                unit = Unit(result.info.tail - len(data), result.info.tail, count, data)
+            self.recent.appended(name, result.info, unit)
+        return result
+
+    async def _snapshot(self, name: str, position: int, max_bytes: int) -> _Snapshot:
+        if position < 0:
+            flat = await self._redis(self.client.hgetall(self.keys.stream(name)))
+            raw, members = _texts(flat), []
+        else:
+            reply = await self._redis(
+                self._read_script(
+                    keys=[self.keys.stream(name), self.keys.units(name)],
+                    args=[position, max_bytes, UNIT_HEADER.size],
+                )
+            )
+            raw, members = pairs(reply[0]), reply[1]
+        row = decode_row(raw) if raw else None
+        return _Snapshot(self.keys, row, [unpack_unit(m) for m in members])
+
+    async def read(self, name: str, position: int, max_bytes: int) -> ReadResult:
+        cached = self.recent.read(name, position, max_bytes)
+        if cached is not None:
+            return cached
+        snapshot = await self._snapshot(name, position, max_bytes)
+        now = time.time()
+        result = logic.read(snapshot, name, position, max_bytes, now)
+        if logic.needs_touch(result.info, now):
+            stream_id = result.info.id
+            # Sliding TTL: an access renews the stream (if it is still the same stream).
+            await self._change(lambda tx, t: _touch(tx, name, stream_id, t))
+        return result
+
+    async def head(self, name: str) -> StreamInfo:
+        snapshot = await self._snapshot(name, -1, 0)
+        return logic.head(snapshot, name, time.time())
+
+    async def delete_stream(self, name: str) -> None:
+        self.recent.forget(name)
+        await self._change(lambda tx, now: logic.delete(tx, name, now))
+        self.recent.forget(name)
+
+    async def wait(self, name: str, position: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            # Register before checking, so that a commit after the check still wakes us.
+            event = self.notifier.event(name)
+            info = await self.head(name)
+            if info.tail > position or info.closed:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                return False
+            # Woken: re-check (a wake-up may be for a reconnect, not for this stream's data).
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def submit_job(self, new: NewJob, capacity: int) -> jobs.SubmitResult:
+        result: jobs.SubmitResult = await self._change(
+            lambda tx, now: jobs.submit(tx, new, capacity, now)
+        )
+        return result
+
+    async def get_job(self, job_id: str) -> JobRecord:
+        flat = await self._redis(self.client.hgetall(self.keys.job(job_id)))
+        if not flat:
+            raise NotFound(f"job not found: {job_id}", code="job_not_found")
+        return decode_job(_texts(flat))
+
+    async def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        if cursor is not None and not cursor.startswith("job_"):
+            raise BadRequest("malformed cursor", code="invalid_cursor")
+        found: list[JobRecord] = []
+        upper = "+" if cursor is None else "(" + cursor
+        while len(found) <= limit:
+            ids = await self._redis(
+                self.client.zrevrangebylex(self.keys.jobs, upper, "-", start=0, num=LIST_BATCH)
+            )
+            if not ids:
+                break
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(self.keys.job(_text(job_id)))
+            for flat in await self._redis(pipe.execute()):
+                if not flat:
+                    continue  # removed meanwhile
+                job = decode_job(_texts(flat))
+                if (state is None or job.state == state) and (
+                    (queue is None or job.queue == queue) and (task is None or job.task == task)
+                ):
+                    found.append(job)
+            upper = "(" + _text(ids[-1])
+        page = found[:limit]
+        return JobPage(page, page[-1].id if len(found) > limit else None)
+
+    async def claim_jobs(self, queue: str, owner: str, limit: int, lease: float) -> list[JobRecord]:
+        claimed: list[JobRecord] = await self._change(
+            lambda tx, now: jobs.claim(tx, queue, owner, limit, lease, now)
+        )
+        return claimed
+
+    async def renew_leases(
+        self, owner: str, job_ids: list[str], lease: float
+    ) -> tuple[list[str], list[str]]:
+        renewed: tuple[list[str], list[str]] = await self._change(
+            lambda tx, now: jobs.renew(tx, owner, job_ids, lease, now)
+        )
+        return renewed
+
+    async def emit(
+        self, job_id: str, owner: str, attempt: int, messages: list[dict[str, Any]]
+    ) -> None:
+        await self._change(lambda tx, now: jobs.emit(tx, job_id, owner, attempt, messages, now))
+
+    async def finish_job(
+        self, job_id: str, owner: str, attempt: int, outcome: jobs.Outcome
+    ) -> JobRecord:
+        job: JobRecord = await self._change(
+            lambda tx, now: jobs.finish(tx, job_id, owner, attempt, outcome, now)
+        )
+        return job
+
+    async def cancel_job(self, job_id: str) -> JobRecord:
+        job: JobRecord = await self._change(lambda tx, now: jobs.cancel(tx, job_id, now))
+        return job
+
+    async def recover_expired(self) -> list[JobRecord]:
+        recovered: list[JobRecord] = await self._change(jobs.recover_expired)
+        return recovered
+
+    async def purge_jobs(self, finished_before: float) -> int:
+        total = 0
+        while True:  # in slices, so that one purge never makes one huge transaction
+            n: int = await self._change(
+                lambda tx, now: jobs.purge(tx, finished_before, PURGE_SLICE, now)
+            )
+            total += n
+            if n < PURGE_SLICE:
+                return total
+
+    async def queue_counts(self) -> dict[str, dict[str, int]]:
+        members = await self._redis(self.client.smembers(self.keys.queues))
+        queues = sorted(_text(m) for m in members)
+        pipe = self.client.pipeline(transaction=True)  # one consistent moment
+        for name in queues:
+            pipe.hgetall(self.keys.counts(name))
+        replies = await self._redis(pipe.execute()) if queues else []
+        return {
+            name: {_text(k): int(v) for k, v in flat.items()}
+            for name, flat in zip(queues, replies, strict=True)
+        }
+
+    async def next_due(self, queue: str) -> float | None:
+        first = await self._redis(self.client.zrange(self.keys.due(queue), 0, 0, withscores=True))
+        return float(first[0][1]) if first else None
+
+    def watch_queue(self, queue: str) -> asyncio.Event:
+        return self.notifier.event(jobs.queue_key(queue))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.engine.close()
+        await self.client.aclose()
+
+
+def _touch(tx: RedisTx, name: str, stream_id: int, now: float) -> logic.Changed:
+    row = tx.get_stream(name)
+    if row is not None and row.id == stream_id:
+        logic.touch(tx, stream_id, now)
+    return logic.Changed(None, ())
+
+
+async def check_durability(client: aioredis.Redis, where: str) -> None:
+    """Warn when Redis could lose writes outlast has acknowledged (see docs/redis.md)."""
+    try:
+        config = await client.config_get("appendonly")
+        config.update(await client.config_get("appendfsync"))
+        config.update(await client.config_get("maxmemory-policy"))
+    except RedisError as exc:
+        log.warning(
+            "cannot read the persistence settings of redis at %s (%s): make sure it runs with "
+            "appendonly yes and appendfsync always (docs/redis.md)",
+            where,
+            exc,
+        )
+        return
+    text = {_text(k): _text(v) for k, v in config.items()}
+    appendonly = text.get("appendonly")
+    fsync = text.get("appendfsync")
+    policy = text.get("maxmemory-policy")
+    if appendonly != "yes":
+        log.warning(
+            "redis at %s runs without AOF (appendonly %s): a Redis restart loses acknowledged "
+            "jobs and stream data. Set appendonly yes and appendfsync always (docs/redis.md)",
+            where,
+            appendonly,
+        )
+    elif fsync != "always":
+        log.warning(
+            "redis at %s syncs its AOF with appendfsync %s: a crash of Redis or its machine can "
+            "lose up to about a second of acknowledged writes. Set appendfsync always for "
+            "'acknowledged means durable' (docs/redis.md)",
+            where,
+            fsync,
+        )
+    if policy is not None and policy != "noeviction":
+        log.warning(
+            "redis at %s evicts keys under memory pressure (maxmemory-policy %s): outlast's data "
+            "could silently disappear. Set maxmemory-policy noeviction (docs/redis.md)",
+            where,
+            policy,
+        )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _texts(flat: dict[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in flat.items()}

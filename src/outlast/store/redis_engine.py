@@ -1,0 +1,218 @@
+"""Group commit on Redis: one writer thread per process runs the rules as optimistic transactions.
+
+Operations (functions of a :class:`~outlast.store.redis_tx.RedisTx` and ``now``) are queued from
+the event loop. The writer thread takes every operation waiting, runs them one after another in
+one :class:`RedisTx` (each in its own savepoint: a refused operation's writes are dropped), and
+commits the group with one ``MULTI``/``EXEC`` that also publishes the names that changed. When
+another process changed a key this group read, ``EXEC`` is refused and the group runs again on
+fresh data, so concurrent groups on many machines behave as if run one at a time.
+
+The thread talks to Redis over one plain connection of its own (``WATCH`` state belongs to a
+connection), with blocking calls: the rules are synchronous, and a read they need is one round
+trip away. The event loop never waits on this thread except for the operation's own result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import redis
+from redis.exceptions import RedisError, ResponseError
+
+from outlast.errors import StoreError, StoreUnavailable
+from outlast.store.notify import Notifier
+from outlast.store.redis_tx import Command, IdBlock, Keys, RedisTx
+
+log = logging.getLogger("outlast.store.redis")
+
+T = TypeVar("T")
+Op = Callable[[RedisTx, float], Any]
+Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+# Operations that join one transaction at most: bounds what one conflict makes us redo.
+MAX_GROUP = 256
+# A group that keeps conflicting with other processes is retried this often, with a short
+# random back-off (so that two nodes do not keep colliding in step), then given up as 503.
+MAX_CONFLICTS = 200
+CONFLICT_BACKOFF = 0.0005
+CONFLICT_BACKOFF_MAX = 0.02
+# After this many conflicts in a row, a large group is split so that each part commits alone.
+SPLIT_AFTER = 3
+OUTAGE_RETRY_AFTER = 2.0
+
+
+class Wire:
+    """The writer thread's own connection: commands sent in one round trip, replies in order."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        # redis-py's connection classes are untyped: held as Any.
+        connection_class: Any = redis.Connection
+        self.conn: Any = connection_class(**params)
+        self.where = f"{params.get('host')}:{params.get('port')}"
+
+    def call(self, commands: Sequence[Command]) -> list[Any]:
+        try:
+            self.conn.send_packed_command(self.conn.pack_commands(commands), check_health=False)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(self.conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+        except (RedisError, OSError) as exc:
+            self.conn.disconnect()
+            raise StoreUnavailable(
+                f"redis at {self.where} is unavailable: {exc}", retry_after=OUTAGE_RETRY_AFTER
+            ) from exc
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                self.reset()
+                raise StoreError(f"redis refused a command: {reply}")
+        return replies
+
+    def reset(self) -> None:
+        """Forget any WATCH and MULTI state: the next group starts clean."""
+        self.conn.disconnect()
+
+    def close(self) -> None:
+        self.conn.disconnect()
+
+
+class WriterEngine(threading.Thread):
+    def __init__(
+        self,
+        params: dict[str, Any],
+        keys: Keys,
+        notifier: Notifier,
+        node: str,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(name="outlast-redis-writer", daemon=True)
+        self.wire = Wire(params)
+        self.keys = keys
+        self.notifier = notifier
+        self.node = node
+        self.loop = loop
+        self.ids = IdBlock()
+        self.ops: queue.SimpleQueue[tuple[Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self.conflicts = 0  # groups redone because another process got there first
+
+    async def write(self, op: Callable[[RedisTx, float], T]) -> T:
+        future: asyncio.Future[T] = self.loop.create_future()
+        self.ops.put((op, future))
+        return await future
+
+    def run(self) -> None:
+        while True:
+            item = self.ops.get()
+            if item is None:
+                break
+            group = [item]
+            stop = False
+            while len(group) < MAX_GROUP:
+                try:
+                    nxt = self.ops.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                group.append(nxt)
+            for part in self._split_runs(group):
+                self.loop.call_soon_threadsafe(self._deliver, part)
+            if stop:
+                break
+        self.wire.close()
+
+    def _split_runs(self, group: list[tuple[Op, asyncio.Future[Any]]]) -> list[list[Outcome]]:
+        """Run *group*; under repeated conflicts, in halves that each commit on their own."""
+        outcomes = self._run_group(group, SPLIT_AFTER if len(group) > 1 else MAX_CONFLICTS)
+        if outcomes is not None:
+            return [outcomes]
+        half = len(group) // 2
+        return self._split_runs(group[:half]) + self._split_runs(group[half:])
+
+    def _run_group(
+        self, group: list[tuple[Op, asyncio.Future[Any]]], max_conflicts: int
+    ) -> list[Outcome] | None:
+        for attempt in range(max_conflicts):
+            try:
+                outcomes = self._attempt(group)
+            except StoreError as exc:
+                return [(future, None, exc) for _, future in group]
+            if outcomes is not None:
+                return outcomes
+            self.conflicts += 1
+            backoff = min(CONFLICT_BACKOFF_MAX, CONFLICT_BACKOFF * 2 ** min(attempt, 8))
+            time.sleep(random.uniform(0, backoff))
+        if len(group) > 1:
+            return None
+        error = StoreUnavailable("redis: too much contention on the same keys; retry")
+        return [(future, None, error) for _, future in group]
+
+    def _attempt(self, group: list[tuple[Op, asyncio.Future[Any]]]) -> list[Outcome] | None:
+        """One optimistic run of the group: outcomes, or ``None`` when EXEC was refused."""
+        tx = RedisTx(self.wire.call, self.keys, self.ids)
+        now = time.time()
+        outcomes: list[Outcome] = []
+        names: list[str] = []
+        try:
+            for op, future in group:
+                tx.begin()
+                try:
+                    value = op(tx, now)
+                except StoreError:
+                    raise
+                except Exception as exc:  # the operation's own refusal; the others go on
+                    tx.drop()
+                    outcomes.append((future, None, exc))
+                    continue
+                tx.keep()
+                outcomes.append((future, value, None))
+                names.extend(getattr(value, "changed_names", ()))
+            commands: list[Command] = [("MULTI",), *tx.commands()]
+            if names:
+                unique = list(dict.fromkeys(names))
+                message = json.dumps([self.node, unique], separators=(",", ":"))
+                commands.append(("PUBLISH", self.keys.changes, message))
+            commands.append(("EXEC",))
+            # An empty transaction still checks the watched keys: refusals and reads made
+            # by this group are then known to agree with one committed state.
+            replies = self.wire.call(commands)
+        except BaseException:
+            self.wire.reset()
+            raise
+        if replies[-1] is None:
+            return None
+        failed = [r for r in replies[-1] if isinstance(r, ResponseError)]
+        if failed:
+            # Redis applies the rest of a transaction when one command fails: a bug, loudly.
+            log.error("redis refused part of a transaction: %s", failed[0])
+            error = StoreError(f"redis refused part of a transaction: {failed[0]}")
+            return [(future, None, error) for _, future in group]
+        return outcomes
+
+    def _deliver(self, outcomes: list[Outcome]) -> None:
+        """On the loop: wake local readers of what changed, then resolve the callers."""
+        for future, value, error in outcomes:
+            if error is None:
+                for name in getattr(value, "changed_names", ()):
+                    self.notifier.changed(name)
+            if future.cancelled():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+    async def close(self) -> None:
+        self.ops.put(None)
+        await asyncio.to_thread(self.join)

@@ -1,0 +1,532 @@
+"""One optimistic Redis transaction, as the stream and job rules see it (:class:`RedisTx`).
+
+The rules (:mod:`~outlast.store.streams_logic`, :mod:`~outlast.store.jobs_logic`) are synchronous
+functions of a transaction. Here they run on the engine's thread against Redis like this:
+
+- a read that this transaction has not made yet goes to Redis at once, preceded by ``WATCH`` of
+  the key it reads (both in one round trip), and is kept in :attr:`RedisTx.base`;
+- writes are not sent: they are recorded in a :class:`Layer`, and reads see them on top of what
+  Redis said. Every operation of a group writes into its own layer, merged into the group's
+  layer when it succeeds and dropped when it refuses (a savepoint);
+- at the end the group's layer becomes one ``MULTI``/``EXEC``. If another process changed a
+  watched key in between, ``EXEC`` does nothing and the engine runs the group again on fresh
+  reads. So each group is atomic across every process sharing the Redis.
+
+The data model (every key starts with the store's prefix, ``outlast:`` by default)::
+
+    s:<name>        hash   a stream's row (streams_logic.Row), one JSON value per field
+    u:<name>        zset   its units, scored by start; member = start, end, count + data
+    p:<name>        hash   its idempotent producers: id -> "epoch seq"
+    sids            hash   stream id -> name            sseq   string  id allocator
+    children        hash   stream id -> forks of it     sexp   zset    stream id by expiry
+    j:<id>          hash   a job (models.JobRecord), one JSON value per field
+    jobs            zset   every job id (score 0: ordered by id, i.e. by creation time)
+    jkeys           hash   idempotency key -> job id
+    c:<queue>       hash   state -> number of jobs      queues set     queues with counts
+    due:<queue>     zset   queued jobs by run_at        leases zset    running jobs by expiry
+    done            zset   terminal jobs by finished_at
+    changes         channel  stream names and queue keys that changed (pub/sub)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from outlast.models import JobRecord, JobState
+from outlast.store import streams_logic as logic
+from outlast.store.base import Unit
+from outlast.store.jobs_logic import JobTx
+
+# A unit as a sorted-set member: start, end, message count, then the data.
+UNIT_HEADER = struct.Struct(">QQI")
+ROW_FIELDS = tuple(f.name for f in dataclasses.fields(logic.Row))
+JOB_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
+
+# A command for Redis: its arguments, as redis-py packs them.
+Command = tuple[str | bytes | int | float, ...]
+# Sends commands in one round trip; returns one reply per command.
+Call = Callable[[Sequence[Command]], list[Any]]
+
+
+def pack_unit(unit: Unit) -> bytes:
+    return UNIT_HEADER.pack(unit.start, unit.end, unit.count) + unit.data
+
+
+def unpack_unit(member: bytes) -> Unit:
+    start, end, count = UNIT_HEADER.unpack_from(member)
+    return Unit(start, end, count, bytes(member[UNIT_HEADER.size :]))
+
+
+def encode_fields(values: dict[str, Any]) -> dict[str, str]:
+    return {key: json.dumps(value, separators=(",", ":")) for key, value in values.items()}
+
+
+def decode_row(raw: dict[str, str]) -> logic.Row:
+    return logic.Row(**{name: json.loads(raw[name]) for name in ROW_FIELDS})
+
+
+def decode_job(raw: dict[str, str]) -> JobRecord:
+    values = {name: json.loads(raw[name]) for name in JOB_FIELDS if name in raw}
+    values["state"] = JobState(values["state"])
+    return JobRecord(**values)
+
+
+def job_fields(job: JobRecord) -> dict[str, Any]:
+    return {name: getattr(job, name) for name in JOB_FIELDS}
+
+
+def pairs(flat: list[Any]) -> dict[str, str]:
+    """A RESP2 ``HGETALL`` reply (a flat list) as a dict of text."""
+    return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+
+class Keys:
+    """Key names under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.sids = prefix + "sids"
+        self.sseq = prefix + "sseq"
+        self.children = prefix + "children"
+        self.sexp = prefix + "sexp"
+        self.jobs = prefix + "jobs"
+        self.jkeys = prefix + "jkeys"
+        self.queues = prefix + "queues"
+        self.leases = prefix + "leases"
+        self.done = prefix + "done"
+        self.changes = prefix + "changes"
+
+    def stream(self, name: str) -> str:
+        return f"{self.prefix}s:{name}"
+
+    def units(self, name: str) -> str:
+        return f"{self.prefix}u:{name}"
+
+    def producers(self, name: str) -> str:
+        return f"{self.prefix}p:{name}"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}j:{job_id}"
+
+    def counts(self, queue: str) -> str:
+        return f"{self.prefix}c:{queue}"
+
+    def due(self, queue: str) -> str:
+        return f"{self.prefix}due:{queue}"
+
+
+class Layer:
+    """Writes not yet sent: hash fields (``None`` deletes), sorted-set members (``None``
+    removes), counter increments, and keys deleted before the writes recorded here."""
+
+    __slots__ = ("cleared", "deltas", "extra", "hashes", "zsets")
+
+    def __init__(self) -> None:
+        self.cleared: set[str] = set()
+        self.hashes: dict[str, dict[str, str | None]] = {}
+        self.zsets: dict[str, dict[bytes, float | None]] = {}
+        self.deltas: dict[tuple[str, str], int] = {}
+        self.extra: list[Command] = []
+
+    def merge(self, top: Layer) -> None:
+        for key in top.cleared:
+            self.cleared.add(key)
+            self.hashes.pop(key, None)
+            self.zsets.pop(key, None)
+        for key, fields in top.hashes.items():
+            self.hashes.setdefault(key, {}).update(fields)
+        for key, members in top.zsets.items():
+            self.zsets.setdefault(key, {}).update(members)
+        for field, delta in top.deltas.items():
+            self.deltas[field] = self.deltas.get(field, 0) + delta
+        self.extra.extend(top.extra)
+
+    def commands(self) -> list[Command]:
+        """The writes, as commands for one ``MULTI``/``EXEC``."""
+        out: list[Command] = [("DEL", key) for key in sorted(self.cleared)]
+        for key, fields in self.hashes.items():
+            gone = [f for f, v in fields.items() if v is None]
+            kept = [x for f, v in fields.items() if v is not None for x in (f, v)]
+            if gone:
+                out.append(("HDEL", key, *gone))
+            if kept:
+                out.append(("HSET", key, *kept))
+        for key, members in self.zsets.items():
+            removed = [m for m, s in members.items() if s is None]
+            added = [x for m, s in members.items() if s is not None for x in (repr(s), m)]
+            if removed:
+                out.append(("ZREM", key, *removed))
+            if added:
+                out.append(("ZADD", key, *added))
+        for (key, field), delta in self.deltas.items():
+            if delta:
+                out.append(("HINCRBY", key, field, delta))
+        out.extend(self.extra)
+        return out
+
+
+class IdBlock:
+    """Stream ids handed out from blocks reserved with ``INCRBY`` (no conflicts between
+    processes, and ids that are never reused)."""
+
+    SIZE = 1000
+
+    def __init__(self) -> None:
+        self.next = 0
+        self.end = 0
+
+
+class RedisTx(JobTx):
+    def __init__(self, call: Call, keys: Keys, ids: IdBlock) -> None:
+        self._call = call
+        self.k = keys
+        self._ids = ids
+        self.watched: set[str] = set()
+        self.base: dict[tuple[Any, ...], Any] = {}  # what Redis said, per read
+        self.group = Layer()
+        self.op = Layer()
+        self.names: dict[int, str] = {}  # stream id -> name, for rows seen
+        self.queues_counted: set[str] = set()
+
+    # -- savepoints -----------------------------------------------------------------------
+
+    def begin(self) -> None:
+        self.op = Layer()
+
+    def keep(self) -> None:
+        self.group.merge(self.op)
+        self.op = Layer()
+
+    def drop(self) -> None:
+        self.op = Layer()
+
+    # -- reads from Redis -----------------------------------------------------------------
+
+    def _fetch(self, key: str, cache_key: tuple[Any, ...], command: Command) -> Any:
+        if cache_key in self.base:
+            return self.base[cache_key]
+        if key in self.watched:
+            reply = self._call([command])[0]
+        else:
+            reply = self._call([("WATCH", key), command])[1]
+            self.watched.add(key)
+        self.base[cache_key] = reply
+        return reply
+
+    def _cleared(self, key: str) -> tuple[bool, bool]:
+        """(cleared in this op, cleared in the group or this op)."""
+        in_op = key in self.op.cleared
+        return in_op, in_op or key in self.group.cleared
+
+    def hgetall(self, key: str) -> dict[str, str] | None:
+        in_op, cleared = self._cleared(key)
+        merged: dict[str, str | None] = {}
+        if not cleared:
+            merged.update(pairs(self._fetch(key, ("hgetall", key), ("HGETALL", key))))
+        if not in_op:
+            merged.update(self.group.hashes.get(key, {}))
+        merged.update(self.op.hashes.get(key, {}))
+        out = {f: v for f, v in merged.items() if v is not None}
+        return out or None
+
+    def hget(self, key: str, field: str) -> str | None:
+        for layer in (self.op, self.group):
+            fields = layer.hashes.get(key)
+            if fields is not None and field in fields:
+                return fields[field]
+            if key in layer.cleared:
+                return None
+        whole = self.base.get(("hgetall", key))
+        if whole is not None:
+            return pairs(whole).get(field)
+        raw = self._fetch(key, ("hget", key, field), ("HGET", key, field))
+        return None if raw is None else str(raw.decode())
+
+    def counter(self, key: str, field: str) -> int:
+        value = int(self.hget(key, field) or 0)
+        return value + self.group.deltas.get((key, field), 0) + self.op.deltas.get((key, field), 0)
+
+    def zrange(
+        self,
+        key: str,
+        low: float,
+        high: float,
+        count: int | None = None,
+        *,
+        open_high: bool = False,
+    ) -> list[tuple[bytes, float]]:
+        """Members scored from *low* to *high* (exclusive with *open_high*), lowest first."""
+        in_op, cleared = self._cleared(key)
+        overlay: dict[bytes, float | None] = {}
+        if not in_op:
+            overlay.update(self.group.zsets.get(key, {}))
+        overlay.update(self.op.zsets.get(key, {}))
+        items: dict[bytes, float] = {}
+        if not cleared:
+            hi = _bound(high, open_high)
+            command: Command = ("ZRANGEBYSCORE", key, _bound(low, False), hi, "WITHSCORES")
+            if count is not None:
+                # Members changed here may leave the fetched range: fetch that many more.
+                command += ("LIMIT", 0, count + len(overlay))
+            flat = self._fetch(key, ("zrange", *command[1:]), command)
+            items = {flat[i]: float(flat[i + 1]) for i in range(0, len(flat), 2)}
+        for member, score in overlay.items():
+            if score is None:
+                items.pop(member, None)
+            else:
+                items[member] = score
+        found = sorted(
+            (
+                (m, s)
+                for m, s in items.items()
+                if low <= s and (s < high or (s == high and not open_high))
+            ),
+            key=lambda item: (item[1], item[0]),
+        )
+        return found if count is None else found[:count]
+
+    # -- writes into the current layer ----------------------------------------------------
+
+    def hset(self, key: str, fields: Mapping[str, str | None], *, replace: bool = False) -> None:
+        if replace:
+            self.op.cleared.add(key)
+            self.op.hashes.pop(key, None)
+        self.op.hashes.setdefault(key, {}).update(fields)
+
+    def delete(self, key: str) -> None:
+        self.op.cleared.add(key)
+        self.op.hashes.pop(key, None)
+        self.op.zsets.pop(key, None)
+
+    def zadd(self, key: str, member: bytes, score: float) -> None:
+        self.op.zsets.setdefault(key, {})[member] = score
+
+    def zrem(self, key: str, member: bytes) -> None:
+        self.op.zsets.setdefault(key, {})[member] = None
+
+    def incr(self, key: str, field: str, delta: int) -> None:
+        self.op.deltas[(key, field)] = self.op.deltas.get((key, field), 0) + delta
+
+    def commands(self) -> list[Command]:
+        return self.group.commands()
+
+    # -- streams --------------------------------------------------------------------------
+
+    def get_stream(self, name: str) -> logic.Row | None:
+        raw = self.hgetall(self.k.stream(name))
+        if raw is None:
+            return None
+        row = decode_row(raw)
+        self.names[row.id] = name
+        return row
+
+    def _name(self, stream_id: int) -> str | None:
+        name = self.names.get(stream_id)
+        if name is None:
+            name = self.hget(self.k.sids, str(stream_id))
+        return name
+
+    def _row_by_id(self, stream_id: int) -> logic.Row:
+        row = self.get_stream_by_id(stream_id)
+        if row is None:
+            raise LookupError(f"no stream with id {stream_id}")
+        return row
+
+    def get_stream_by_id(self, stream_id: int) -> logic.Row | None:
+        name = self._name(stream_id)
+        if name is None:
+            return None
+        row = self.get_stream(name)
+        return row if row is not None and row.id == stream_id else None
+
+    def _new_id(self) -> int:
+        if self._ids.next >= self._ids.end:
+            end = int(self._call([("INCRBY", self.k.sseq, IdBlock.SIZE)])[0])
+            self._ids.next, self._ids.end = end - IdBlock.SIZE + 1, end + 1
+        value = self._ids.next
+        self._ids.next += 1
+        return value
+
+    def insert_stream(self, row: logic.Row) -> int:
+        row = dataclasses.replace(row, id=self._new_id())
+        self.names[row.id] = row.name
+        self.hset(self.k.stream(row.name), encode_fields(dataclasses.asdict(row)), replace=True)
+        # Left-overs of an earlier stream of this name cannot exist, but never inherit any.
+        self.delete(self.k.units(row.name))
+        self.delete(self.k.producers(row.name))
+        self.hset(self.k.sids, {str(row.id): row.name})
+        if row.parent_id is not None:
+            parent = str(row.parent_id)
+            self.hset(self.k.children, {parent: str(self.count_children(row.parent_id) + 1)})
+        self._index_expiry(row)
+        return row.id
+
+    def _index_expiry(self, row: logic.Row) -> None:
+        expiry = row.info().expiry()
+        member = str(row.id).encode()
+        if expiry is None:
+            self.zrem(self.k.sexp, member)
+        else:
+            self.zadd(self.k.sexp, member, expiry)
+
+    def update_stream(self, stream_id: int, **fields: Any) -> None:
+        row = self._row_by_id(stream_id)
+        self.hset(self.k.stream(row.name), encode_fields(fields))
+        if {"ttl", "expires_at", "touched_at"} & fields.keys():
+            self._index_expiry(dataclasses.replace(row, **fields))
+
+    def remove_stream(self, stream_id: int) -> None:
+        row = self._row_by_id(stream_id)
+        for key in (self.k.stream(row.name), self.k.units(row.name), self.k.producers(row.name)):
+            self.delete(key)
+        self.hset(self.k.sids, {str(stream_id): None})
+        self.hset(self.k.children, {str(stream_id): None})
+        self.zrem(self.k.sexp, str(stream_id).encode())
+        if row.parent_id is not None:
+            left = self.count_children(row.parent_id) - 1
+            self.hset(self.k.children, {str(row.parent_id): str(left) if left > 0 else None})
+
+    def count_children(self, stream_id: int) -> int:
+        return int(self.hget(self.k.children, str(stream_id)) or 0)
+
+    def _units_key(self, stream_id: int) -> str:
+        name = self._name(stream_id)
+        if name is None:
+            raise LookupError(f"no stream with id {stream_id}")
+        return self.k.units(name)
+
+    def insert_unit(self, stream_id: int, unit: Unit) -> None:
+        self.zadd(self._units_key(stream_id), pack_unit(unit), unit.start)
+
+    def copy_units(self, source_id: int, target_id: int, before: int) -> None:
+        target = self._units_key(target_id)
+        for member, score in self.zrange(self._units_key(source_id), 0, before, open_high=True):
+            if unpack_unit(member).end <= before:
+                self.zadd(target, member, score)
+
+    def unit_at(self, stream_id: int, start: int) -> Unit | None:
+        found = self.zrange(self._units_key(stream_id), start, start, 1)
+        return unpack_unit(found[0][0]) if found else None
+
+    def units_from(self, stream_id: int, start: int, max_bytes: int) -> list[Unit]:
+        units: list[Unit] = []
+        size = 0
+        for member, _ in self.zrange(self._units_key(stream_id), start, math.inf):
+            unit = unpack_unit(member)
+            if units and size + len(unit.data) > max_bytes:
+                break
+            units.append(unit)
+            size += len(unit.data)
+        return units
+
+    def get_producer(self, stream_id: int, producer_id: str) -> tuple[int, int] | None:
+        name = self._name(stream_id)
+        raw = None if name is None else self.hget(self.k.producers(name), producer_id)
+        if raw is None:
+            return None
+        epoch, seq = raw.split()
+        return int(epoch), int(seq)
+
+    def put_producer(self, stream_id: int, producer_id: str, epoch: int, seq: int) -> None:
+        name = self._name(stream_id)
+        assert name is not None
+        self.hset(self.k.producers(name), {producer_id: f"{epoch} {seq}"})
+
+    def expired_ids(self, now: float) -> list[int]:
+        return [int(m) for m, _ in self.zrange(self.k.sexp, -math.inf, now)]
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def _index_job(self, old: JobRecord | None, job: JobRecord) -> None:
+        """Keep the job's index entries true to its (new) state."""
+        member = job.id.encode()
+        if old is not None and old.queue != job.queue:
+            self.zrem(self.k.due(old.queue), member)
+        indexes: tuple[tuple[str, float | None], ...] = (
+            (self.k.due(job.queue), job.run_at if job.state == JobState.QUEUED else None),
+            (
+                self.k.leases,
+                job.lease_expires if job.state == JobState.RUNNING else None,
+            ),
+            (self.k.done, job.finished_at if job.state.terminal else None),
+        )
+        for key, score in indexes:
+            if score is None:
+                self.zrem(key, member)
+            else:
+                self.zadd(key, member, score)
+
+    def insert_job(self, job: JobRecord) -> None:
+        self.hset(self.k.job(job.id), encode_fields(job_fields(job)), replace=True)
+        self.zadd(self.k.jobs, job.id.encode(), 0)
+        if job.key is not None:
+            self.hset(self.k.jkeys, {job.key: job.id})
+        self._index_job(None, job)
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        raw = self.hgetall(self.k.job(job_id))
+        return None if raw is None else decode_job(raw)
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        old = self.get_job(job_id)
+        if old is None:
+            raise LookupError(f"no job {job_id}")
+        job = dataclasses.replace(old, **fields)
+        self.hset(self.k.job(job_id), encode_fields(fields))
+        self._index_job(old, job)
+
+    def find_job_by_key(self, key: str) -> JobRecord | None:
+        job_id = self.hget(self.k.jkeys, key)
+        return None if job_id is None else self.get_job(job_id)
+
+    def count_waiting(self, queue: str) -> int:
+        return self.counter(self.k.counts(queue), JobState.QUEUED.value)
+
+    def move_count(self, queue: str, old: JobState | None, new: JobState | None) -> None:
+        key = self.k.counts(queue)
+        if old is not None:
+            self.incr(key, old.value, -1)
+        if new is not None:
+            self.incr(key, new.value, 1)
+        if queue not in self.queues_counted:
+            self.queues_counted.add(queue)
+            self.op.extra.append(("SADD", self.k.queues, queue))
+
+    def _jobs(self, members: list[tuple[bytes, float]], state: JobState) -> list[JobRecord]:
+        jobs = [self.get_job(m.decode()) for m, _ in members]
+        return [j for j in jobs if j is not None and j.state == state]
+
+    def claimable(self, queue: str, now: float, limit: int) -> list[JobRecord]:
+        due = self.zrange(self.k.due(queue), -math.inf, now, limit)
+        return self._jobs(due, JobState.QUEUED)
+
+    def expired_leases(self, now: float) -> list[JobRecord]:
+        return self._jobs(self.zrange(self.k.leases, -math.inf, now), JobState.RUNNING)
+
+    def finished_before(self, ts: float, limit: int) -> list[str]:
+        found = self.zrange(self.k.done, -math.inf, ts, limit, open_high=True)
+        return [m.decode() for m, _ in found]
+
+    def delete_job(self, job_id: str) -> None:
+        old = self.get_job(job_id)
+        if old is None:
+            return
+        member = job_id.encode()
+        self.delete(self.k.job(job_id))
+        for key in (self.k.jobs, self.k.due(old.queue), self.k.leases, self.k.done):
+            self.zrem(key, member)
+        if old.key is not None:
+            self.hset(self.k.jkeys, {old.key: None})
+
+
+def _bound(value: float, open_: bool) -> str:
+    if value == math.inf:
+        return "+inf"
+    if value == -math.inf:
+        return "-inf"
+    return ("(" if open_ else "") + repr(float(value))
