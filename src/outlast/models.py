@@ -134,7 +134,7 @@ class JobRecord:
             "error": self.error,
             "attempt": self.attempt,
             "max_attempts": self.max_attempts,
-            "timeout": self.timeout,
+            "timeout": float(self.timeout),
             "created_at": rfc3339(self.created_at),
             "started_at": rfc3339(self.started_at),
             "finished_at": rfc3339(self.finished_at),

@@ -103,15 +103,17 @@ async def open_node(settings: Settings, *, workers: bool) -> AsyncIterator[Node]
         timeout=httpx.Timeout(None, connect=EGRESS_CONNECT_TIMEOUT),
         follow_redirects=False,
     )
-    store = await open_store(settings.server.store, fsync=settings.store.fsync)
-    metrics = Metrics()
-    registry = build_registry(settings, app, store, http_client, threads)
-    worker = Worker(settings, store, registry, metrics) if workers else None
     try:
-        yield Node(settings, store, registry, metrics, Lifecycle(), worker)
+        store = await open_store(settings.server.store, fsync=settings.store.fsync)
+        try:
+            metrics = Metrics()
+            registry = build_registry(settings, app, store, http_client, threads)
+            worker = Worker(settings, store, registry, metrics) if workers else None
+            yield Node(settings, store, registry, metrics, Lifecycle(), worker)
+        finally:
+            # Phase 5: every acknowledged write is durable already; close cleanly.
+            await store.close()
     finally:
-        # Phase 5: every acknowledged write is durable already; close cleanly.
-        await store.close()
         await http_client.aclose()
         # Threads of sync tasks stopped at the deadline may still run; do not wait for them.
         threads.shutdown(wait=False, cancel_futures=True)

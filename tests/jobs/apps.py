@@ -142,3 +142,12 @@ async def emit_nan(job: outlast.Job) -> str:
 @app.task(timeout=30, retries=0)
 async def nan_result(job: outlast.Job) -> float:
     return float("nan")
+
+
+# An app whose task names a queue the server does not configure: the server refuses to start.
+misconfigured = outlast.App()
+
+
+@misconfigured.task(queue="missing")
+async def lost(job: outlast.Job) -> None:
+    return None

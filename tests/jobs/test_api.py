@@ -270,3 +270,12 @@ def test_queues_endpoint_counts_jobs(
     assert queues["batch"]["capacity"] == 5 and queues["batch"]["concurrency"] == 2
     assert queues["default"]["queued"] == 0
     assert get_job(server, submit(server, "echo", input={}, queue="batch", delay=9)["id"])
+
+
+def test_a_task_on_an_unconfigured_queue_stops_the_start(
+    jobs_server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = jobs_server_factory(args=["--app", "tests.jobs.apps:misconfigured"])
+    with pytest.raises(AssertionError, match="exited with 2"):
+        server.start()
+    assert "task 'lost' uses queue 'missing'" in server.log()

@@ -196,3 +196,23 @@ def test_many_live_readers_see_the_same_events(jobs_server: ServerProcess, runs:
     for text in results.values():
         assert sse_messages(parse_sse(text)) == expected
         assert json.loads(parse_sse(text)[-1]["data"])["state"] == "succeeded"
+
+
+def test_offset_now_follows_only_what_comes_next(jobs_server: ServerProcess, runs: Path) -> None:
+    job = submit(jobs_server, "chatty", input={"n": 3, "gate": "next"})
+    wait_for(lambda: any(m["type"] == "output" for m in stream_messages(jobs_server, job["id"])))
+    before = stream_messages(jobs_server, job["id"])
+    got: list[str] = []
+
+    def follow() -> None:
+        resp = httpx.get(
+            f"{jobs_server.url}/v1/jobs/{job['id']}/events", params={"offset": "now"}, timeout=60
+        )
+        got.append(resp.text)
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    wait_for(lambda: metric(jobs_server, "outlast_stream_readers", mode="job-events") == 1)
+    open_gate(runs, "next")
+    reader.join(timeout=60)
+    assert sse_messages(parse_sse(got[0])) == stream_messages(jobs_server, job["id"])[len(before) :]

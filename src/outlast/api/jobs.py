@@ -318,14 +318,16 @@ class JobsAPI:
     async def events(self, request: Request) -> Response | SSEResponse:
         job = await self._job(request)
         raw = request.headers.get("last-event-id") or request.query_params.get("offset") or "-1"
+        info = await self.store.head(job.stream)
         if raw == "-1":
             position = 0
+        elif raw == "now":
+            position = info.tail  # only what comes next
         else:
             parsed = parse_offset(raw)
             if parsed is None:
                 raise BadRequest(f"malformed offset {raw!r}", code="invalid_offset")
             position = parsed
-        info = await self.store.head(job.stream)
         if position > info.tail:
             raise BadRequest("offset is beyond the end of the job's events", code="invalid_offset")
         if info.closed and position >= info.tail:

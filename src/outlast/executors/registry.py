@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from outlast.config import Settings
-from outlast.errors import Unprocessable
+from outlast.errors import ConfigError, Unprocessable
 from outlast.executors import http as http_task
 from outlast.store.base import Store
 from outlast.tasks import DEFAULT_RETRIES, DEFAULT_TIMEOUT, App, Job, TaskDef
@@ -100,5 +100,11 @@ def build_registry(
     )
     if app is not None:
         for task in app.tasks.values():
+            if task.queue not in settings.queues:
+                # Found at start rather than as a 422 on every submission of the task.
+                raise ConfigError(
+                    f"task {task.name!r} uses queue {task.queue!r}, which is not configured: "
+                    f"add [queues.{task.queue}] (configured: {', '.join(settings.queues)})"
+                )
             specs[task.name] = _python_spec(task, threads)
     return Registry(specs)
