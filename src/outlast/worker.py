@@ -303,6 +303,11 @@ class Worker:
         except LeaseLost:
             log.warning("lost the lease of job %s before it finished", record.id)
             return
+        except StoreError as exc:
+            # The outcome is not stored; the lease will expire and the job run again (at least
+            # once, never lost).
+            log.error("could not store the end of job %s: %s", record.id, exc)
+            return
         elapsed = time.monotonic() - running.started
         self.metrics.job_attempts.labels(record.queue, record.task, outcome.kind).inc()
         self.metrics.job_run_seconds.labels(record.queue, record.task).observe(elapsed)

@@ -4,6 +4,7 @@ ended cleanly, the grace period, hand-back without spending an attempt, the seco
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -163,8 +164,9 @@ def test_jobs_running_at_the_grace_deadline_are_handed_back_without_spending_an_
 def test_a_second_signal_stops_at_once(
     jobs_server_factory: Callable[..., ServerProcess], runs: Path
 ) -> None:
-    """Grace is long, and one task is a CPU-bound thread that ignores cancellation: the second
-    signal still ends the process at once, handing both jobs back."""
+    """Grace is long, a request is still in flight, and one task is a CPU-bound thread that
+    ignores cancellation: the second signal still ends the process at once, handing both jobs
+    back."""
     server = jobs_server_factory(args=["--grace", "300"]).start()
     jobs = [
         submit(server, "hold", input={}),
@@ -172,13 +174,30 @@ def test_a_second_signal_stops_at_once(
     ]
     for job in jobs:
         wait_for(lambda job=job: runs_of(runs, job["id"]) == ["start 1"], timeout=30)
+    # A request that never completes: phase 2 would wait for it.
+    never = threading.Event()
+
+    def endless_body() -> Iterator[bytes]:
+        yield b'{"task": '
+        never.wait(timeout=120)
+        yield b'"echo"}'
+
+    def endless_submit() -> None:
+        with contextlib.suppress(httpx.TransportError), httpx.Client(timeout=130) as client:
+            client.post(f"{server.url}/v1/jobs", content=endless_body())
+
+    submitter = threading.Thread(target=endless_submit, daemon=True)
+    submitter.start()
+    in_flight = {"method": "POST", "route": "/v1/jobs"}
+    wait_for(lambda: metric(server, "outlast_http_requests_in_progress", **in_flight) == 1)
+
     server.signal(signal.SIGTERM)
     wait_for(lambda: _signalled(server), timeout=10)
-    wait_for(lambda: "waiting up to" in server.log(), timeout=30)
     server.signal(signal.SIGTERM)
-    # The guard is far below the grace (300 s) and the spinning task (120 s).
+    # The guard is far below the grace (300 s), the request (120 s) and the spinning task.
     assert server.wait_exit(timeout=60) == 0
     assert "second signal" in server.log()
+    never.set()
 
     # Restart without workers: the jobs wait in their queue, no attempt spent.
     server.args = [*server.args, "--no-workers"]
