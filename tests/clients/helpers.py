@@ -10,9 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from tests.conftest import ServerProcess
+from tests.relay.helpers import all_messages
 
 CLIENTS = Path(__file__).parent
 
@@ -20,10 +19,8 @@ CLIENTS = Path(__file__).parent
 def expected_events(server: ServerProcess, job_id: str) -> list[tuple[str, Any]]:
     """``(event type, data)`` of every message of the job's stream, as the SSE view renders
     them: upstream events under their own type, the rest as ``outlast.<type>`` JSON."""
-    resp = httpx.get(f"{server.url}/v1/stream/jobs/{job_id}", params={"offset": "-1"})
-    assert resp.status_code == 200
     out: list[tuple[str, Any]] = []
-    for message in resp.json():
+    for message in all_messages(server, job_id):
         if message["type"] == "event":
             out.append((message.get("event") or "message", message["data"]))
         else:

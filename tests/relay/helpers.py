@@ -37,10 +37,16 @@ def finished(server: ServerProcess, job_id: str) -> dict[str, Any]:
 
 
 def all_messages(server: ServerProcess, job_id: str) -> list[dict[str, Any]]:
-    resp = httpx.get(f"{server.url}/v1/stream/jobs/{job_id}", params={"offset": "-1"})
-    assert resp.status_code == 200
-    messages: list[dict[str, Any]] = resp.json()
-    return messages
+    """Every message of the job's stream, read in catch-up pages to its current end."""
+    messages: list[dict[str, Any]] = []
+    offset = "-1"
+    while True:
+        resp = httpx.get(f"{server.url}/v1/stream/jobs/{job_id}", params={"offset": offset})
+        assert resp.status_code == 200
+        messages += resp.json()
+        offset = resp.headers["stream-next-offset"]
+        if resp.headers.get("stream-up-to-date") == "true":
+            return messages
 
 
 def stored_events(server: ServerProcess, job_id: str) -> list[dict[str, Any]]:
