@@ -95,6 +95,7 @@ SCHEMAS: dict[str, Any] = {
             "created_at": {"type": "string", "format": "date-time"},
             "started_at": {"type": ["string", "null"], "format": "date-time"},
             "finished_at": {"type": ["string", "null"], "format": "date-time"},
+            "key": {"type": "string", "description": "The idempotency key, when given"},
             "stream": {"type": "string", "description": "The job's durable stream (JSON mode)"},
             "events": {"type": "string", "description": "The job's events as native SSE"},
         },
@@ -156,7 +157,11 @@ PATHS: dict[str, Any] = {
                 for n in ("state", "queue", "task", "cursor")
             ]
             + [{"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 500}}],
-            "responses": {"200": _json(_ref("JobPage"), "A page of jobs")},
+            "responses": {
+                "200": _json(_ref("JobPage"), "A page of jobs"),
+                "400": _error("Malformed cursor"),
+                "422": _error("Invalid state or limit"),
+            },
         },
     },
     "/v1/jobs/{job_id}": {
@@ -171,7 +176,11 @@ PATHS: dict[str, Any] = {
                     "description": "Long-poll until terminal (seconds)",
                 },
             ],
-            "responses": {"200": _json(_ref("Job"), "The job"), "404": _error("No such job")},
+            "responses": {
+                "200": _json(_ref("Job"), "The job"),
+                "404": _error("No such job"),
+                "422": _error("Invalid wait"),
+            },
         }
     },
     "/v1/jobs/{job_id}/cancel": {
@@ -185,13 +194,26 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "The job's events as native Server-Sent Events",
             "description": (
-                "Each id is an offset; Last-Event-ID or ?offset= resumes. "
-                "204 once everything was sent."
+                "Each id is an offset; Last-Event-ID or ?offset= resumes. Messages are "
+                "`event: outlast.<type>`; a relay's upstream events keep their own names. "
+                "Keepalives are `: ping` comment lines. The response ends once the job is "
+                "terminal; 204 once everything was sent."
             ),
-            "parameters": [JOB_ID, {"name": "offset", "in": "query", "schema": {"type": "string"}}],
+            "parameters": [
+                JOB_ID,
+                {
+                    "name": "offset",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": "-1 (the start, default), now, or an event id",
+                },
+                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+            ],
             "responses": {
                 "200": {"description": "Event stream", "content": SSE},
                 "204": {"description": "Nothing more to send"},
+                "400": _error("Malformed offset"),
+                "404": _error("No such job"),
             },
         }
     },
