@@ -17,6 +17,7 @@ call blocks until the output is stored) and read ``job.cancelled`` to stop early
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import threading
@@ -221,3 +222,41 @@ class Job:
             return self._emitter(messages)
         asyncio.run_coroutine_threadsafe(self._emitter(messages), self._loop).result()
         return _Done()
+
+    async def run_process(
+        self, program: str, *args: str, stdin: bytes | None = None, **kwargs: Any
+    ) -> ProcessResult:
+        """Run a program to its end; its exit code and output (kept in memory) come back.
+
+        When the job is cancelled, times out or is stopped at shutdown, the program is killed
+        rather than left running without its job. Keyword arguments go to
+        :func:`asyncio.create_subprocess_exec` (``cwd``, ``env``, ...).
+        """
+        proc = await asyncio.create_subprocess_exec(
+            program,
+            *args,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            **kwargs,
+        )
+        try:
+            out, err = await proc.communicate(stdin)
+        except BaseException:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                # Reap it, so that no zombie is left; the kill makes this immediate.
+                await asyncio.shield(proc.wait())
+            raise
+        assert proc.returncode is not None
+        return ProcessResult(proc.returncode, out, err)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessResult:
+    """How a program run by :meth:`Job.run_process` ended."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes

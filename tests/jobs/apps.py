@@ -151,3 +151,24 @@ misconfigured = outlast.App()
 @misconfigured.task(queue="missing")
 async def lost(job: outlast.Job) -> None:
     return None
+
+
+@app.task(timeout=30, retries=0)
+async def child(job: outlast.Job, seconds: float) -> dict[str, Any]:
+    """Run a child process that writes its pid to ``pid-<job id>`` and sleeps."""
+    import sys
+
+    pid_file = str(_runs() / f"pid-{job.id}")
+    script = (
+        "import os, sys, time\n"
+        "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+        "time.sleep(float(sys.argv[2]))\n"
+        "print('slept')"
+    )
+    record(job, "start")
+    try:
+        done = await job.run_process(sys.executable, "-c", script, pid_file, str(seconds))
+    except asyncio.CancelledError:
+        record(job, "cancelled")
+        raise
+    return {"code": done.returncode, "out": done.stdout.decode().strip()}

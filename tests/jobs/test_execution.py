@@ -4,6 +4,7 @@ that a CPU-bound task does not lose."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -193,3 +194,36 @@ def test_state_of_a_running_job(jobs_server: ServerProcess, runs: Path) -> None:
     assert running["attempt"] == 1 and running["started_at"] is not None
     open_gate(runs, "g")
     assert finished(jobs_server, job["id"])["result"] == {"gate": "g"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_child_process_runs_to_its_end(jobs_server: ServerProcess) -> None:
+    done = finished(jobs_server, submit(jobs_server, "child", input={"seconds": 0})["id"])
+    assert done["state"] == "succeeded", done
+    assert done["result"] == {"code": 0, "out": "slept"}
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+def test_a_child_process_is_killed_with_its_job(
+    jobs_server: ServerProcess, runs: Path, how: str
+) -> None:
+    fields = {"timeout": 1.0} if how == "timeout" else {}
+    job = submit(jobs_server, "child", input={"seconds": 300}, **fields)
+    pid_file = runs / f"pid-{job['id']}"
+    wait_for(lambda: pid_file.exists() and pid_file.read_text(), timeout=30)
+    pid = int(pid_file.read_text())
+    assert _alive(pid)
+    if how == "cancel":
+        assert httpx.post(f"{jobs_server.url}/v1/jobs/{job['id']}/cancel").status_code == 202
+    done = finished(jobs_server, job["id"])
+    assert done["state"] == ("cancelled" if how == "cancel" else "failed")
+    # Killed and reaped by the server: no process (and no zombie) is left.
+    wait_for(lambda: not _alive(pid), timeout=10)
+    assert runs_of(runs, job["id"]) == ["start 1", "cancelled 1"]
