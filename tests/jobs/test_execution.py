@@ -165,7 +165,7 @@ def test_a_cpu_bound_sync_task_keeps_its_lease(
 ) -> None:
     """A plain ``def`` that never yields runs for several leases: the heartbeat, outside the
     task, keeps renewing, so the job is not recovered and run a second time."""
-    server = jobs_server_factory(env={"OUTLAST_JOBS__LEASE": "1.5"}).start()
+    server = jobs_server_factory(env={"OUTLAST_JOBS__LEASE": "2"}).start()
     job = submit(server, "spin", input={"seconds": 5})
     done = finished(server, job["id"])
     assert done["state"] == "succeeded", done

@@ -217,7 +217,7 @@ def test_a_second_signal_stops_at_once(
 def test_kill_9_mid_run_every_accepted_job_is_recovered(
     jobs_server_factory: Callable[..., ServerProcess], runs: Path
 ) -> None:
-    lease = {"OUTLAST_JOBS__LEASE": "1"}
+    lease = {"OUTLAST_JOBS__LEASE": "2"}
     server = jobs_server_factory(env=lease).start()
     ids = [submit(server, "work", input={"ms": 100 + 20 * (i % 10)})["id"] for i in range(60)]
     # Kill once some jobs finished and others are running.
