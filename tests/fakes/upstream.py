@@ -100,6 +100,8 @@ class FakeUpstream:
 
     def stop(self) -> None:
         self.server.should_exit = True
+        # Streams that never end (/hang, /forever, a stall) would hold a graceful exit forever.
+        self.server.force_exit = True
         self.thread.join(timeout=10)
 
     def open_gate(self, name: str) -> None:

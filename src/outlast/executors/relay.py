@@ -56,6 +56,8 @@ INPUT_FIELDS = frozenset({"upstream", "path", "url", "method", "headers", "body"
 MAX_PENDING_BYTES = 16 << 20
 # One append to the store carries at most this much; a burst is cut into several.
 MAX_BATCH_BYTES = 1 << 20
+# How long a cancelled attempt lets its last append finish before cutting it.
+ABORT_WAIT = 5.0
 # Headers a client may not set on the upstream request: hop-by-hop, or owned by outlast.
 DROPPED_HEADERS = frozenset(
     {
@@ -213,6 +215,12 @@ def _event_message(event: SSEEvent) -> dict[str, Any]:
     return message
 
 
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark an abandoned append's outcome as seen (it no longer matters to anyone)."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _cut(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The first batch of *messages* (at least one, at most about ``MAX_BATCH_BYTES``)."""
     size = 0
@@ -262,11 +270,16 @@ class _Appender:
             await self.flush()
 
     async def abort(self) -> None:
-        if self.inflight is not None:
-            self.inflight.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.inflight
-            self.inflight = None
+        """The attempt is over (cancelled, timed out): drop what waits, and let the append in
+        flight end on its own rather than cut a store write in the middle."""
+        self.pending, self.pending_bytes = [], 0
+        task, self.inflight = self.inflight, None
+        if task is None:
+            return
+        await asyncio.wait({task}, timeout=ABORT_WAIT)
+        if not task.done():
+            task.cancel()
+        task.add_done_callback(_retrieve)
 
 
 def _headers(value: dict[str, Any], settings: Settings, implied: dict[str, str]) -> dict[str, str]:
