@@ -147,6 +147,9 @@ def test_bad_ids_and_query_parameters_are_clear_4xx(jobs_server: ServerProcess) 
         delayed = submit(jobs_server, "echo", input={}, delay=3600)["id"]
         error = _error(httpx.get(f"{url}/v1/jobs/{delayed}", params=params), 422)
         assert error["field"] == field
+        # The same for a job that has finished: the request is wrong either way.
+        finished(jobs_server, real)
+        assert _error(httpx.get(f"{url}/v1/jobs/{real}", params=params), 422)["field"] == field
     for params, field, status in (
         ({"state": "sleeping"}, "state", 422),
         ({"limit": "0"}, "limit", 422),

@@ -107,3 +107,28 @@ def test_render_event_names_outlast_types_and_relays_upstream_events() -> None:
     assert relayed.decode() == "event: delta\ndata: l1\ndata: l2\nid: 0_9\n\n"
     plain = render_event({"type": "event", "data": "[DONE]"}, "0_10").decode()
     assert plain == "data: [DONE]\nid: 0_10\n\n"
+
+
+def test_readiness_turns_503_with_retry_after_once_draining() -> None:
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+
+    from outlast.api.ops import ops_routes
+    from outlast.lifecycle import Lifecycle
+
+    async def check() -> None:
+        lifecycle = Lifecycle()
+        app = Starlette(routes=ops_routes(lifecycle))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.get("/readyz")).status_code == 200
+            lifecycle.begin_drain()
+            resp = await client.get("/readyz")
+            assert resp.status_code == 503
+            assert int(resp.headers["Retry-After"]) >= 1
+            assert resp.json()["error"]["code"] == "draining"
+            assert (await client.get("/healthz")).status_code == 200  # still alive
+
+    asyncio.run(check())

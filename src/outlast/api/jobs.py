@@ -25,6 +25,7 @@ from outlast.errors import (
     QueueFull,
     RequestError,
     ServiceUnavailable,
+    StoreError,
     Unprocessable,
 )
 from outlast.executors.registry import Registry
@@ -229,14 +230,15 @@ class JobsAPI:
     async def get(self, request: Request) -> Response:
         job = await self._job(request)
         raw_wait = request.query_params.get("wait")
-        if raw_wait is not None and not job.state.terminal:
+        if raw_wait is not None:
             try:
                 wait = float(raw_wait)
             except ValueError as exc:
                 raise _field_error("wait", "must be a number of seconds") from exc
             if not math.isfinite(wait) or wait < 0:
                 raise _field_error("wait", "must be a non-negative number of seconds")
-            job = await self._wait_terminal(job, min(wait, self.settings.jobs.max_wait))
+            if not job.state.terminal:
+                job = await self._wait_terminal(job, min(wait, self.settings.jobs.max_wait))
         return JSONResponse(self.render(job))
 
     async def _wait_terminal(self, job: JobRecord, wait: float) -> JobRecord:
@@ -350,6 +352,8 @@ class JobsAPI:
                     )
                 except RequestError:
                     return  # deleted (retention) while being read
+                except StoreError:
+                    return  # the store is unreachable: end cleanly, the client resumes
                 if result.units:
                     out = []
                     for unit in result.units:
