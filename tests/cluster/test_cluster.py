@@ -249,3 +249,38 @@ def test_capacity_20_under_200_concurrent_submits_on_two_nodes(
             assert "Retry-After" in resp.headers
     queues = httpx.get(f"{a.url}/v1/queues").json()["queues"]
     assert [(q["name"], q["queued"]) for q in queues] == [("default", 20)]
+
+
+def test_readers_during_a_redis_outage_get_503_or_an_end(cluster: Callable[[], Cluster]) -> None:
+    c = cluster()
+    a = c.serve("a")
+    url = f"{a.url}/v1/stream/news"
+    assert httpx.put(url, content=b"hello", headers={"Content-Type": "text/plain"}).is_success
+    job = submit(a.url, input={"ms": 1}).json()
+    wait_terminal(a.url, [job["id"]])
+    with (
+        httpx.Client(timeout=httpx.Timeout(15, read=15)) as client,
+        client.stream("GET", url, params={"offset": "-1", "live": "sse"}) as live,
+    ):
+        assert live.status_code == 200
+        lines = live.iter_lines()
+        for line in lines:  # up to date: the reader now waits for more
+            if line.startswith("data:") and '"upToDate": true' in line:
+                break
+        c.redis.stop(signal.SIGKILL)
+        for _ in lines:  # the live reader ends (cleanly: the client resumes from its offset)
+            pass
+        for params in ({"offset": "-1"}, {"offset": "-1", "live": "long-poll"}):
+            resp = client.get(url, params=params)
+            assert resp.status_code == 503 and "Retry-After" in resp.headers, resp.text
+        assert client.head(url).status_code == 503
+        resp = client.get(f"{a.url}/v1/jobs/{job['id']}")
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "unavailable"
+        resp = client.post(url, content=b"more", headers={"Content-Type": "text/plain"})
+        assert resp.status_code == 503 and "Retry-After" in resp.headers
+        c.redis.start()
+        # Back by itself: what was acknowledged before the outage is all there.
+        wait_for(lambda: client.get(url, params={"offset": "-1"}).status_code == 200, timeout=30)
+        assert client.get(url, params={"offset": "-1"}).content == b"hello"
+        assert client.get(f"{a.url}/v1/jobs/{job['id']}").json()["state"] == "succeeded"
+    assert "Traceback" not in a.log(), a.log()

@@ -33,6 +33,7 @@ from outlast.errors import (
     NotFound,
     PayloadTooLarge,
     RequestError,
+    StoreError,
     StoreUnavailable,
 )
 from outlast.lifecycle import Lifecycle
@@ -481,6 +482,10 @@ class StreamsEndpoint:
             except NotFound:
                 return
             except RequestError:
+                return
+            except StoreError:
+                # The store is unreachable (a Redis outage): end the stream cleanly; the
+                # client reconnects from its last offset.
                 return
             info = result.info
             data = b""
