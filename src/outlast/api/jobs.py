@@ -354,8 +354,6 @@ class JobsAPI:
                     return  # deleted (retention) while being read
                 except StoreError:
                     return  # the store is unreachable: end cleanly, the client resumes
-                except StoreError:
-                    return  # the store is unreachable: end cleanly, the client resumes
                 if result.units:
                     out = []
                     for unit in result.units:
