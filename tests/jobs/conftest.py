@@ -6,12 +6,16 @@ backend (SQLite, Redis) without knowing which one it is on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.jobs.apps:app"
@@ -55,3 +59,58 @@ def jobs_server_factory(
 def jobs_server(jobs_server_factory: Callable[..., ServerProcess]) -> ServerProcess:
     """A running server with the test tasks and default settings."""
     return jobs_server_factory().start()
+
+
+@dataclass
+class WorkerProcess:
+    """One ``outlast worker`` subprocess (workers only, no listener) on a given store."""
+
+    store: str
+    env: dict[str, str]
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        command = [sys.executable, "-m", "outlast", "worker", "--store", self.store]
+        self.proc = subprocess.Popen(
+            [*command, "--app", APP, *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        # Ready once it says so; a worker has no health endpoint.
+        wait_for(self._ready, timeout=20)
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+        return "serving queues" in self.log()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def worker_factory(runs: Path, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``outlast worker`` processes on a store: ``worker_factory(store, args=[...])``."""
+    made: list[WorkerProcess] = []
+
+    def make(store: str, *, args: list[str] | None = None) -> WorkerProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTLAST_")}
+        env.update({"PYTHONPATH": str(REPO_ROOT), "OUTLAST_TEST_RUNS": str(runs)})
+        worker = WorkerProcess(
+            store, env, tmp_path / f"worker-{len(made)}.log", args=list(args or [])
+        )
+        made.append(worker)
+        return worker.start()
+
+    yield make
+    for worker in made:
+        if worker.proc is not None and worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait(timeout=10)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerProcess, wait_for
+from tests.jobs.conftest import WorkerProcess
 from tests.jobs.helpers import (
     finished,
     get_job,
@@ -247,3 +248,29 @@ def test_kill_9_mid_run_every_accepted_job_is_recovered(
     assert sorted(j["id"] for j in listed) == sorted(ids)
     assert {j["state"] for j in listed} == {"succeeded"}
     assert in_state(server, ids[0], "succeeded")
+
+
+def test_a_worker_process_runs_jobs_and_drains_on_sigterm(
+    jobs_server_factory: Callable[..., ServerProcess],
+    worker_factory: Callable[..., WorkerProcess],
+    runs: Path,
+) -> None:
+    api = jobs_server_factory(args=["--no-workers"]).start()
+    worker = worker_factory(api.store)
+    assert worker.proc is not None
+    done = finished(api, submit(api, "echo", input={"via": "worker"})["id"])
+    assert done["result"] == {"via": "worker"}
+
+    running = submit(api, "hold", input={"gate": "end"})
+    wait_for(lambda: runs_of(runs, running["id"]) == ["start 1"], timeout=30)
+    worker.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "signal SIGTERM: shutting down" in worker.log(), timeout=10)
+    later = submit(api, "work", input={"ms": 1})  # the API still accepts; nobody claims it
+    open_gate(runs, "end")
+    assert worker.proc.wait(timeout=60) == 0
+    assert finished(api, running["id"])["state"] == "succeeded"
+    assert get_job(api, later["id"])["state"] == "queued"
+    assert runs_of(runs, later["id"]) == []
+    # Another worker picks it up.
+    worker_factory(api.store)
+    assert finished(api, later["id"])["state"] == "succeeded"
