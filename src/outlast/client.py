@@ -1,0 +1,753 @@
+"""Clients for an outlast server, on httpx: :class:`Client` (blocking) and :class:`AsyncClient`.
+
+::
+
+    import outlast
+
+    with outlast.Client("http://127.0.0.1:8787") as client:
+        job = client.submit("summarize", {"text": "..."})
+        for event in client.events(job.id):  # resumes by itself after a dropped connection
+            if event.type == "output":
+                print(event.message["data"])
+        job = client.get(job.id)
+
+The two clients differ only in their I/O. Building requests and reading answers are plain
+functions, and the rules of the event iterator (where to resume, when the job is over, how long
+to back off) live in :class:`_Resume`, so both iterators behave the same way.
+
+Everything the client raises on purpose is an :class:`outlast.errors.OutlastError`::
+
+    ClientError              anything the client raises on purpose
+    ├── ServerUnreachable    no answer: connection refused or dropped, timeout, bad URL
+    ├── InvalidResponse      an answer the API would never give (not JSON, no event stream)
+    └── APIError             an error answer: .status, .code, .message, .field, .retry_after
+        ├── AuthError        401, 403: a token is missing, wrong or lacks a scope
+        ├── JobNotFound      404
+        ├── RequestRejected  400, 409, 413, 422: this request will never succeed as it is
+        └── ServerBusy       429 (queue full), 503 (draining): retry after .retry_after seconds
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import httpx
+
+from outlast.errors import OutlastError
+from outlast.models import JobState
+from outlast.sse import SSEDecoder, SSEEvent, SSELimitError
+
+DEFAULT_URL = "http://127.0.0.1:8787"
+URL_ENV = "OUTLAST_URL"
+TOKEN_ENV = "OUTLAST_TOKEN"
+# Seconds for an ordinary request (long-polls get their wait on top).
+DEFAULT_TIMEOUT = 30.0
+# The server sends a ": ping" line every 15 s by default; four missed pings mean the
+# connection is dead even if TCP has not noticed, so the iterator reconnects.
+DEFAULT_IDLE_TIMEOUT = 60.0
+# The server caps ?wait= (jobs.max_wait); asking for longer just returns sooner.
+WAIT_SLICE = 30.0
+# Answers worth retrying the event stream on: a draining server (503), a proxy in front of a
+# restarting one (502, 504) and, for good measure, a full queue (429).
+RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+OUTLAST_EVENT_PREFIX = "outlast."
+USER_AGENT = "outlast-client"
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class ClientError(OutlastError):
+    """Anything the client raises on purpose."""
+
+
+class ServerUnreachable(ClientError):
+    """No answer from the server: the connection was refused, dropped or timed out."""
+
+
+class InvalidResponse(ClientError):
+    """The server answered something the outlast API never sends."""
+
+
+class APIError(ClientError):
+    """The server answered with an error: ``{"error": {"code", "message"}}``."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        retry_after: float | None = None,
+        body: Any = None,
+    ) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field  # the offending request field, for 422
+        self.retry_after = retry_after  # seconds, for 429 and 503
+        self.body = body
+
+
+class AuthError(APIError):
+    """401 or 403: the token is missing or wrong, or lacks the scope this call needs."""
+
+
+class JobNotFound(APIError):
+    """404: no such job (or it was removed after its retention time)."""
+
+
+class RequestRejected(APIError):
+    """400, 409, 413, 422: the request is wrong as it is; sending it again will not help."""
+
+
+class ServerBusy(APIError):
+    """429 (the queue is full) or 503 (the server is draining): try again after
+    :attr:`retry_after` seconds. Nothing was accepted."""
+
+
+def _error_class(status: int) -> type[APIError]:
+    if status in (401, 403):
+        return AuthError
+    if status == 404:
+        return JobNotFound
+    if status in (429, 503):
+        return ServerBusy
+    if 400 <= status < 500:
+        return RequestRejected
+    return APIError
+
+
+def _retry_after(response: httpx.Response, error: dict[str, Any]) -> float | None:
+    for value in (response.headers.get("retry-after"), error.get("retry_after")):
+        try:
+            return max(0.0, float(value)) if value is not None else None
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _api_error(response: httpx.Response) -> APIError:
+    """Translate an error answer (already read) into the exception for its status."""
+    status = response.status_code
+    body: Any = None
+    error: dict[str, Any] = {}
+    with contextlib.suppress(ValueError):
+        body = response.json()
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+    code = str(error.get("code") or f"http_{status}")
+    message = str(error.get("message") or response.reason_phrase or "error")
+    field = error.get("field")
+    return _error_class(status)(
+        status,
+        code,
+        message,
+        field=field if isinstance(field, str) else None,
+        retry_after=_retry_after(response, error),
+        body=body,
+    )
+
+
+def _unreachable(url: str, exc: httpx.TransportError) -> ServerUnreachable:
+    if isinstance(exc, httpx.TimeoutException):
+        why = "timed out"
+    elif isinstance(exc, httpx.ConnectError):
+        why = "connection refused" if "refused" in str(exc).lower() else f"cannot connect ({exc})"
+    elif isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        why = f"connection dropped ({exc or type(exc).__name__})"
+    else:
+        why = str(exc) or type(exc).__name__
+    return ServerUnreachable(f"cannot reach outlast at {url}: {why}")
+
+
+def _json(response: httpx.Response) -> Any:
+    """The body of a successful answer, or the error it carries as an exception."""
+    if response.status_code >= 400:
+        raise _api_error(response)
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise InvalidResponse(
+            f"{response.request.method} {response.request.url.path} answered "
+            f"{response.status_code} without a JSON body"
+        ) from exc
+
+
+# -- data -----------------------------------------------------------------------------------
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """A job as the server showed it. :attr:`raw` holds the JSON it came from, unchanged."""
+
+    id: str
+    task: str
+    queue: str
+    state: JobState
+    input: Any
+    result: Any
+    error: dict[str, Any] | None
+    attempt: int
+    max_attempts: int
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    events_url: str
+    stream_url: str
+    raw: dict[str, Any]
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job succeeded, failed or was cancelled: it will not change again."""
+        return self.state.terminal
+
+    @classmethod
+    def from_json(cls, body: Any) -> JobInfo:
+        if not isinstance(body, dict):
+            raise InvalidResponse(f"expected a job, got {type(body).__name__}")
+        try:
+            return cls(
+                id=str(body["id"]),
+                task=str(body["task"]),
+                queue=str(body["queue"]),
+                state=JobState(body["state"]),
+                input=body.get("input"),
+                result=body.get("result"),
+                error=body.get("error"),
+                attempt=int(body.get("attempt") or 0),
+                max_attempts=int(body.get("max_attempts") or 0),
+                created_at=_timestamp(body.get("created_at")),
+                started_at=_timestamp(body.get("started_at")),
+                finished_at=_timestamp(body.get("finished_at")),
+                events_url=str(body.get("events", "")),
+                stream_url=str(body.get("stream", "")),
+                raw=body,
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InvalidResponse(f"malformed job in the answer: {exc!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """One page of :meth:`Client.list`, newest first; pass :attr:`next` as ``cursor`` for more."""
+
+    jobs: list[JobInfo]
+    next: str | None
+
+    @classmethod
+    def from_json(cls, body: Any) -> JobPage:
+        if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
+            raise InvalidResponse("expected {'jobs': [...], 'next': ...}")
+        cursor = body.get("next")
+        return cls([JobInfo.from_json(job) for job in body["jobs"]], cursor or None)
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One event of a job, as the native SSE view sends it.
+
+    :attr:`message` is the job-stream message: ``{"type": "state" | "output" | "result" |
+    "error", ...}`` for outlast's own events, and ``{"type": "event", "event", "data"}`` for the
+    upstream events a relay passes through. :attr:`id` is the stream offset after the event:
+    ``events(job_id, offset=event.id)`` resumes right after it.
+    """
+
+    id: str
+    event: str
+    data: str
+    message: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        return str(self.message.get("type", "event"))
+
+    @property
+    def ends_job(self) -> bool:
+        """The job's last event: its terminal state, after which the stream is closed."""
+        if self.type != "state":
+            return False
+        try:
+            return JobState(str(self.message.get("state"))).terminal
+        except ValueError:
+            return False
+
+    @classmethod
+    def from_sse(cls, sse: SSEEvent, offset: str) -> JobEvent:
+        message: dict[str, Any]
+        if sse.event.startswith(OUTLAST_EVENT_PREFIX):
+            kind = sse.event[len(OUTLAST_EVENT_PREFIX) :]
+            try:
+                decoded = json.loads(sse.data)
+            except ValueError:
+                decoded = None
+            message = decoded if isinstance(decoded, dict) else {"type": kind, "data": sse.data}
+        else:
+            message = {"type": "event", "event": sse.event, "data": sse.data}
+        return cls(id=offset, event=sse.event, data=sse.data, message=message)
+
+
+# -- the event iterator's rules ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """How :meth:`Client.events` reconnects: exponential backoff with jitter from ``initial`` to
+    ``maximum`` seconds (a server's ``Retry-After`` is honoured up to ``maximum``); it gives up,
+    raising the last error, after ``give_up_after`` seconds without receiving an event."""
+
+    initial: float = 0.1
+    maximum: float = 5.0
+    give_up_after: float = 120.0
+
+
+class _Resume:
+    """Where the event iterator stands: the last offset delivered, whether the job is over, and
+    how long to wait before the next connection. No I/O: both clients drive it."""
+
+    def __init__(
+        self,
+        offset: str | None,
+        policy: Reconnect,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.offset = offset
+        self.finished = False
+        self._policy = policy
+        self._clock = clock
+        self._delay = 0.0
+        self._stalled_since: float | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if self.offset is not None:
+            # The server resumes right after this offset: no gap and no duplicate.
+            headers["Last-Event-ID"] = self.offset
+        return headers
+
+    def deliver(self, sse: SSEEvent) -> JobEvent:
+        # Every event the server sends has an id; an event without one (which only a foreign
+        # server would send) keeps the previous offset, so a resume repeats nothing delivered.
+        offset = sse.id if sse.id is not None else (self.offset or "-1")
+        event = JobEvent.from_sse(sse, offset)
+        self.offset = offset
+        self.finished = event.ends_job
+        self._delay = 0.0
+        self._stalled_since = None
+        return event
+
+    def backoff(self, cause: ClientError, retry_after: float | None = None) -> float:
+        """Seconds to wait before reconnecting after *cause*; raises *cause* once the iterator
+        has gone ``give_up_after`` seconds without an event."""
+        now = self._clock()
+        if self._stalled_since is None:
+            self._stalled_since = now
+        elif now - self._stalled_since >= self._policy.give_up_after:
+            raise cause
+        policy = self._policy
+        self._delay = min(max(self._delay * 2, policy.initial), policy.maximum)
+        # Jitter spreads the reconnects of many readers after a restart.
+        delay = self._delay * random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, policy.maximum))
+        return delay
+
+
+def _check_stream(response: httpx.Response) -> None:
+    content_type = response.headers.get("content-type", "")
+    if not content_type.startswith("text/event-stream"):
+        raise InvalidResponse(f"expected an event stream, got {content_type or 'no content type'}")
+
+
+def _ended_early(url: str) -> ServerUnreachable:
+    return ServerUnreachable(f"the event stream from {url} ended before the job did")
+
+
+# -- shared set-up --------------------------------------------------------------------------
+
+
+def _settings(url: str | None, token: str | None) -> tuple[str, dict[str, str]]:
+    base = (url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise ClientError(f"the server URL must start with http:// or https://, not {base!r}")
+    headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+    token = token if token is not None else os.environ.get(TOKEN_ENV)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return base, headers
+
+
+def _job_path(job_id: str, suffix: str = "") -> str:
+    # Quoted whole: an id from user input can never reach another route.
+    return f"/v1/jobs/{quote(job_id, safe='')}{suffix}"
+
+
+def _submission(
+    task: str,
+    input: Any,
+    queue: str | None,
+    timeout: float | None,
+    retries: int | None,
+    delay: float | None,
+    key: str | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"task": task}
+    optional = {
+        "input": input,
+        "queue": queue,
+        "timeout": timeout,
+        "retries": retries,
+        "delay": delay,
+        "key": key,
+    }
+    body.update({name: value for name, value in optional.items() if value is not None})
+    return body
+
+
+def _filters(**params: Any) -> dict[str, Any]:
+    return {name: value for name, value in params.items() if value is not None}
+
+
+class _Base:
+    def __init__(
+        self,
+        url: str | None,
+        token: str | None,
+        timeout: float,
+        idle_timeout: float,
+        reconnect: Reconnect | None,
+    ) -> None:
+        self.url, self._headers = _settings(url, token)
+        self.timeout = timeout
+        self.reconnect = reconnect or Reconnect()
+        # Reading events: a long read timeout (keepalives arrive every few seconds), the
+        # ordinary one for connecting.
+        self._stream_timeout = httpx.Timeout(timeout, read=idle_timeout)
+
+    def _wait_timeout(self, wait: float | None) -> float:
+        return self.timeout + (wait or 0.0)
+
+
+# -- the blocking client --------------------------------------------------------------------
+
+
+class Client(_Base):
+    """A blocking client. ``url`` defaults to ``$OUTLAST_URL`` or ``http://127.0.0.1:8787``,
+    ``token`` to ``$OUTLAST_TOKEN``. Pass ``transport`` to test against an
+    ``httpx.MockTransport``."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        reconnect: Reconnect | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(url, token, timeout, idle_timeout, reconnect)
+        self._http = httpx.Client(
+            base_url=self.url, headers=self._headers, timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from exc
+        return _json(response)
+
+    def submit(
+        self,
+        task: str,
+        input: Any = None,
+        *,
+        queue: str | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        delay: float | None = None,
+        key: str | None = None,
+    ) -> JobInfo:
+        """Submit a job; returns it as accepted (``queued``). With a ``key`` used before, the
+        existing job comes back instead of a new one."""
+        body = _submission(task, input, queue, timeout, retries, delay, key)
+        return JobInfo.from_json(self._request("POST", "/v1/jobs", json=body))
+
+    def get(self, job_id: str, *, wait: float | None = None) -> JobInfo:
+        """The job; with ``wait``, the server holds the answer up to that many seconds (it caps
+        them) until the job is terminal."""
+        params = _filters(wait=wait)
+        timeout = self._wait_timeout(wait)
+        return JobInfo.from_json(
+            self._request("GET", _job_path(job_id), params=params, timeout=timeout)
+        )
+
+    def wait(self, job_id: str, *, timeout: float | None = None) -> JobInfo:
+        """Long-poll until the job is terminal, or ``timeout`` seconds passed (then the job is
+        returned as it is: check :attr:`JobInfo.terminal`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = WAIT_SLICE if deadline is None else deadline - time.monotonic()
+            job = self.get(job_id, wait=max(0.0, min(WAIT_SLICE, remaining)))
+            if job.terminal or remaining <= 0:
+                return job
+
+    def cancel(self, job_id: str) -> JobInfo:
+        """Cancel the job (idempotent). A running job stops within a second; a terminal one
+        comes back as it is."""
+        return JobInfo.from_json(self._request("POST", _job_path(job_id, "/cancel")))
+
+    def list(
+        self,
+        *,
+        state: JobState | str | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """One page of jobs, newest first."""
+        params = _filters(state=state, queue=queue, task=task, limit=limit, cursor=cursor)
+        return JobPage.from_json(self._request("GET", "/v1/jobs", params=params))
+
+    def iter_jobs(
+        self,
+        *,
+        state: JobState | str | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        page_size: int = 100,
+    ) -> Iterator[JobInfo]:
+        """Every job that matches, newest first, fetching page after page as needed."""
+        cursor: str | None = None
+        while True:
+            page = self.list(state=state, queue=queue, task=task, limit=page_size, cursor=cursor)
+            yield from page.jobs
+            if page.next is None:
+                return
+            cursor = page.next
+
+    def events(self, job_id: str, *, offset: str | None = None) -> Iterator[JobEvent]:
+        """The job's events from ``offset`` (from the start without it) until its end.
+
+        A dropped connection, a server restart or a ``503`` is retried with backoff, resuming
+        right after the last event delivered: no gap and no duplicate. The iterator stops after
+        the job's terminal state (or at once for a job already over and fully read).
+        """
+        resume = _Resume(offset, self.reconnect)
+        path = _job_path(job_id, "/events")
+        while not resume.finished:
+            retry_after: float | None = None
+            try:
+                with self._http.stream(
+                    "GET", path, headers=resume.headers(), timeout=self._stream_timeout
+                ) as response:
+                    if response.status_code == 204:
+                        return  # everything was sent before
+                    if response.status_code >= 400:
+                        response.read()
+                        raise _api_error(response)
+                    _check_stream(response)
+                    decoder = SSEDecoder()
+                    for chunk in response.iter_bytes():
+                        for sse in decoder.feed(chunk):
+                            yield resume.deliver(sse)
+                            if resume.finished:
+                                return
+                    # A clean end also ends an unfinished last event: it is dropped, and the
+                    # resume below repeats it whole.
+                    decoder.close()
+                cause: ClientError = _ended_early(self.url)
+            except httpx.TransportError as exc:
+                cause = _unreachable(self.url, exc)
+            except APIError as exc:
+                if exc.status not in RETRYABLE_STATUS:
+                    raise
+                cause, retry_after = exc, exc.retry_after
+            except SSELimitError as exc:
+                raise InvalidResponse(f"event stream of {job_id}: {exc}") from exc
+            time.sleep(resume.backoff(cause, retry_after))
+
+
+# -- the async client -----------------------------------------------------------------------
+
+
+class AsyncClient(_Base):
+    """The asyncio twin of :class:`Client`: the same methods, awaited; :meth:`events` is an
+    async iterator."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        reconnect: Reconnect | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(url, token, timeout, idle_timeout, reconnect)
+        self._http = httpx.AsyncClient(
+            base_url=self.url, headers=self._headers, timeout=timeout, transport=transport
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from exc
+        return _json(response)
+
+    async def submit(
+        self,
+        task: str,
+        input: Any = None,
+        *,
+        queue: str | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        delay: float | None = None,
+        key: str | None = None,
+    ) -> JobInfo:
+        """See :meth:`Client.submit`."""
+        body = _submission(task, input, queue, timeout, retries, delay, key)
+        return JobInfo.from_json(await self._request("POST", "/v1/jobs", json=body))
+
+    async def get(self, job_id: str, *, wait: float | None = None) -> JobInfo:
+        """See :meth:`Client.get`."""
+        params = _filters(wait=wait)
+        timeout = self._wait_timeout(wait)
+        return JobInfo.from_json(
+            await self._request("GET", _job_path(job_id), params=params, timeout=timeout)
+        )
+
+    async def wait(self, job_id: str, *, timeout: float | None = None) -> JobInfo:
+        """See :meth:`Client.wait`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = WAIT_SLICE if deadline is None else deadline - time.monotonic()
+            job = await self.get(job_id, wait=max(0.0, min(WAIT_SLICE, remaining)))
+            if job.terminal or remaining <= 0:
+                return job
+
+    async def cancel(self, job_id: str) -> JobInfo:
+        """See :meth:`Client.cancel`."""
+        return JobInfo.from_json(await self._request("POST", _job_path(job_id, "/cancel")))
+
+    async def list(
+        self,
+        *,
+        state: JobState | str | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """See :meth:`Client.list`."""
+        params = _filters(state=state, queue=queue, task=task, limit=limit, cursor=cursor)
+        return JobPage.from_json(await self._request("GET", "/v1/jobs", params=params))
+
+    async def iter_jobs(
+        self,
+        *,
+        state: JobState | str | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[JobInfo]:
+        """See :meth:`Client.iter_jobs`."""
+        cursor: str | None = None
+        while True:
+            page = await self.list(
+                state=state, queue=queue, task=task, limit=page_size, cursor=cursor
+            )
+            for job in page.jobs:
+                yield job
+            if page.next is None:
+                return
+            cursor = page.next
+
+    async def events(self, job_id: str, *, offset: str | None = None) -> AsyncIterator[JobEvent]:
+        """See :meth:`Client.events`."""
+        resume = _Resume(offset, self.reconnect)
+        path = _job_path(job_id, "/events")
+        while not resume.finished:
+            retry_after: float | None = None
+            try:
+                async with self._http.stream(
+                    "GET", path, headers=resume.headers(), timeout=self._stream_timeout
+                ) as response:
+                    if response.status_code == 204:
+                        return
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise _api_error(response)
+                    _check_stream(response)
+                    decoder = SSEDecoder()
+                    async for chunk in response.aiter_bytes():
+                        for sse in decoder.feed(chunk):
+                            yield resume.deliver(sse)
+                            if resume.finished:
+                                return
+                    decoder.close()
+                cause: ClientError = _ended_early(self.url)
+            except httpx.TransportError as exc:
+                cause = _unreachable(self.url, exc)
+            except APIError as exc:
+                if exc.status not in RETRYABLE_STATUS:
+                    raise
+                cause, retry_after = exc, exc.retry_after
+            except SSELimitError as exc:
+                raise InvalidResponse(f"event stream of {job_id}: {exc}") from exc
+            await asyncio.sleep(resume.backoff(cause, retry_after))
