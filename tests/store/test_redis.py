@@ -1,0 +1,87 @@
+"""What is particular to the Redis store: its URL, its start-up checks, and its own data."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from outlast.errors import ConfigError, StoreError
+from outlast.store import open_store
+from outlast.store.base import AppendSpec, CreateSpec
+from outlast.store.redis import parse_url
+from tests.conftest import RedisProcess, free_port
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def test_urls() -> None:
+    parsed = parse_url("redis://user:secret@10.0.0.5:6380/3?prefix=staging:")
+    assert parsed.params["host"] == "10.0.0.5" and parsed.params["port"] == 6380
+    assert parsed.params["db"] == 3 and parsed.params["password"] == "secret"
+    assert parsed.prefix == "staging:"
+    assert "secret" not in parsed.display
+    assert parse_url("redis://127.0.0.1").params["db"] == 0
+    assert parse_url("redis://127.0.0.1").prefix == "outlast:"
+    with pytest.raises(ConfigError, match="database"):
+        parse_url("redis://127.0.0.1:6379/zero")
+    with pytest.raises(ConfigError, match="unknown parameter 'timeout'"):
+        parse_url("redis://127.0.0.1:6379/0?timeout=3")
+
+
+async def test_unreachable_redis_is_a_clear_error() -> None:
+    port = free_port()  # nothing listens there
+    with pytest.raises(StoreError, match=f"cannot reach redis at redis://127.0.0.1:{port}/0"):
+        await open_store(f"redis://127.0.0.1:{port}/0")
+
+
+async def test_weak_persistence_is_warned_about(
+    redis_factory: Callable[[], RedisProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = redis_factory()
+    with redis.Redis(port=server.port) as admin:
+        admin.config_set("appendfsync", "everysec")
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+    with caplog.at_level(logging.WARNING, logger="outlast.store.redis"):
+        store = await open_store(server.url)
+        await store.close()
+    text = caplog.text
+    assert "appendfsync everysec" in text and "appendfsync always" in text
+    assert "maxmemory-policy allkeys-lru" in text
+
+
+async def test_sound_persistence_is_not_warned_about(
+    redis_factory: Callable[[], RedisProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = redis_factory()  # appendonly yes, appendfsync always, noeviction
+    with caplog.at_level(logging.WARNING, logger="outlast.store.redis"):
+        store = await open_store(server.url)
+        await store.close()
+    assert caplog.records == []
+
+
+async def test_prefixes_keep_installations_apart(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    server = redis_factory()
+    one = await open_store(server.url + "?prefix=one:")
+    two = await open_store(server.url + "?prefix=two:")
+    try:
+        spec = CreateSpec(content_type="text/plain")
+        assert (await one.create_stream("s", spec)).created
+        assert (await two.create_stream("s", spec)).created
+        await one.append("s", AppendSpec(content_type="text/plain", unit=(b"only one", 1)))
+        assert (await two.head("s")).tail == 0
+    finally:
+        await one.close()
+        await two.close()
+    with redis.Redis(port=server.port) as admin:
+        keys = [k.decode() for k in admin.keys("*")]
+    assert keys and all(k.startswith(("one:", "two:")) for k in keys)
