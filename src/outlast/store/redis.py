@@ -404,22 +404,30 @@ class RedisStore(Store):
     async def renew_leases(
         self, owner: str, job_ids: list[str], lease: float
     ) -> tuple[list[str], list[str]]:
-        renewed: tuple[list[str], list[str]] = await self._change(
-            lambda tx, now: jobs.renew(tx, owner, job_ids, lease, now)
-        )
+        def renew(tx: RedisTx, now: float) -> logic.Changed:
+            tx.prefetch([self.keys.job(j) for j in job_ids])
+            return jobs.renew(tx, owner, job_ids, lease, now)
+
+        renewed: tuple[list[str], list[str]] = await self._change(renew)
         return renewed
 
     async def emit(
         self, job_id: str, owner: str, attempt: int, messages: list[dict[str, Any]]
     ) -> None:
-        await self._change(lambda tx, now: jobs.emit(tx, job_id, owner, attempt, messages, now))
+        def emit(tx: RedisTx, now: float) -> logic.Changed:
+            tx.prefetch_jobs([job_id])
+            return jobs.emit(tx, job_id, owner, attempt, messages, now)
+
+        await self._change(emit)
 
     async def finish_job(
         self, job_id: str, owner: str, attempt: int, outcome: jobs.Outcome
     ) -> JobRecord:
-        job: JobRecord = await self._change(
-            lambda tx, now: jobs.finish(tx, job_id, owner, attempt, outcome, now)
-        )
+        def finish(tx: RedisTx, now: float) -> logic.Changed:
+            tx.prefetch_jobs([job_id])
+            return jobs.finish(tx, job_id, owner, attempt, outcome, now)
+
+        job: JobRecord = await self._change(finish)
         return job
 
     async def cancel_job(self, job_id: str) -> JobRecord:

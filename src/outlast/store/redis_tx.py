@@ -218,6 +218,29 @@ class RedisTx(JobTx):
         self.base[cache_key] = reply
         return reply
 
+    def prefetch(self, keys: list[str]) -> None:
+        """Read several hashes in one round trip (each watched), ahead of the rules asking
+        for them one by one."""
+        todo = [
+            k
+            for k in dict.fromkeys(keys)
+            if ("hgetall", k) not in self.base and not self._cleared(k)[1]
+        ]
+        if not todo:
+            return
+        fresh = [k for k in todo if k not in self.watched]
+        commands: list[Command] = [("WATCH", *fresh)] if fresh else []
+        commands += [("HGETALL", k) for k in todo]
+        replies = self._call(commands)[len(commands) - len(todo) :]
+        self.watched.update(fresh)
+        for key, reply in zip(todo, replies, strict=True):
+            self.base[("hgetall", key)] = reply
+
+    def prefetch_jobs(self, job_ids: list[str]) -> None:
+        """A batch of jobs and their streams, in one round trip."""
+        keys = [self.k.job(j) for j in job_ids]
+        self.prefetch(keys + [self.k.stream(f"jobs/{j}") for j in job_ids])
+
     def _cleared(self, key: str) -> tuple[bool, bool]:
         """(cleared in this op, cleared in the group or this op)."""
         in_op = key in self.op.cleared
@@ -498,7 +521,9 @@ class RedisTx(JobTx):
             self.op.extra.append(("SADD", self.k.queues, queue))
 
     def _jobs(self, members: list[tuple[bytes, float]], state: JobState) -> list[JobRecord]:
-        jobs = [self.get_job(m.decode()) for m, _ in members]
+        ids = [m.decode() for m, _ in members]
+        self.prefetch_jobs(ids)
+        jobs = [self.get_job(job_id) for job_id in ids]
         return [j for j in jobs if j is not None and j.state == state]
 
     def claimable(self, queue: str, now: float, limit: int) -> list[JobRecord]:
