@@ -197,7 +197,11 @@ class RedisStore(Store):
         await check_durability(client, parsed.display)
         node = f"{socket.gethostname()}:{secrets.token_hex(6)}"
         engine = WriterEngine(
-            parsed.params, Keys(parsed.prefix), Notifier(), node, asyncio.get_running_loop()
+            parsed.params,
+            Keys(parsed.prefix, parsed.params["db"]),
+            Notifier(),
+            node,
+            asyncio.get_running_loop(),
         )
         engine.start()
         store = cls(parsed, client, engine)

@@ -25,7 +25,8 @@ The data model (every key starts with the store's prefix, ``outlast:`` by defaul
     c:<queue>       hash   state -> number of jobs      queues set     queues with counts
     due:<queue>     zset   queued jobs by run_at        leases zset    running jobs by expiry
     done            zset   terminal jobs by finished_at
-    changes         channel  stream names and queue keys that changed (pub/sub)
+    changes:<db>    channel  stream names and queue keys that changed (pub/sub channels are
+                             server-wide, so the database number is part of the name)
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def pairs(flat: list[Any]) -> dict[str, str]:
 class Keys:
     """Key names under one prefix."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, db: int = 0) -> None:
         self.prefix = prefix
         self.sids = prefix + "sids"
         self.sseq = prefix + "sseq"
@@ -99,7 +100,7 @@ class Keys:
         self.queues = prefix + "queues"
         self.leases = prefix + "leases"
         self.done = prefix + "done"
-        self.changes = prefix + "changes"
+        self.changes = f"{prefix}changes:{db}"
 
     def stream(self, name: str) -> str:
         return f"{self.prefix}s:{name}"
