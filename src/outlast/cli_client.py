@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from itertools import islice
 from typing import Any, NoReturn, TypeVar
 
@@ -60,7 +61,6 @@ STATE_STYLES = {
 }
 # A terminal that is not one (a pipe, a file) still gets whole job ids in the table.
 PIPE_TABLE_WIDTH = 200
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # local time: the table is for people at this machine
 DEFAULT_JOBS_LIMIT = 20
 MAX_PAGE_SIZE = 100
 
@@ -100,7 +100,7 @@ def _stderr() -> Console:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    _stderr().print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
+    _stderr().print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
     sys.exit(code)
 
 
@@ -168,6 +168,7 @@ class _Status:
         self.started = time.monotonic()
         self._spinner = Spinner("dots")
         self._shown: tuple[JobState, int] | None = None  # what the last plain line said
+        self._retry_at: float | None = None  # a failed attempt's retry, on the local clock
         self.live: Live | None = None
         if console.is_terminal:
             # Live re-renders this object several times a second, so elapsed time ticks on
@@ -199,11 +200,17 @@ class _Status:
         if self.attempt:
             text.append(f" · attempt {self.attempt}/{self.max_attempts}")
         text.append(f" · {self.elapsed():.1f}s")
+        if self._retry_at is not None and self.state == JobState.QUEUED:
+            text.append(f" · retry in {max(0.0, self._retry_at - time.monotonic()):.1f}s")
         return text
 
-    def __rich__(self) -> Spinner:
+    def __rich__(self) -> Text:
         self._spinner.update(text=self._describe())
-        return self._spinner
+        line = self._spinner.render(self.console.get_time())
+        assert isinstance(line, Text)  # a spinner with text renders as one Text
+        # One line, always: a wrapped status line would leave copies of itself behind.
+        line.no_wrap, line.overflow = True, "ellipsis"
+        return line
 
     def _line(self) -> None:
         if self._shown != (self.state, self.attempt):
@@ -218,6 +225,10 @@ class _Status:
         attempt = message.get("attempt")
         if isinstance(attempt, int) and attempt > 0:
             self.attempt = attempt
+        retry_in = message.get("retry_in")
+        self._retry_at = None
+        if isinstance(retry_in, int | float) and not isinstance(retry_in, bool):
+            self._retry_at = time.monotonic() + retry_in
         if self.live is None:
             self._line()
 
@@ -397,23 +408,35 @@ def _stdout_console() -> Console:
     return console
 
 
+def _age(job: JobInfo, now: datetime) -> str:
+    """How long ago the job was created, in its largest unit: 12s, 5m, 3h, 2d."""
+    if job.created_at is None:
+        return ""
+    seconds = max(0, int((now - job.created_at).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def _jobs_table(found: list[JobInfo]) -> Table:
+    # Only the task name may shrink on a narrow terminal: ids and states stay whole.
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("ID", no_wrap=True)
-    table.add_column("TASK")
-    table.add_column("QUEUE")
-    table.add_column("STATE")
-    table.add_column("ATTEMPT", justify="right")
-    table.add_column("CREATED", no_wrap=True)
+    table.add_column("TASK", overflow="ellipsis", no_wrap=True)
+    table.add_column("QUEUE", no_wrap=True)
+    table.add_column("STATE", no_wrap=True)
+    table.add_column("ATTEMPT", justify="right", no_wrap=True)
+    table.add_column("AGE", justify="right", no_wrap=True)
+    now = datetime.now(UTC)
     for job in found:
-        created = job.created_at.astimezone().strftime(TIME_FORMAT) if job.created_at else ""
         table.add_row(
             job.id,
             job.task,
             job.queue,
             Text(job.state.value, style=STATE_STYLES[job.state]),
             f"{job.attempt}/{job.max_attempts}",
-            created,
+            _age(job, now),
         )
     return table
 
