@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from outlast.config import RelaySettings, Settings, UpstreamSettings
+from outlast.executors import TaskFailure
 from outlast.executors.relay import run_relay
 from outlast.store.base import ReadResult, StreamInfo, Unit
 from outlast.tasks import Job
@@ -195,3 +197,74 @@ def test_stored_events_never_wait_for_the_next_chunk() -> None:
         assert await task == {"status": 200, "events": 3, "done": True}
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            httpx.ConnectTimeout("timed out"),
+            "connecting to the upstream took more than 10 s (connect_timeout)",
+        ),
+        (httpx.ConnectError("[Errno 111] Connection refused"), "cannot connect to the upstream"),
+        (httpx.RemoteProtocolError("peer closed"), "the upstream connection broke: peer closed"),
+    ],
+)
+def test_transport_failures_before_any_event_are_retryable(error: Exception, message: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    with pytest.raises(TaskFailure) as failure:
+        asyncio.run(relay(FakeJobStream(), handler))
+    assert failure.value.code == "upstream_error"
+    assert failure.value.message.startswith(message)
+    assert failure.value.retryable
+
+
+def test_a_break_after_events_with_ids_is_retryable_and_keeps_them() -> None:
+    class Body(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b"data: a\nid: 7\n\ndata: b\nid: 8\n\ndata: unfinish"
+            raise httpx.ReadError("connection reset")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=SSE, stream=Body())
+
+    stream = FakeJobStream()
+    with pytest.raises(TaskFailure) as failure:
+        asyncio.run(relay(stream, handler))
+    assert failure.value.retryable
+    assert failure.value.message == (
+        "the upstream connection broke: connection reset, after 2 events "
+        "(a retry resumes after id 8)"
+    )
+    assert stream.events() == ["a", "b"]  # stored before the attempt ended
+
+
+def test_a_break_after_events_without_ids_is_interrupted() -> None:
+    class Body(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b"data: a\n\n"
+            raise httpx.ReadError("connection reset")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=SSE, stream=Body())
+
+    stream = FakeJobStream()
+    with pytest.raises(TaskFailure) as failure:
+        asyncio.run(relay(stream, handler))
+    assert failure.value.code == "interrupted"
+    assert not failure.value.retryable
+    assert stream.events() == ["a"]
+
+
+def test_an_error_status_keeps_a_bounded_excerpt() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, content=b"overloaded " * 1000)
+
+    with pytest.raises(TaskFailure) as failure:
+        asyncio.run(relay(FakeJobStream(), handler))
+    assert failure.value.code == "upstream_status"
+    assert failure.value.retryable
+    assert failure.value.details["status"] == 503
+    assert failure.value.details["body"] == ("overloaded " * 1000)[:2048]

@@ -45,6 +45,7 @@ ALLOWED_HEADERS = ", ".join(
         "Upstream-Name",
         "Upstream-Method",
         "Upstream-Authorization",
+        "Upstream-Path",
     ]
 )
 EXPOSED_HEADERS = ", ".join(
