@@ -147,6 +147,15 @@ class Settings(_Section):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
 
+    @field_validator("queues")
+    @classmethod
+    def _keep_default_queue(cls, queues: dict[str, QueueSettings]) -> dict[str, QueueSettings]:
+        # Built-in tasks (relay, http) and tasks without a queue of their own run on "default":
+        # configuring another queue must not take it away.
+        if "default" not in queues:
+            queues = {"default": QueueSettings(), **queues}
+        return queues
+
     @property
     def auth_enabled(self) -> bool:
         return bool(self.auth.tokens)
