@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from click.testing import CliRunner, Result
 from outlast import Client
 from outlast.cli import main
 from outlast.cli_client import (
+    EXIT_INTERRUPTED,
     EXIT_JOB_FAILED,
     EXIT_REFUSED,
     EXIT_UNREACHABLE,
@@ -159,25 +162,57 @@ def test_tail_in_a_real_process_follows_a_job_until_it_is_cancelled(
     with Client(app_server.url) as client:
         job_id = client.submit("block", {"gate": str(tmp_path / "never")}).id
         env = {**os.environ, "OUTLAST_URL": app_server.url, "PYTHONPATH": str(ROOT)}
-        tail = subprocess.Popen(
+        with subprocess.Popen(
             [sys.executable, "-m", "outlast", "tail", job_id],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-        )
-        try:
-            wait_for(lambda: client.get(job_id).state == JobState.RUNNING, timeout=WAIT)
-            cancel = run(app_server, "cancel", job_id, "--wait")
-            assert cancel.exit_code == 0, cancel.output
-            assert cancel.stdout.strip() == f"{job_id}: cancelled"
-            out, err = tail.communicate(timeout=WAIT)
-        finally:
-            if tail.poll() is None:
-                tail.kill()
+        ) as tail:
+            try:
+                wait_for(lambda: client.get(job_id).state == JobState.RUNNING, timeout=WAIT)
+                cancel = run(app_server, "cancel", job_id, "--wait")
+                assert cancel.exit_code == 0, cancel.output
+                assert cancel.stdout.strip() == f"{job_id}: cancelled"
+                out, err = tail.communicate(timeout=WAIT)
+            finally:
+                if tail.poll() is None:
+                    tail.kill()
     assert tail.returncode == EXIT_JOB_FAILED, err
     assert b"Traceback" not in err
     assert b"cancelled" in err.splitlines()[-1]
     assert out == b""
+
+
+def test_ctrl_c_stops_following_but_not_the_job(app_server: ServerProcess, tmp_path: Path) -> None:
+    with Client(app_server.url) as client:
+        job_id = client.submit("block", {"gate": str(tmp_path / "gate")}).id
+        env = {**os.environ, "OUTLAST_URL": app_server.url, "PYTHONPATH": str(ROOT)}
+        seen: list[bytes] = []
+        with subprocess.Popen(
+            [sys.executable, "-m", "outlast", "tail", job_id],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        ) as tail:
+            try:
+                stderr = tail.stderr
+                assert stderr is not None
+                # Read the status lines as they come, until the job shows as running.
+                reader = threading.Thread(target=lambda: seen.extend(iter(stderr.readline, b"")))
+                reader.start()
+                wait_for(lambda: any(b"running" in line for line in seen), timeout=WAIT)
+                tail.send_signal(signal.SIGINT)
+                assert tail.wait(timeout=WAIT) == EXIT_INTERRUPTED
+                reader.join(WAIT)
+            finally:
+                if tail.poll() is None:
+                    tail.kill()
+        message = b"".join(seen).decode()
+        assert f"outlast tail {job_id} --from " in message
+        assert "Traceback" not in message
+        assert client.get(job_id).state == JobState.RUNNING  # the job goes on
+        (tmp_path / "gate").touch()
+        assert client.wait(job_id, timeout=WAIT).state == JobState.SUCCEEDED
 
 
 def test_submit_follow_in_a_real_process(app_server: ServerProcess) -> None:

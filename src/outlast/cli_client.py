@@ -223,8 +223,8 @@ class _Status:
         except ValueError:
             return
         attempt = message.get("attempt")
-        if isinstance(attempt, int) and attempt > 0:
-            self.attempt = attempt
+        if isinstance(attempt, int):
+            self.attempt = attempt  # 0: queued before any attempt
         retry_in = message.get("retry_in")
         self._retry_at = None
         if isinstance(retry_in, int | float) and not isinstance(retry_in, bool):
@@ -292,7 +292,8 @@ def _follow(client: Client, job: JobInfo, *, offset: str | None, as_json: bool) 
     except KeyboardInterrupt:
         resume = f" --from {last}" if last else ""
         console.print(
-            f"stopped following; {job.id} goes on. Resume with: outlast tail {job.id}{resume}"
+            f"stopped following; {job.id} goes on. Resume with: outlast tail {job.id}{resume}",
+            soft_wrap=True,
         )
         sys.exit(EXIT_INTERRUPTED)
     elapsed = status.elapsed()
