@@ -27,8 +27,9 @@ import logging
 import secrets
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -54,7 +55,7 @@ from outlast.store.base import (
 )
 from outlast.store.notify import Notifier
 from outlast.store.recent import RecentUnits
-from outlast.store.redis_engine import OUTAGE_RETRY_AFTER, WriterEngine
+from outlast.store.redis_engine import OUTAGE_RETRY_AFTER, StreamChange, WriterEngine
 from outlast.store.redis_tx import (
     UNIT_HEADER,
     IdBlock,
@@ -82,6 +83,10 @@ LIST_BATCH = 200
 RESUBSCRIBE_MIN = 0.05
 RESUBSCRIBE_MAX = 1.0
 SUBSCRIBE_TIMEOUT = 5.0
+# Streams whose latest row each node keeps for head() (those it wrote last).
+MAX_HEADS = 4096
+# Connections to Redis for reads, per node: more concurrent reads wait for one.
+MAX_CONNECTIONS = 64
 
 # Reads a stream's row and its units from a position, at most about max_bytes (at least one
 # unit), in one atomic step: the units agree with the row's tail.
@@ -174,6 +179,11 @@ class RedisStore(Store):
         self.notifier = engine.notifier
         self.node = engine.node
         self.recent = RecentUnits()
+        # The latest row of streams this node changed, for head() without a round trip. An
+        # entry is dropped when another node changes the stream (its notification) or when
+        # notifications may have been missed (a reconnect).
+        self.heads: OrderedDict[str, StreamInfo] = OrderedDict()
+        engine.on_commit = self._committed
         self._read_script = client.register_script(READ_SCRIPT)
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed = asyncio.Event()
@@ -181,7 +191,12 @@ class RedisStore(Store):
     @classmethod
     async def open(cls, url: str) -> RedisStore:
         parsed = parse_url(url)
-        client = aioredis.Redis(**parsed.params)
+        # A bounded pool: a thousand concurrent readers queue for a connection rather than
+        # opening a thousand connections.
+        pool = aioredis.BlockingConnectionPool(
+            max_connections=MAX_CONNECTIONS, timeout=COMMAND_TIMEOUT, **parsed.params
+        )
+        client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         try:
             info = await client.info("server")
         except RedisError as exc:
@@ -244,6 +259,7 @@ class RedisStore(Store):
                 # Whatever was published while we were not listening is lost: everyone
                 # re-checks (readers re-read their stream, workers claim again).
                 self.recent.forget()
+                self.heads.clear()
                 self.notifier.changed_all()
                 self._subscribed.set()
                 delay = RESUBSCRIBE_MIN
@@ -254,6 +270,11 @@ class RedisStore(Store):
                 if down_since is None:
                     down_since = time.monotonic()
                     log.warning("redis subscription lost (%s); reconnecting", exc)
+                    # Other nodes' changes go unheard now: forget what may turn stale, and
+                    # let every waiter re-check (they get the outage, or carry on).
+                    self.recent.forget()
+                    self.heads.clear()
+                    self.notifier.changed_all()
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -269,7 +290,31 @@ class RedisStore(Store):
             return  # our own commit: local readers were woken already
         for name in names:
             self.recent.forget(name)
+            self.heads.pop(name, None)
             self.notifier.changed(name)
+
+    def _committed(self, changes: list[StreamChange]) -> None:
+        """This node's commit changed these streams: keep what live readers need in memory."""
+        for name, row, units in changes:
+            if row is None or row.deleted:
+                self.recent.forget(name)
+                self.heads.pop(name, None)
+                continue
+            info = row.info()
+            for i, unit in enumerate(units):
+                last = i == len(units) - 1
+                self.recent.appended(
+                    name, replace(info, tail=unit.end, closed=info.closed and last), unit
+                )
+            if not units:
+                self.recent.appended(name, info, None)
+            if info.expiry() is not None:
+                self.heads.pop(name, None)  # head() must check expiry: never cached
+                continue
+            self.heads[name] = info
+            self.heads.move_to_end(name)
+            while len(self.heads) > MAX_HEADS:
+                self.heads.popitem(last=False)
 
     async def _sweep(self) -> None:
         while True:
@@ -326,13 +371,14 @@ class RedisStore(Store):
         return result
 
     async def head(self, name: str) -> StreamInfo:
+        known = self.heads.get(name)
+        if known is not None:
+            return known
         snapshot = await self._snapshot(name, -1, 0)
         return logic.head(snapshot, name, time.time())
 
     async def delete_stream(self, name: str) -> None:
-        self.recent.forget(name)
         await self._change(lambda tx, now: logic.delete(tx, name, now))
-        self.recent.forget(name)
 
     async def wait(self, name: str, position: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -28,6 +28,8 @@ import redis
 from redis.exceptions import RedisError, ResponseError
 
 from outlast.errors import StoreError, StoreUnavailable
+from outlast.store import streams_logic as logic
+from outlast.store.base import Unit
 from outlast.store.notify import Notifier
 from outlast.store.redis_tx import Command, IdBlock, Keys, RedisTx
 
@@ -36,6 +38,10 @@ log = logging.getLogger("outlast.store.redis")
 T = TypeVar("T")
 Op = Callable[[RedisTx, float], Any]
 Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
+# A stream a commit changed: its name, its committed row (None: removed), the units appended.
+StreamChange = tuple[str, logic.Row | None, list[Unit]]
+# What one group came to: every operation's outcome, and the streams it changed.
+Result = tuple[list[Outcome], list[StreamChange]]
 
 # Operations that join one transaction at most: bounds what one conflict makes us redo.
 MAX_GROUP = 256
@@ -104,6 +110,8 @@ class WriterEngine(threading.Thread):
         self.ids = IdBlock()
         self.ops: queue.SimpleQueue[tuple[Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self.conflicts = 0  # groups redone because another process got there first
+        # Called on the loop with the streams a commit changed, before any reader is woken.
+        self.on_commit: Callable[[list[StreamChange]], None] = lambda changes: None
 
     async def write(self, op: Callable[[RedisTx, float], T]) -> T:
         future: asyncio.Future[T] = self.loop.create_future()
@@ -132,33 +140,33 @@ class WriterEngine(threading.Thread):
                 break
         self.wire.close()
 
-    def _split_runs(self, group: list[tuple[Op, asyncio.Future[Any]]]) -> list[list[Outcome]]:
+    def _split_runs(self, group: list[tuple[Op, asyncio.Future[Any]]]) -> list[Result]:
         """Run *group*; under repeated conflicts, in halves that each commit on their own."""
-        outcomes = self._run_group(group, SPLIT_AFTER if len(group) > 1 else MAX_CONFLICTS)
-        if outcomes is not None:
-            return [outcomes]
+        result = self._run_group(group, SPLIT_AFTER if len(group) > 1 else MAX_CONFLICTS)
+        if result is not None:
+            return [result]
         half = len(group) // 2
         return self._split_runs(group[:half]) + self._split_runs(group[half:])
 
     def _run_group(
         self, group: list[tuple[Op, asyncio.Future[Any]]], max_conflicts: int
-    ) -> list[Outcome] | None:
+    ) -> Result | None:
         for attempt in range(max_conflicts):
             try:
-                outcomes = self._attempt(group)
+                result = self._attempt(group)
             except StoreError as exc:
-                return [(future, None, exc) for _, future in group]
-            if outcomes is not None:
-                return outcomes
+                return [(future, None, exc) for _, future in group], []
+            if result is not None:
+                return result
             self.conflicts += 1
             backoff = min(CONFLICT_BACKOFF_MAX, CONFLICT_BACKOFF * 2 ** min(attempt, 8))
             time.sleep(random.uniform(0, backoff))
         if len(group) > 1:
             return None
         error = StoreUnavailable("redis: too much contention on the same keys; retry")
-        return [(future, None, error) for _, future in group]
+        return [(future, None, error) for _, future in group], []
 
-    def _attempt(self, group: list[tuple[Op, asyncio.Future[Any]]]) -> list[Outcome] | None:
+    def _attempt(self, group: list[tuple[Op, asyncio.Future[Any]]]) -> Result | None:
         """One optimistic run of the group: outcomes, or ``None`` when EXEC was refused."""
         tx = RedisTx(self.wire.call, self.keys, self.ids)
         now = time.time()
@@ -197,11 +205,15 @@ class WriterEngine(threading.Thread):
             # Redis applies the rest of a transaction when one command fails: a bug, loudly.
             log.error("redis refused part of a transaction: %s", failed[0])
             error = StoreError(f"redis refused part of a transaction: {failed[0]}")
-            return [(future, None, error) for _, future in group]
-        return outcomes
+            return [(future, None, error) for _, future in group], []
+        return outcomes, tx.stream_changes()
 
-    def _deliver(self, outcomes: list[Outcome]) -> None:
-        """On the loop: wake local readers of what changed, then resolve the callers."""
+    def _deliver(self, result: Result) -> None:
+        """On the loop: update the caches, wake local readers of what changed, then resolve
+        the callers (in that order: a woken reader finds the caches up to date)."""
+        outcomes, changes = result
+        if changes:
+            self.on_commit(changes)
         for future, value, error in outcomes:
             if error is None:
                 for name in getattr(value, "changed_names", ()):

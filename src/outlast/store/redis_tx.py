@@ -192,19 +192,36 @@ class RedisTx(JobTx):
         self.group = Layer()
         self.op = Layer()
         self.names: dict[int, str] = {}  # stream id -> name, for rows seen
+        # Streams whose rows this group changed, with the units appended to each (in order),
+        # per savepoint like the writes: after the commit, the node's caches learn them.
+        self.streams: dict[str, list[Unit]] = {}
+        self.op_streams: dict[str, list[Unit]] = {}
         self.queues_counted: set[str] = set()
 
     # -- savepoints -----------------------------------------------------------------------
 
     def begin(self) -> None:
         self.op = Layer()
+        self.op_streams = {}
 
     def keep(self) -> None:
         self.group.merge(self.op)
         self.op = Layer()
+        for name, units in self.op_streams.items():
+            self.streams.setdefault(name, []).extend(units)
+        self.op_streams = {}
 
     def drop(self) -> None:
         self.op = Layer()
+        self.op_streams = {}
+
+    def stream_changes(self) -> list[tuple[str, logic.Row | None, list[Unit]]]:
+        """Each stream this group changed: its row as committed (``None``: removed) and the
+        units appended to it. Every such row was read or written here: no Redis call."""
+        return [(name, self.get_stream(name), units) for name, units in self.streams.items()]
+
+    def _touched(self, name: str) -> list[Unit]:
+        return self.op_streams.setdefault(name, [])
 
     # -- reads from Redis -----------------------------------------------------------------
 
@@ -378,6 +395,7 @@ class RedisTx(JobTx):
 
     def insert_stream(self, row: logic.Row) -> int:
         row = dataclasses.replace(row, id=self._new_id())
+        self._touched(row.name)
         self.names[row.id] = row.name
         self.hset(self.k.stream(row.name), encode_fields(dataclasses.asdict(row)), replace=True)
         # Left-overs of an earlier stream of this name cannot exist, but never inherit any.
@@ -400,12 +418,14 @@ class RedisTx(JobTx):
 
     def update_stream(self, stream_id: int, **fields: Any) -> None:
         row = self._row_by_id(stream_id)
+        self._touched(row.name)
         self.hset(self.k.stream(row.name), encode_fields(fields))
         if {"ttl", "expires_at", "touched_at"} & fields.keys():
             self._index_expiry(dataclasses.replace(row, **fields))
 
     def remove_stream(self, stream_id: int) -> None:
         row = self._row_by_id(stream_id)
+        self._touched(row.name)
         for key in (self.k.stream(row.name), self.k.units(row.name), self.k.producers(row.name)):
             self.delete(key)
         self.hset(self.k.sids, {str(stream_id): None})
@@ -425,7 +445,11 @@ class RedisTx(JobTx):
         return self.k.units(name)
 
     def insert_unit(self, stream_id: int, unit: Unit) -> None:
-        self.zadd(self._units_key(stream_id), pack_unit(unit), unit.start)
+        name = self._name(stream_id)
+        if name is None:
+            raise LookupError(f"no stream with id {stream_id}")
+        self._touched(name).append(unit)
+        self.zadd(self.k.units(name), pack_unit(unit), unit.start)
 
     def copy_units(self, source_id: int, target_id: int, before: int) -> None:
         target = self._units_key(target_id)
