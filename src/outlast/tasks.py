@@ -25,7 +25,7 @@ import types
 import typing
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from outlast.errors import ConfigError
 
@@ -126,6 +126,21 @@ class App:
 
     def __init__(self) -> None:
         self.tasks: dict[str, TaskDef] = {}
+
+    @overload
+    def task(self, fn: F, /) -> F: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        queue: str = "default",
+    ) -> Callable[[F], F]: ...
 
     def task(
         self,
