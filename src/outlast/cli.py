@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from outlast.config import Settings, load_settings
-from outlast.errors import ConfigError
+from outlast.errors import ConfigError, StoreError
 
 
 def _overrides(**flags: Any) -> dict[str, Any]:
@@ -112,6 +112,10 @@ def _run(
     except ConfigError as exc:
         logging.getLogger("outlast").error("%s", exc)
         sys.exit(2)
+    except StoreError as exc:
+        # The store could not be opened (say Redis is unreachable): one clear line, no trace.
+        logging.getLogger("outlast").error("%s", exc)
+        sys.exit(1)
 
 
 def _register_client_commands() -> None:

@@ -11,7 +11,7 @@ import redis
 from outlast.errors import ConfigError, StoreError
 from outlast.store import open_store
 from outlast.store.base import AppendSpec, CreateSpec
-from outlast.store.redis import parse_url
+from outlast.store.redis_setup import parse_url
 from tests.conftest import RedisProcess, free_port
 
 pytestmark = pytest.mark.anyio

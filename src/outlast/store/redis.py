@@ -29,16 +29,13 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
-from outlast.errors import BadRequest, ConfigError, NotFound, StoreError, StoreUnavailable
+from outlast.errors import BadRequest, NotFound, StoreError, StoreUnavailable
 from outlast.models import JobRecord, JobState, NewJob
 from outlast.store import jobs_logic as jobs
 from outlast.store import streams_logic as logic
@@ -55,27 +52,30 @@ from outlast.store.base import (
 )
 from outlast.store.notify import Notifier
 from outlast.store.recent import RecentUnits
-from outlast.store.redis_engine import OUTAGE_RETRY_AFTER, StreamChange, WriterEngine
-from outlast.store.redis_tx import (
+from outlast.store.redis_data import (
     UNIT_HEADER,
     IdBlock,
     Keys,
-    RedisTx,
     decode_job,
     decode_row,
     pairs,
     unpack_unit,
 )
+from outlast.store.redis_engine import OUTAGE_RETRY_AFTER, StreamChange, WriterEngine
+from outlast.store.redis_setup import (
+    COMMAND_TIMEOUT,
+    RedisURL,
+    check_durability,
+    check_version,
+    parse_url,
+    text,
+)
+from outlast.store.redis_tx import RedisTx
 
 log = logging.getLogger("outlast.store.redis")
 
 T = TypeVar("T")
 
-DEFAULT_PREFIX = "outlast:"
-MIN_VERSION = (6, 2)
-CONNECT_TIMEOUT = 2.0
-# A command that takes longer than this means Redis is in trouble: answer 503 rather than hang.
-COMMAND_TIMEOUT = 5.0
 PURGE_SLICE = 500
 SWEEP_INTERVAL = 30.0
 LIST_BATCH = 200
@@ -109,46 +109,6 @@ while true do
 end
 return {row, out}
 """
-
-
-@dataclass(frozen=True)
-class RedisURL:
-    params: dict[str, Any]  # for redis-py connections
-    prefix: str
-    display: str  # without the password
-
-
-def parse_url(url: str) -> RedisURL:
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ConfigError(f"not a redis URL: {url!r}")
-    query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - {"prefix"})
-    if unknown:
-        raise ConfigError(f"unknown parameter {unknown[0]!r} in store URL (known: prefix)")
-    prefix = query.get("prefix", [DEFAULT_PREFIX])[0]
-    path = parts.path.strip("/") or "0"
-    if not path.isdigit():
-        raise ConfigError(f"the redis database in the store URL must be a number: {url!r}")
-    try:
-        port = parts.port or 6379
-    except ValueError as exc:
-        raise ConfigError(f"bad port in store URL {url!r}") from exc
-    params: dict[str, Any] = {
-        "host": parts.hostname or "127.0.0.1",
-        "port": port,
-        "db": int(path),
-        "socket_connect_timeout": CONNECT_TIMEOUT,
-        "socket_timeout": COMMAND_TIMEOUT,
-        "retry": Retry(NoBackoff(), 0),  # outlast decides what to retry, and when
-        "protocol": 2,  # the replies the engine parses (redis-py 8 defaults to RESP3)
-    }
-    if parts.username:
-        params["username"] = unquote(parts.username)
-    if parts.password:
-        params["password"] = unquote(parts.password)
-    display = f"{parts.scheme}://{params['host']}:{port}/{params['db']}"
-    return RedisURL(params, prefix, display)
 
 
 class _Snapshot(RedisTx):
@@ -202,13 +162,11 @@ class RedisStore(Store):
         except RedisError as exc:
             await client.aclose()
             raise StoreError(f"cannot reach redis at {parsed.display}: {exc}") from exc
-        version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2])
-        if version < MIN_VERSION:
+        try:
+            check_version(info, parsed.display)
+        except StoreError:
             await client.aclose()
-            raise StoreError(
-                f"redis at {parsed.display} is version {info.get('redis_version')}; "
-                f"outlast needs {MIN_VERSION[0]}.{MIN_VERSION[1]} or later"
-            )
+            raise
         await check_durability(client, parsed.display)
         node = f"{socket.gethostname()}:{secrets.token_hex(6)}"
         engine = WriterEngine(
@@ -432,7 +390,7 @@ class RedisStore(Store):
                 break
             pipe = self.client.pipeline(transaction=False)
             for job_id in ids:
-                pipe.hgetall(self.keys.job(_text(job_id)))
+                pipe.hgetall(self.keys.job(text(job_id)))
             for flat in await self._redis(pipe.execute()):
                 if not flat:
                     continue  # removed meanwhile
@@ -441,7 +399,7 @@ class RedisStore(Store):
                     (queue is None or job.queue == queue) and (task is None or job.task == task)
                 ):
                     found.append(job)
-            upper = "(" + _text(ids[-1])
+            upper = "(" + text(ids[-1])
         page = found[:limit]
         return JobPage(page, page[-1].id if len(found) > limit else None)
 
@@ -500,13 +458,13 @@ class RedisStore(Store):
 
     async def queue_counts(self) -> dict[str, dict[str, int]]:
         members = await self._redis(self.client.smembers(self.keys.queues))
-        queues = sorted(_text(m) for m in members)
+        queues = sorted(text(m) for m in members)
         pipe = self.client.pipeline(transaction=True)  # one consistent moment
         for name in queues:
             pipe.hgetall(self.keys.counts(name))
         replies = await self._redis(pipe.execute()) if queues else []
         return {
-            name: {_text(k): int(v) for k, v in flat.items()}
+            name: {text(k): int(v) for k, v in flat.items()}
             for name, flat in zip(queues, replies, strict=True)
         }
 
@@ -534,51 +492,5 @@ def _touch(tx: RedisTx, name: str, stream_id: int, now: float) -> logic.Changed:
     return logic.Changed(None, ())
 
 
-async def check_durability(client: aioredis.Redis, where: str) -> None:
-    """Warn when Redis could lose writes outlast has acknowledged (see docs/redis.md)."""
-    try:
-        config = await client.config_get("appendonly")
-        config.update(await client.config_get("appendfsync"))
-        config.update(await client.config_get("maxmemory-policy"))
-    except RedisError as exc:
-        log.warning(
-            "cannot read the persistence settings of redis at %s (%s): make sure it runs with "
-            "appendonly yes and appendfsync always (docs/redis.md)",
-            where,
-            exc,
-        )
-        return
-    text = {_text(k): _text(v) for k, v in config.items()}
-    appendonly = text.get("appendonly")
-    fsync = text.get("appendfsync")
-    policy = text.get("maxmemory-policy")
-    if appendonly != "yes":
-        log.warning(
-            "redis at %s runs without AOF (appendonly %s): a Redis restart loses acknowledged "
-            "jobs and stream data. Set appendonly yes and appendfsync always (docs/redis.md)",
-            where,
-            appendonly,
-        )
-    elif fsync != "always":
-        log.warning(
-            "redis at %s syncs its AOF with appendfsync %s: a crash of Redis or its machine can "
-            "lose up to about a second of acknowledged writes. Set appendfsync always for "
-            "'acknowledged means durable' (docs/redis.md)",
-            where,
-            fsync,
-        )
-    if policy is not None and policy != "noeviction":
-        log.warning(
-            "redis at %s evicts keys under memory pressure (maxmemory-policy %s): outlast's data "
-            "could silently disappear. Set maxmemory-policy noeviction (docs/redis.md)",
-            where,
-            policy,
-        )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _texts(flat: dict[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in flat.items()}
+    return {text(k): text(v) for k, v in flat.items()}

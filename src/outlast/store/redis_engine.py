@@ -31,7 +31,8 @@ from outlast.errors import StoreError, StoreUnavailable
 from outlast.store import streams_logic as logic
 from outlast.store.base import Unit
 from outlast.store.notify import Notifier
-from outlast.store.redis_tx import Command, IdBlock, Keys, RedisTx
+from outlast.store.redis_data import Command, IdBlock, Keys
+from outlast.store.redis_tx import RedisTx
 
 log = logging.getLogger("outlast.store.redis")
 

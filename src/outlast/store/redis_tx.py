@@ -12,174 +12,34 @@ functions of a transaction. Here they run on the engine's thread against Redis l
   watched key in between, ``EXEC`` does nothing and the engine runs the group again on fresh
   reads. So each group is atomic across every process sharing the Redis.
 
-The data model (every key starts with the store's prefix, ``outlast:`` by default)::
-
-    s:<name>        hash   a stream's row (streams_logic.Row), one JSON value per field
-    u:<name>        zset   its units, scored by start; member = start, end, count + data
-    p:<name>        hash   its idempotent producers: id -> "epoch seq"
-    sids            hash   stream id -> name            sseq   string  id allocator
-    children        hash   stream id -> forks of it     sexp   zset    stream id by expiry
-    j:<id>          hash   a job (models.JobRecord), one JSON value per field
-    jobs            zset   every job id (score 0: ordered by id, i.e. by creation time)
-    jkeys           hash   idempotency key -> job id
-    c:<queue>       hash   state -> number of jobs      queues set     queues with counts
-    due:<queue>     zset   queued jobs by run_at        leases zset    running jobs by expiry
-    done            zset   terminal jobs by finished_at
-    changes:<db>    channel  stream names and queue keys that changed (pub/sub channels are
-                             server-wide, so the database number is part of the name)
+The keys it reads and writes are described in :mod:`outlast.store.redis_data`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from outlast.models import JobRecord, JobState
 from outlast.store import streams_logic as logic
 from outlast.store.base import Unit
 from outlast.store.jobs_logic import JobTx
-
-# A unit as a sorted-set member: start, end, message count, then the data.
-UNIT_HEADER = struct.Struct(">QQI")
-ROW_FIELDS = tuple(f.name for f in dataclasses.fields(logic.Row))
-JOB_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
-
-# A command for Redis: its arguments, as redis-py packs them.
-Command = tuple[str | bytes | int | float, ...]
-# Sends commands in one round trip; returns one reply per command.
-Call = Callable[[Sequence[Command]], list[Any]]
-
-
-def pack_unit(unit: Unit) -> bytes:
-    return UNIT_HEADER.pack(unit.start, unit.end, unit.count) + unit.data
-
-
-def unpack_unit(member: bytes) -> Unit:
-    start, end, count = UNIT_HEADER.unpack_from(member)
-    return Unit(start, end, count, bytes(member[UNIT_HEADER.size :]))
-
-
-def encode_fields(values: dict[str, Any]) -> dict[str, str]:
-    return {key: json.dumps(value, separators=(",", ":")) for key, value in values.items()}
-
-
-def decode_row(raw: dict[str, str]) -> logic.Row:
-    return logic.Row(**{name: json.loads(raw[name]) for name in ROW_FIELDS})
-
-
-def decode_job(raw: dict[str, str]) -> JobRecord:
-    values = {name: json.loads(raw[name]) for name in JOB_FIELDS if name in raw}
-    values["state"] = JobState(values["state"])
-    return JobRecord(**values)
-
-
-def job_fields(job: JobRecord) -> dict[str, Any]:
-    return {name: getattr(job, name) for name in JOB_FIELDS}
-
-
-def pairs(flat: list[Any]) -> dict[str, str]:
-    """A RESP2 ``HGETALL`` reply (a flat list) as a dict of text."""
-    return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
-
-
-class Keys:
-    """Key names under one prefix."""
-
-    def __init__(self, prefix: str, db: int = 0) -> None:
-        self.prefix = prefix
-        self.sids = prefix + "sids"
-        self.sseq = prefix + "sseq"
-        self.children = prefix + "children"
-        self.sexp = prefix + "sexp"
-        self.jobs = prefix + "jobs"
-        self.jkeys = prefix + "jkeys"
-        self.queues = prefix + "queues"
-        self.leases = prefix + "leases"
-        self.done = prefix + "done"
-        self.changes = f"{prefix}changes:{db}"
-
-    def stream(self, name: str) -> str:
-        return f"{self.prefix}s:{name}"
-
-    def units(self, name: str) -> str:
-        return f"{self.prefix}u:{name}"
-
-    def producers(self, name: str) -> str:
-        return f"{self.prefix}p:{name}"
-
-    def job(self, job_id: str) -> str:
-        return f"{self.prefix}j:{job_id}"
-
-    def counts(self, queue: str) -> str:
-        return f"{self.prefix}c:{queue}"
-
-    def due(self, queue: str) -> str:
-        return f"{self.prefix}due:{queue}"
-
-
-class Layer:
-    """Writes not yet sent: hash fields (``None`` deletes), sorted-set members (``None``
-    removes), counter increments, and keys deleted before the writes recorded here."""
-
-    __slots__ = ("cleared", "deltas", "extra", "hashes", "zsets")
-
-    def __init__(self) -> None:
-        self.cleared: set[str] = set()
-        self.hashes: dict[str, dict[str, str | None]] = {}
-        self.zsets: dict[str, dict[bytes, float | None]] = {}
-        self.deltas: dict[tuple[str, str], int] = {}
-        self.extra: list[Command] = []
-
-    def merge(self, top: Layer) -> None:
-        for key in top.cleared:
-            self.cleared.add(key)
-            self.hashes.pop(key, None)
-            self.zsets.pop(key, None)
-        for key, fields in top.hashes.items():
-            self.hashes.setdefault(key, {}).update(fields)
-        for key, members in top.zsets.items():
-            self.zsets.setdefault(key, {}).update(members)
-        for field, delta in top.deltas.items():
-            self.deltas[field] = self.deltas.get(field, 0) + delta
-        self.extra.extend(top.extra)
-
-    def commands(self) -> list[Command]:
-        """The writes, as commands for one ``MULTI``/``EXEC``."""
-        out: list[Command] = [("DEL", key) for key in sorted(self.cleared)]
-        for key, fields in self.hashes.items():
-            gone = [f for f, v in fields.items() if v is None]
-            kept = [x for f, v in fields.items() if v is not None for x in (f, v)]
-            if gone:
-                out.append(("HDEL", key, *gone))
-            if kept:
-                out.append(("HSET", key, *kept))
-        for key, members in self.zsets.items():
-            removed = [m for m, s in members.items() if s is None]
-            added = [x for m, s in members.items() if s is not None for x in (repr(s), m)]
-            if removed:
-                out.append(("ZREM", key, *removed))
-            if added:
-                out.append(("ZADD", key, *added))
-        for (key, field), delta in self.deltas.items():
-            if delta:
-                out.append(("HINCRBY", key, field, delta))
-        out.extend(self.extra)
-        return out
-
-
-class IdBlock:
-    """Stream ids handed out from blocks reserved with ``INCRBY`` (no conflicts between
-    processes, and ids that are never reused)."""
-
-    SIZE = 1000
-
-    def __init__(self) -> None:
-        self.next = 0
-        self.end = 0
+from outlast.store.redis_data import (
+    Call,
+    Command,
+    IdBlock,
+    Keys,
+    Layer,
+    decode_job,
+    decode_row,
+    encode_fields,
+    job_fields,
+    pack_unit,
+    pairs,
+    unpack_unit,
+)
 
 
 class RedisTx(JobTx):
