@@ -76,9 +76,7 @@ async def test_each_job_is_claimed_by_one_node(nodes: list[Store]) -> None:
 
 
 async def test_idempotency_key_admits_once_across_nodes(nodes: list[Store]) -> None:
-    results = await asyncio.gather(
-        *(nodes[i % 3].submit_job(job(x=1), 100) for i in range(9))
-    )
+    results = await asyncio.gather(*(nodes[i % 3].submit_job(job(x=1), 100) for i in range(9)))
     assert len({r.job.id for r in results}) == 9  # no key: nine jobs
     keyed = NewJob(task="t", queue="default", input={"x": 1}, max_attempts=1, timeout=5, key="k")
     results = await asyncio.gather(*(nodes[i % 3].submit_job(keyed, 100) for i in range(9)))
