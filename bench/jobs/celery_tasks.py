@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 import time
 
-from celery import Celery
-
 from bench.jobs import marks
+from celery import Celery
 
 app = Celery("bench", broker=os.environ.get(marks.BROKER_ENV, "redis://127.0.0.1:6379/0"))
 app.conf.update(

@@ -7,9 +7,8 @@ import os
 import time
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
-
 from bench.jobs import marks
+from dramatiq.brokers.redis import RedisBroker
 
 broker = RedisBroker(url=os.environ.get(marks.BROKER_ENV, "redis://127.0.0.1:6379/0"))
 dramatiq.set_broker(broker)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-import outlast
 from bench.jobs import marks
+
+import outlast
 
 app = outlast.App()
 

@@ -1,0 +1,195 @@
+"""How the load generator talks to each target: enqueue one job, and count the jobs not finished.
+
+Each target is enqueued the way its users enqueue it, with its own client library:
+
+- ``outlast``   ``POST /v1/jobs`` with aiohttp (keep-alive connections, one per producer task)
+- ``celery``    ``task.apply_async(kwargs=...)`` (kombu publishes to the ``celery`` list)
+- ``dramatiq``  ``actor.send(**kwargs)``
+- ``rq``        ``Queue("default").enqueue(func, **kwargs)``
+- ``arq``       ``await pool.enqueue_job(name, **kwargs)`` (``arq.create_pool``)
+
+Sync libraries are driven from threads, async ones from asyncio tasks (``loadgen.py`` does that).
+"Not finished" is read from Redis for the peers (each peer keeps a job somewhere until it ran)
+and from ``GET /v1/queues`` for outlast; ``None`` means "cannot tell yet" (server starting).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import redis.asyncio
+
+QUEUE = "default"
+
+
+class EnqueueError(Exception):
+    """The target refused a job (outlast answered something other than 202)."""
+
+
+class Client:
+    """One target as the load generator sees it. Subclasses set ``sync`` and implement
+    ``enqueue_sync`` (called from threads) or ``enqueue`` (awaited on the event loop)."""
+
+    sync = False
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.redis: Any = None
+
+    async def open(self) -> None:
+        self.redis = redis.asyncio.Redis.from_url(self.spec["broker_url"])
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    def enqueue_sync(self, task: str, kwargs: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def enqueue(self, task: str, kwargs: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def remaining(self, expected: int) -> int | None:
+        """Jobs enqueued (*expected* in all since the target's Redis db was emptied) that have
+        not finished running."""
+        raise NotImplementedError
+
+
+class OutlastClient(Client):
+    async def open(self) -> None:
+        await super().open()
+        # One keep-alive connection per producer: the client should never be what limits.
+        connector = aiohttp.TCPConnector(limit=self.spec["producers"] + 2, force_close=False)
+        self.session = aiohttp.ClientSession(connector=connector)
+        self.url = f"{self.spec['base']}/v1/jobs"
+
+    async def close(self) -> None:
+        await self.session.close()
+        await super().close()
+
+    async def enqueue(self, task: str, kwargs: dict[str, Any]) -> None:
+        body: dict[str, Any] = {"task": task}
+        if kwargs:
+            body["input"] = kwargs
+        async with self.session.post(
+            self.url, data=json.dumps(body), headers={"Content-Type": "application/json"}
+        ) as resp:
+            text = await resp.read()
+            if resp.status != 202:
+                raise EnqueueError(f"{resp.status} {text[:200].decode(errors='replace')}")
+
+    async def remaining(self, expected: int) -> int | None:
+        try:
+            async with self.session.get(f"{self.spec['base']}/v1/queues") as resp:
+                if resp.status != 200:
+                    return None
+                data = await resp.json()
+        except aiohttp.ClientError:
+            return None  # still starting
+        for queue in data["queues"]:
+            if queue["name"] == QUEUE:
+                return int(queue["queued"]) + int(queue["running"])
+        return None
+
+
+class CeleryClient(Client):
+    sync = True
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__(spec)
+        from bench.jobs import celery_tasks
+
+        self.tasks = celery_tasks.app.tasks
+        self.keys = (celery_tasks.QUEUE_KEY, celery_tasks.UNACKED_KEY)
+
+    def enqueue_sync(self, task: str, kwargs: dict[str, Any]) -> None:
+        self.tasks[task].apply_async(kwargs=kwargs)
+
+    async def remaining(self, expected: int) -> int:
+        # Waiting in the list, or delivered to the worker and not yet acknowledged (acks_late:
+        # a message is acknowledged after its task ran).
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(self.keys[0])
+            pipe.hlen(self.keys[1])
+            waiting, unacked = await pipe.execute()
+        return int(waiting) + int(unacked)
+
+
+class DramatiqClient(Client):
+    sync = True
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__(spec)
+        from bench.jobs import dramatiq_tasks
+
+        self.actors = {
+            "noop": dramatiq_tasks.noop,
+            "sleep10": dramatiq_tasks.sleep10,
+            "mark": dramatiq_tasks.mark,
+        }
+        self.key = dramatiq_tasks.MESSAGES_KEY
+
+    def enqueue_sync(self, task: str, kwargs: dict[str, Any]) -> None:
+        self.actors[task].send(**kwargs)
+
+    async def remaining(self, expected: int) -> int:
+        return int(await self.redis.hlen(self.key))
+
+
+class RQClient(Client):
+    sync = True
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__(spec)
+        import redis as sync_redis
+        from bench.jobs import rq_tasks
+        from rq import Queue
+
+        self.queue = Queue(QUEUE, connection=sync_redis.Redis.from_url(spec["broker_url"]))
+        self.funcs = {"noop": rq_tasks.noop, "sleep10": rq_tasks.sleep10, "mark": rq_tasks.mark}
+        self.keys = (rq_tasks.FINISHED_KEY, rq_tasks.FAILED_KEY)
+
+    def enqueue_sync(self, task: str, kwargs: dict[str, Any]) -> None:
+        self.queue.enqueue(self.funcs[task], **kwargs)
+
+    async def remaining(self, expected: int) -> int:
+        # RQ keeps finished jobs in a registry (result_ttl, 500 s by default): what is neither
+        # finished nor failed is still queued or running.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.keys[0])
+            pipe.zcard(self.keys[1])
+            finished, failed = await pipe.execute()
+        return max(0, expected - int(finished) - int(failed))
+
+
+class ArqClient(Client):
+    async def open(self) -> None:
+        await super().open()
+        from arq import create_pool
+        from arq.connections import RedisSettings
+        from bench.jobs import arq_tasks
+
+        self.pool = await create_pool(RedisSettings.from_dsn(self.spec["broker_url"]))
+        self.key = arq_tasks.QUEUE_KEY
+
+    async def close(self) -> None:
+        await self.pool.aclose()
+        await super().close()
+
+    async def enqueue(self, task: str, kwargs: dict[str, Any]) -> None:
+        await self.pool.enqueue_job(task, **kwargs)
+
+    async def remaining(self, expected: int) -> int:
+        # A job id leaves arq's queue (a sorted set) when its job has finished.
+        return int(await self.redis.zcard(self.key))
+
+
+CLIENTS: dict[str, type[Client]] = {
+    "outlast": OutlastClient,
+    "celery": CeleryClient,
+    "dramatiq": DramatiqClient,
+    "rq": RQClient,
+    "arq": ArqClient,
+}
