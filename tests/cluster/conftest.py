@@ -35,12 +35,14 @@ class WorkerProcess:
     store: str
     env: dict[str, str]
     log_path: Path
+    args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> WorkerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        command = [sys.executable, "-m", "outlast", "worker", "--store", self.store]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "outlast", "worker", "--store", self.store, "--app", APP],
+            [*command, "--app", APP, *self.args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -117,12 +119,15 @@ class Cluster:
         self.nodes.append(node)
         return node.start()
 
-    def worker(self, name: str, env: dict[str, str] | None = None) -> WorkerProcess:
+    def worker(
+        self, name: str, env: dict[str, str] | None = None, args: list[str] | None = None
+    ) -> WorkerProcess:
         node = WorkerProcess(
             name=name,
             store=self.redis.url,
             env=self.env(name, env),
             log_path=self.tmp / f"node-{name}.log",
+            args=list(args or []),
         )
         self.nodes.append(node)
         return node.start()

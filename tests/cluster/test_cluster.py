@@ -127,25 +127,33 @@ def test_kill_9_of_the_node_running_jobs(cluster: Callable[[], Cluster]) -> None
         assert final[job_id]["attempt"] == done.attempt > cut[0].attempt
 
 
-def test_sigterm_of_one_node_under_load(cluster: Callable[[], Cluster]) -> None:
+def test_sigterm_of_a_serve_node_and_a_worker_node_under_load(
+    cluster: Callable[[], Cluster],
+) -> None:
     c = cluster()
     a = c.serve("a", args=["--grace", "0.2"])
     b = c.serve("b")
+    w = c.worker("w", args=["--grace", "0.2"])
     ids = _submit_all([a.url, b.url], 120, ms=300)
-    wait_for(lambda: _running_on(c, ids, "a"), timeout=30)
+    wait_for(lambda: _running_on(c, ids, "a") and _running_on(c, ids, "w"), timeout=30)
     a.signal(signal.SIGTERM)
-    assert a.wait_exit() == 0
-    more = _submit_all([b.url], 20, ms=10)  # the others carry on
+    w.signal(signal.SIGTERM)
+    assert a.wait_exit() == 0 and w.wait_exit() == 0
+    more = _submit_all([b.url], 20, ms=10)  # the other node carries on
     final = wait_terminal(b.url, ids + more)
     assert {job["state"] for job in final.values()} == {"succeeded"}, c.logs()
     assert_one_node_at_a_time(c, ids + more)
+    handed_back = 0
     for job_id in ids:
-        for run in c.runs(job_id):
-            if run.node == "a":
-                assert run.how in ("end", "stop"), (
-                    job_id,
-                    c.runs(job_id),
-                )  # finished or handed back
+        runs = c.runs(job_id)
+        for run, later in zip(runs, [*runs[1:], None], strict=True):
+            if run.node in ("a", "w"):
+                assert run.how in ("end", "stop"), runs  # finished, or stopped and handed back
+            if run.how == "stop":
+                # Handed back at the grace deadline: the next run is the same attempt again.
+                assert later is not None and later.attempt == run.attempt, runs
+                handed_back += 1
+    assert handed_back > 0  # the grace (0.2 s) is shorter than the jobs (0.3 s)
 
 
 class Submitter(threading.Thread):
