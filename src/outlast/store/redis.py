@@ -28,7 +28,7 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -197,9 +197,15 @@ class RedisStore(Store):
                 retry_after=OUTAGE_RETRY_AFTER,
             ) from exc
 
-    async def _change(self, op: Callable[[RedisTx, float], logic.Changed]) -> Any:
-        changed = await self.engine.write(op)
+    async def _change(
+        self, op: Callable[[RedisTx, float], logic.Changed], prefetch: Sequence[str] = ()
+    ) -> Any:
+        changed = await self.engine.write(op, prefetch)
         return changed.value
+
+    def _job_keys(self, job_ids: list[str]) -> list[str]:
+        """A job's hash and its stream's: what operations on running jobs read."""
+        return [k for j in job_ids for k in (self.keys.job(j), self.keys.stream(f"jobs/{j}"))]
 
     async def _listen(self) -> None:
         """Follow other processes' commits; reconnect after a drop and wake every waiter."""
@@ -359,7 +365,7 @@ class RedisStore(Store):
 
     async def submit_job(self, new: NewJob, capacity: int) -> jobs.SubmitResult:
         result: jobs.SubmitResult = await self._change(
-            lambda tx, now: jobs.submit(tx, new, capacity, now)
+            lambda tx, now: jobs.submit(tx, new, capacity, now), [self.keys.counts(new.queue)]
         )
         return result
 
@@ -412,34 +418,33 @@ class RedisStore(Store):
     async def renew_leases(
         self, owner: str, job_ids: list[str], lease: float
     ) -> tuple[list[str], list[str]]:
-        def renew(tx: RedisTx, now: float) -> logic.Changed:
-            tx.prefetch([self.keys.job(j) for j in job_ids])
-            return jobs.renew(tx, owner, job_ids, lease, now)
-
-        renewed: tuple[list[str], list[str]] = await self._change(renew)
+        renewed: tuple[list[str], list[str]] = await self._change(
+            lambda tx, now: jobs.renew(tx, owner, job_ids, lease, now),
+            [self.keys.job(j) for j in job_ids],
+        )
         return renewed
 
     async def emit(
         self, job_id: str, owner: str, attempt: int, messages: list[dict[str, Any]]
     ) -> None:
-        def emit(tx: RedisTx, now: float) -> logic.Changed:
-            tx.prefetch_jobs([job_id])
-            return jobs.emit(tx, job_id, owner, attempt, messages, now)
-
-        await self._change(emit)
+        await self._change(
+            lambda tx, now: jobs.emit(tx, job_id, owner, attempt, messages, now),
+            self._job_keys([job_id]),
+        )
 
     async def finish_job(
         self, job_id: str, owner: str, attempt: int, outcome: jobs.Outcome
     ) -> JobRecord:
-        def finish(tx: RedisTx, now: float) -> logic.Changed:
-            tx.prefetch_jobs([job_id])
-            return jobs.finish(tx, job_id, owner, attempt, outcome, now)
-
-        job: JobRecord = await self._change(finish)
+        job: JobRecord = await self._change(
+            lambda tx, now: jobs.finish(tx, job_id, owner, attempt, outcome, now),
+            self._job_keys([job_id]),
+        )
         return job
 
     async def cancel_job(self, job_id: str) -> JobRecord:
-        job: JobRecord = await self._change(lambda tx, now: jobs.cancel(tx, job_id, now))
+        job: JobRecord = await self._change(
+            lambda tx, now: jobs.cancel(tx, job_id, now), self._job_keys([job_id])
+        )
         return job
 
     async def recover_expired(self) -> list[JobRecord]:

@@ -39,6 +39,9 @@ log = logging.getLogger("outlast.store.redis")
 T = TypeVar("T")
 Op = Callable[[RedisTx, float], Any]
 Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
+# An operation, the hashes it will read (fetched for the whole group in one round trip), and
+# the future of its caller.
+Item = tuple[Op, Sequence[str], "asyncio.Future[Any]"]
 # A stream a commit changed: its name, its committed row (None: removed), the units appended.
 StreamChange = tuple[str, logic.Row | None, list[Unit]]
 # What one group came to: every operation's outcome, and the streams it changed.
@@ -109,14 +112,14 @@ class WriterEngine(threading.Thread):
         self.node = node
         self.loop = loop
         self.ids = IdBlock()
-        self.ops: queue.SimpleQueue[tuple[Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self.ops: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self.conflicts = 0  # groups redone because another process got there first
         # Called on the loop with the streams a commit changed, before any reader is woken.
         self.on_commit: Callable[[list[StreamChange]], None] = lambda changes: None
 
-    async def write(self, op: Callable[[RedisTx, float], T]) -> T:
+    async def write(self, op: Callable[[RedisTx, float], T], prefetch: Sequence[str] = ()) -> T:
         future: asyncio.Future[T] = self.loop.create_future()
-        self.ops.put((op, future))
+        self.ops.put((op, prefetch, future))
         return await future
 
     def run(self) -> None:
@@ -141,7 +144,7 @@ class WriterEngine(threading.Thread):
                 break
         self.wire.close()
 
-    def _split_runs(self, group: list[tuple[Op, asyncio.Future[Any]]]) -> list[Result]:
+    def _split_runs(self, group: list[Item]) -> list[Result]:
         """Run *group*; under repeated conflicts, in halves that each commit on their own."""
         result = self._run_group(group, SPLIT_AFTER if len(group) > 1 else MAX_CONFLICTS)
         if result is not None:
@@ -149,14 +152,12 @@ class WriterEngine(threading.Thread):
         half = len(group) // 2
         return self._split_runs(group[:half]) + self._split_runs(group[half:])
 
-    def _run_group(
-        self, group: list[tuple[Op, asyncio.Future[Any]]], max_conflicts: int
-    ) -> Result | None:
+    def _run_group(self, group: list[Item], max_conflicts: int) -> Result | None:
         for attempt in range(max_conflicts):
             try:
                 result = self._attempt(group)
             except StoreError as exc:
-                return [(future, None, exc) for _, future in group], []
+                return [(future, None, exc) for _, _, future in group], []
             if result is not None:
                 return result
             self.conflicts += 1
@@ -165,16 +166,17 @@ class WriterEngine(threading.Thread):
         if len(group) > 1:
             return None
         error = StoreUnavailable("redis: too much contention on the same keys; retry")
-        return [(future, None, error) for _, future in group], []
+        return [(future, None, error) for _, _, future in group], []
 
-    def _attempt(self, group: list[tuple[Op, asyncio.Future[Any]]]) -> Result | None:
+    def _attempt(self, group: list[Item]) -> Result | None:
         """One optimistic run of the group: outcomes, or ``None`` when EXEC was refused."""
         tx = RedisTx(self.wire.call, self.keys, self.ids)
         now = time.time()
         outcomes: list[Outcome] = []
         names: list[str] = []
         try:
-            for op, future in group:
+            tx.prefetch([key for _, keys, _ in group for key in keys])
+            for op, _, future in group:
                 tx.begin()
                 try:
                     value = op(tx, now)
@@ -206,7 +208,7 @@ class WriterEngine(threading.Thread):
             # Redis applies the rest of a transaction when one command fails: a bug, loudly.
             log.error("redis refused part of a transaction: %s", failed[0])
             error = StoreError(f"redis refused part of a transaction: {failed[0]}")
-            return [(future, None, error) for _, future in group], []
+            return [(future, None, error) for _, _, future in group], []
         return outcomes, tx.stream_changes()
 
     def _deliver(self, result: Result) -> None:

@@ -99,12 +99,16 @@ async def check_durability(client: aioredis.Redis, where: str) -> None:
             appendonly,
         )
     elif fsync != "always":
+        at_risk = (
+            "about the last second" if fsync == "everysec" else "what the OS had not yet written"
+        )
         log.warning(
             "redis at %s syncs its AOF with appendfsync %s: a crash of Redis or its machine can "
-            "lose up to about a second of acknowledged writes. Set appendfsync always for "
+            "lose %s of acknowledged writes. Set appendfsync always for "
             "'acknowledged means durable' (docs/redis.md)",
             where,
             fsync,
+            at_risk,
         )
     if policy is not None and policy != "noeviction":
         log.warning(

@@ -55,6 +55,11 @@ class RedisTx(JobTx):
         # Streams whose rows this group changed, with the units appended to each (in order),
         # per savepoint like the writes: after the commit, the node's caches learn them.
         self.streams: dict[str, list[Unit]] = {}
+        # Decoded rows and jobs as this transaction sees them now: decoding is most of the cost
+        # of a group, and the rules read the same row many times. A write to a key drops its
+        # entry; so does a savepoint's rollback (for every key).
+        self.decoded: dict[str, Any] = {}
+        self.new_jobs: set[str] = set()
         self.op_streams: dict[str, list[Unit]] = {}
         self.queues_counted: set[str] = set()
 
@@ -72,6 +77,7 @@ class RedisTx(JobTx):
         self.op_streams = {}
 
     def drop(self) -> None:
+        self.decoded.clear()
         self.op = Layer()
         self.op_streams = {}
 
@@ -194,12 +200,14 @@ class RedisTx(JobTx):
     # -- writes into the current layer ----------------------------------------------------
 
     def hset(self, key: str, fields: Mapping[str, str | None], *, replace: bool = False) -> None:
+        self.decoded.pop(key, None)
         if replace:
             self.op.cleared.add(key)
             self.op.hashes.pop(key, None)
         self.op.hashes.setdefault(key, {}).update(fields)
 
     def delete(self, key: str) -> None:
+        self.decoded.pop(key, None)
         self.op.cleared.add(key)
         self.op.hashes.pop(key, None)
         self.op.zsets.pop(key, None)
@@ -219,11 +227,19 @@ class RedisTx(JobTx):
     # -- streams --------------------------------------------------------------------------
 
     def get_stream(self, name: str) -> logic.Row | None:
-        raw = self.hgetall(self.k.stream(name))
-        if raw is None:
-            return None
-        row = decode_row(raw)
-        self.names[row.id] = name
+        key = self.k.stream(name)
+        if name.startswith("jobs/") and name[5:] in self.new_jobs:
+            # The stream of a job created in this transaction (its id is new, and nothing but
+            # its job writes under jobs/) cannot exist yet: no need to ask, or to watch.
+            self.base.setdefault(("hgetall", key), [])
+        if key in self.decoded:
+            row: logic.Row | None = self.decoded[key]
+            return row
+        raw = self.hgetall(key)
+        row = None if raw is None else decode_row(raw)
+        if row is not None:
+            self.names[row.id] = name
+        self.decoded[key] = row
         return row
 
     def _name(self, stream_id: int) -> str | None:
@@ -257,7 +273,9 @@ class RedisTx(JobTx):
         row = dataclasses.replace(row, id=self._new_id())
         self._touched(row.name)
         self.names[row.id] = row.name
-        self.hset(self.k.stream(row.name), encode_fields(dataclasses.asdict(row)), replace=True)
+        key = self.k.stream(row.name)
+        self.hset(key, encode_fields(dataclasses.asdict(row)), replace=True)
+        self.decoded[key] = row
         # Left-overs of an earlier stream of this name cannot exist, but never inherit any.
         self.delete(self.k.units(row.name))
         self.delete(self.k.producers(row.name))
@@ -279,9 +297,11 @@ class RedisTx(JobTx):
     def update_stream(self, stream_id: int, **fields: Any) -> None:
         row = self._row_by_id(stream_id)
         self._touched(row.name)
-        self.hset(self.k.stream(row.name), encode_fields(fields))
+        key = self.k.stream(row.name)
+        self.hset(key, encode_fields(fields))
+        self.decoded[key] = new = dataclasses.replace(row, **fields)
         if {"ttl", "expires_at", "touched_at"} & fields.keys():
-            self._index_expiry(dataclasses.replace(row, **fields))
+            self._index_expiry(new)
 
     def remove_stream(self, stream_id: int) -> None:
         row = self._row_by_id(stream_id)
@@ -370,15 +390,23 @@ class RedisTx(JobTx):
                 self.zadd(key, member, score)
 
     def insert_job(self, job: JobRecord) -> None:
+        self.new_jobs.add(job.id)
         self.hset(self.k.job(job.id), encode_fields(job_fields(job)), replace=True)
+        self.decoded[self.k.job(job.id)] = job
         self.zadd(self.k.jobs, job.id.encode(), 0)
         if job.key is not None:
             self.hset(self.k.jkeys, {job.key: job.id})
         self._index_job(None, job)
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        raw = self.hgetall(self.k.job(job_id))
-        return None if raw is None else decode_job(raw)
+        key = self.k.job(job_id)
+        if key in self.decoded:
+            cached: JobRecord | None = self.decoded[key]
+            return cached
+        raw = self.hgetall(key)
+        job = None if raw is None else decode_job(raw)
+        self.decoded[key] = job
+        return job
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         old = self.get_job(job_id)
@@ -386,6 +414,7 @@ class RedisTx(JobTx):
             raise LookupError(f"no job {job_id}")
         job = dataclasses.replace(old, **fields)
         self.hset(self.k.job(job_id), encode_fields(fields))
+        self.decoded[self.k.job(job_id)] = job
         self._index_job(old, job)
 
     def find_job_by_key(self, key: str) -> JobRecord | None:
