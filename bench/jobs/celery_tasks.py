@@ -13,7 +13,7 @@ import os
 import time
 
 from bench.jobs import marks
-from celery import Celery
+from celery import Celery  # type: ignore[import-untyped]  # celery ships no type hints
 
 app = Celery("bench", broker=os.environ.get(marks.BROKER_ENV, "redis://127.0.0.1:6379/0"))
 app.conf.update(
@@ -24,17 +24,17 @@ app.conf.update(
 )
 
 
-@app.task(name="noop")
+@app.task(name="noop")  # type: ignore[untyped-decorator]
 def noop() -> None:
     return None
 
 
-@app.task(name="sleep10")
+@app.task(name="sleep10")  # type: ignore[untyped-decorator]
 def sleep10() -> None:
     time.sleep(0.01)
 
 
-@app.task(name="mark")
+@app.task(name="mark")  # type: ignore[untyped-decorator]
 def mark(seq: int, sent: float) -> None:
     start = time.time()
     marks.record(seq, sent, start)

@@ -16,6 +16,7 @@ and from ``GET /v1/queues`` for outlast; ``None`` means "cannot tell yet" (serve
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -124,7 +125,7 @@ class DramatiqClient(Client):
         super().__init__(spec)
         from bench.jobs import dramatiq_tasks
 
-        self.actors = {
+        self.actors: dict[str, Any] = {
             "noop": dramatiq_tasks.noop,
             "sleep10": dramatiq_tasks.sleep10,
             "mark": dramatiq_tasks.mark,
@@ -148,7 +149,11 @@ class RQClient(Client):
         from rq import Queue
 
         self.queue = Queue(QUEUE, connection=sync_redis.Redis.from_url(spec["broker_url"]))
-        self.funcs = {"noop": rq_tasks.noop, "sleep10": rq_tasks.sleep10, "mark": rq_tasks.mark}
+        self.funcs: dict[str, Callable[..., None]] = {
+            "noop": rq_tasks.noop,
+            "sleep10": rq_tasks.sleep10,
+            "mark": rq_tasks.mark,
+        }
         self.keys = (rq_tasks.FINISHED_KEY, rq_tasks.FAILED_KEY)
 
     def enqueue_sync(self, task: str, kwargs: dict[str, Any]) -> None:

@@ -10,7 +10,9 @@ import dramatiq
 from bench.jobs import marks
 from dramatiq.brokers.redis import RedisBroker
 
-broker = RedisBroker(url=os.environ.get(marks.BROKER_ENV, "redis://127.0.0.1:6379/0"))
+broker = RedisBroker(  # type: ignore[no-untyped-call]
+    url=os.environ.get(marks.BROKER_ENV, "redis://127.0.0.1:6379/0")
+)
 dramatiq.set_broker(broker)
 
 

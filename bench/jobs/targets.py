@@ -249,6 +249,7 @@ class Slot:
     port: int = 0
     with_workers: bool = True
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    commands: list[list[str]] = field(default_factory=list)  # what was started, for the report
     enqueued: int = 0  # jobs enqueued since the db was emptied (RQ counts what is left by it)
 
     @property
@@ -296,6 +297,7 @@ class Slot:
         env = self.env()
         try:
             for argv in self.spec.workers(self):
+                self.commands.append(argv)
                 # cwd = the repository: every worker imports bench.jobs.<target>_tasks.
                 self.procs.append(spawn(argv, self.workdir, self.log, env, cwd=REPO))
             if self.spec.is_outlast and wait:

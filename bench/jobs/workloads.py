@@ -35,7 +35,7 @@ class Config:
     jobs: int = 10_000  # jobs in each drain
     producers: int = 16  # concurrent producers (threads or asyncio tasks) when enqueueing
     rate: float = 100.0  # jobs/s of the open loop
-    cap: float = 60.0  # seconds a drain is measured at most (slow targets: a partial drain)
+    cap: float = 30.0  # seconds a drain is measured at most (slow targets: a partial drain)
     interval: float = 0.02  # seconds between two looks at what is left of a drain
     wait: float = 5.0  # seconds the open loop waits, after its last enqueue, for jobs to start
 

@@ -1,0 +1,5 @@
+import sys
+
+from bench.jobs.run import main
+
+sys.exit(main())
