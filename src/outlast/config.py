@@ -34,6 +34,8 @@ class ServerSettings(_Section):
     app: str = ""
     insecure: bool = False
     workers: bool = True  # run workers in `serve` (false: API only)
+    # One JSON line per request on the `outlast.access` logger.
+    access_log: bool = True
 
 
 class StoreSettings(_Section):

@@ -1,12 +1,30 @@
-"""Structured logs: one JSON object per line on stderr."""
+"""Structured logs: one JSON object per line on stderr.
+
+Every request also gets a line on the ``outlast.access`` logger (:class:`AccessLog`). That one
+is written on the hot path of every request, so it skips the usual ``LogRecord`` machinery when
+its lines go to the handler :func:`configure_logging` installs (:class:`BufferedLineHandler`): the
+line is serialised at once and written with others in one ``write`` a little later. Any other
+logging set-up gets ordinary records.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
+import threading
 import time
-from typing import Any
+from typing import IO, Any
+
+import orjson
+from starlette.types import Scope
+
+ACCESS_LOGGER = "outlast.access"
+# Buffered access lines are written at most this long after the request ended...
+ACCESS_FLUSH_INTERVAL = 0.2
+# ...or as soon as this many bytes are waiting.
+ACCESS_FLUSH_BYTES = 64 * 1024
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is a field.
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
@@ -29,6 +47,139 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that collects lines and writes them in batches.
+
+    Ordinary records are formatted as usual; :meth:`add_line` takes a line already serialised.
+    Lines wait at most :data:`ACCESS_FLUSH_INTERVAL` (on the running event loop; at once when
+    there is none) or until :data:`ACCESS_FLUSH_BYTES` are waiting. ``logging.shutdown()``, which
+    runs at every clean exit, flushes what is left.
+    """
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        super().__init__(stream)
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._write_lock = threading.Lock()
+
+    def add_line(self, line: bytes) -> None:
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= ACCESS_FLUSH_BYTES:
+            self.flush()
+            return
+        if self._timer_loop is not None and not self._timer_loop.is_closed():
+            return  # a flush is due already
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._timer = loop.call_later(ACCESS_FLUSH_INTERVAL, self.flush)
+        self._timer_loop = loop
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)
+            return
+        self.add_line(line.encode())
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._timer_loop = None
+        lines, self._lines, self._size = self._lines, [], 0
+        if not lines:
+            return
+        data = b"".join(lines)
+        with self._write_lock:
+            stream = self.stream
+            binary = getattr(stream, "buffer", None)
+            try:
+                if binary is not None:
+                    stream.flush()  # whatever other handlers left in the text layer goes first
+                    binary.write(data)
+                    binary.flush()
+                else:
+                    stream.write(data.decode())
+                    stream.flush()
+            except (OSError, ValueError):  # stderr closed or gone: nothing left to tell
+                pass
+
+
+class AccessLog:
+    """One JSON line per HTTP request on the ``outlast.access`` logger.
+
+    Fields: ``method``, ``path``, ``status``, ``duration_ms`` (to the end of the response body),
+    ``bytes`` (of the response body) and ``job_id`` when the request concerns a job. The logger's
+    level and ``disabled`` flag turn it on and off like any other.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or logging.getLogger(ACCESS_LOGGER)
+        self._second = -1
+        self._prefix = ""
+
+    def enabled(self) -> bool:
+        return not self.logger.disabled and self.logger.isEnabledFor(logging.INFO)
+
+    def _fast_handler(self) -> BufferedLineHandler | None:
+        """The handler lines can go to without records: the logger's only one."""
+        logger = self.logger
+        if len(logger.handlers) == 1 and not logger.propagate:
+            handler = logger.handlers[0]
+            if type(handler) is BufferedLineHandler and handler.level <= logging.INFO:
+                return handler
+        return None
+
+    def request(
+        self, scope: Scope, status: int, seconds: float, sent: int, job_id: str | None
+    ) -> None:
+        path: str = scope["path"]
+        if job_id is None:
+            job_id = job_id_of(path)
+        fields = {
+            "method": scope["method"],
+            "path": path,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "bytes": sent,
+        }
+        if job_id is not None:
+            fields["job_id"] = job_id
+        handler = self._fast_handler()
+        if handler is None:
+            self.logger.info("request", extra=fields)
+            return
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        line = {
+            "ts": f"{self._prefix}.{int((now - second) * 1000):03d}Z",
+            "level": "info",
+            "logger": self.logger.name,
+            "msg": "request",
+            **fields,
+        }
+        handler.add_line(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+
+
+def job_id_of(path: str) -> str | None:
+    """The job a request path is about: ``/v1/jobs/<id>...``, or its stream
+    ``/v1/stream/jobs/<id>``."""
+    if path.startswith("/v1/jobs/"):
+        return path[9:].split("/", 1)[0] or None
+    if path.startswith("/v1/stream/jobs/"):
+        return path[16:].split("/", 1)[0] or None
+    return None
+
+
 def configure_logging(level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())
@@ -37,3 +188,10 @@ def configure_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
     # uvicorn's own error logger is useful; its access log is replaced by ours.
     logging.getLogger("uvicorn.access").disabled = True
+    access = logging.getLogger(ACCESS_LOGGER)
+    buffered = BufferedLineHandler(sys.stderr)
+    buffered.setFormatter(JSONFormatter())
+    # Its own handler, on the same stream: lines are batched (see BufferedLineHandler). Whether
+    # an application logs requests at all is its setting ([server] access_log).
+    access.handlers[:] = [buffered]
+    access.propagate = False

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from outlast.logs import AccessLog
 
 log = logging.getLogger("outlast.metrics")
 
@@ -67,25 +77,10 @@ class Metrics:
         # Run before each scrape: gauges read from the store are fresh when they are read.
         self._scrape_hooks: list[ScrapeHook] = []
         r = self.registry
-        self.requests = Counter(
-            "outlast_http_requests",
-            "HTTP requests answered",
-            ["method", "route", "status"],
-            registry=r,
-        )
-        self.request_seconds = Histogram(
-            "outlast_http_request_duration_seconds",
-            "Time to answer an HTTP request (to the end of its body)",
-            ["method", "route"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.in_progress = Gauge(
-            "outlast_http_requests_in_progress",
-            "HTTP requests being answered",
-            ["method", "route"],
-            registry=r,
-        )
+        # outlast_http_requests_total, outlast_http_request_duration_seconds and
+        # outlast_http_requests_in_progress: counted in plain numbers, see HTTPStats.
+        self.http = HTTPStats()
+        r.register(self.http)
         self.stream_appends = Counter(
             "outlast_stream_appends", "Appends stored in durable streams", registry=r
         )
@@ -181,48 +176,127 @@ def route_of(path: str) -> str:
     return "other"
 
 
-class MetricsMiddleware:
-    """Counts and times every HTTP request; streaming responses are timed to their end."""
+class _RouteStats:
+    """One (method, route)'s request figures, as plain numbers (see :class:`HTTPStats`)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    __slots__ = ("buckets", "by_status", "in_progress", "seconds")
+
+    def __init__(self) -> None:
+        self.in_progress = 0
+        self.seconds = 0.0
+        # Observations per latency bucket (not cumulative), the last one for "+Inf".
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.by_status: dict[int, int] = {}
+
+    def observe(self, status: int, seconds: float) -> None:
+        self.seconds += seconds
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+
+
+class HTTPStats(Collector):
+    """The HTTP request metrics, kept as plain numbers and rendered at each scrape.
+
+    A prometheus_client child costs a lock and a few calls per update, and every request makes
+    four updates; here a request costs a few additions. Only the event loop thread updates them.
+    """
+
+    # Bucket bounds as prometheus_client writes them ("0.0005", "1.0").
+    _LE = [repr(float(b)) for b in LATENCY_BUCKETS] + ["+Inf"]
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], _RouteStats] = {}
+
+    def route(self, method: str, route: str) -> _RouteStats:
+        stats = self.routes.get((method, route))
+        if stats is None:
+            stats = self.routes[(method, route)] = _RouteStats()
+        return stats
+
+    def collect(self) -> Iterator[Metric]:
+        total = CounterMetricFamily(
+            "outlast_http_requests", "HTTP requests answered", labels=["method", "route", "status"]
+        )
+        seconds = HistogramMetricFamily(
+            "outlast_http_request_duration_seconds",
+            "Time to answer an HTTP request (to the end of its body)",
+            labels=["method", "route"],
+        )
+        in_progress = GaugeMetricFamily(
+            "outlast_http_requests_in_progress",
+            "HTTP requests being answered",
+            labels=["method", "route"],
+        )
+        for (method, route), stats in list(self.routes.items()):
+            in_progress.add_metric([method, route], stats.in_progress)
+            for status, n in list(stats.by_status.items()):
+                total.add_metric([method, route, str(status)], n)
+            cumulative, buckets = 0, []
+            for le, n in zip(self._LE, stats.buckets, strict=True):
+                cumulative += n
+                buckets.append((le, float(cumulative)))
+            if cumulative:
+                seconds.add_metric([method, route], buckets, stats.seconds)
+        yield total
+        yield seconds
+        yield in_progress
+
+
+class MetricsMiddleware:
+    """Counts, times and (with an access log) logs every HTTP request; streaming responses are
+    timed to their end."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: AccessLog | None = None) -> None:
         self.app = app
-        self.metrics = metrics
-        # Label lookups cost more than the observations; keep the children per (method, route).
-        self._children: dict[tuple[str, str], tuple[Gauge, Histogram]] = {}
-        self._counters: dict[tuple[str, str, int], Counter] = {}
+        self.http = metrics.http
+        self.access_log = access_log
+        # Streams are most of the traffic, and one route: their stats per method, at hand.
+        self._streams: dict[str, _RouteStats] = {}
+
+    def _route_stats(self, method: str, path: str) -> _RouteStats:
+        if not path.startswith("/v1/stream/"):
+            return self.http.route(method, route_of(path))
+        stats = self._streams.get(method)
+        if stats is None:
+            stats = self._streams[method] = self.http.route(method, route_of(path))
+        return stats
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        method = scope["method"]
-        route = route_of(scope["path"])
+        stats = self._route_stats(scope["method"], scope["path"])
+        access_log = self.access_log
+        if access_log is not None and not access_log.enabled():
+            access_log = None
         status = 500
-        key = (method, route)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self.metrics.in_progress.labels(method, route),
-                self.metrics.request_seconds.labels(method, route),
-            )
-        gauge, seconds = children
+        sent = 0
+        job_id: str | None = None
         started = time.perf_counter()
 
         async def send_recording(message: Message) -> None:
-            nonlocal status
+            nonlocal status, sent, job_id
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if access_log is not None:
+                    job_id = _job_id_header(message)
+            elif access_log is not None:
+                sent += len(message.get("body", b""))
             await send(message)
 
-        gauge.inc()
+        stats.in_progress += 1
         try:
             await self.app(scope, receive, send_recording)
         finally:
-            gauge.dec()
-            seconds.observe(time.perf_counter() - started)
-            counted = self._counters.get((method, route, status))
-            if counted is None:
-                counted = self._counters[(method, route, status)] = self.metrics.requests.labels(
-                    method, route, str(status)
-                )
-            counted.inc()
+            stats.in_progress -= 1
+            elapsed = time.perf_counter() - started
+            stats.observe(status, elapsed)
+            if access_log is not None:
+                access_log.request(scope, status, elapsed, sent, job_id)
+
+
+def _job_id_header(message: Message) -> str | None:
+    for name, value in message.get("headers", ()):
+        if name == b"outlast-job-id":
+            return bytes(value).decode("latin-1")
+    return None

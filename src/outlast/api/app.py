@@ -21,6 +21,7 @@ from outlast.config import Settings
 from outlast.errors import RequestError, StoreUnavailable
 from outlast.executors.registry import Registry
 from outlast.lifecycle import Lifecycle
+from outlast.logs import AccessLog
 from outlast.metrics import Metrics, MetricsMiddleware
 from outlast.store.base import Store
 from outlast.worker import Worker
@@ -90,7 +91,8 @@ def create_app(
     wrapped: ASGIApp = _StreamsFirst(app, streams)
     if settings.auth_enabled:
         wrapped = AuthMiddleware(wrapped, settings.auth)
-    wrapped = MetricsMiddleware(wrapped, metrics)
+    access_log = AccessLog() if settings.server.access_log else None
+    wrapped = MetricsMiddleware(wrapped, metrics, access_log)
     return HeadersMiddleware(wrapped, settings.cors)
 
 

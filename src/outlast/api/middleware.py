@@ -76,6 +76,8 @@ class HeadersMiddleware:
         self.app = app
         self.any_origin = "*" in cors.origins
         self.origins = frozenset(cors.origins)
+        # With any origin allowed (the default) every response gets the same headers.
+        self._any_origin_headers = self._extra(b"*")
 
     def _allow_origin(self, scope: Scope) -> bytes | None:
         if self.any_origin:
@@ -85,17 +87,23 @@ class HeadersMiddleware:
                 return value if value.decode("latin-1") in self.origins else None
         return None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        origin = self._allow_origin(scope)
+    @staticmethod
+    def _extra(origin: bytes | None) -> list[tuple[bytes, bytes]]:
         extra = list(SECURITY_HEADERS)
         if origin is not None:
             extra.append((b"access-control-allow-origin", origin))
             extra.append((b"access-control-expose-headers", EXPOSED_HEADERS.encode()))
             if origin != b"*":
                 extra.append((b"vary", b"Origin"))
+        return extra
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = (
+            self._any_origin_headers if self.any_origin else self._extra(self._allow_origin(scope))
+        )
 
         if scope["method"] == "OPTIONS" and _has_header(scope, b"access-control-request-method"):
             headers = [
