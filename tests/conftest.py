@@ -28,7 +28,7 @@ import pytest
 
 # Every store backend: the same tests run on each. OUTLAST_TEST_BACKENDS=sqlite,redis narrows
 # or widens the list for one run (``scripts/test`` runs them all).
-DEFAULT_BACKENDS = "sqlite"
+DEFAULT_BACKENDS = "sqlite,redis"
 BACKENDS = os.environ.get("OUTLAST_TEST_BACKENDS", DEFAULT_BACKENDS).split(",")
 
 
