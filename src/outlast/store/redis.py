@@ -144,6 +144,7 @@ class RedisStore(Store):
         # notifications may have been missed (a reconnect).
         self.heads: OrderedDict[str, StreamInfo] = OrderedDict()
         engine.on_commit = self._committed
+        engine.on_unknown = self._forget_all
         self._read_script = client.register_script(READ_SCRIPT)
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed = asyncio.Event()
@@ -215,6 +216,12 @@ class RedisStore(Store):
             pubsub = self.client.pubsub()
             try:
                 await pubsub.subscribe(self.keys.changes)
+                # Listening only once Redis confirmed: what is committed after this is heard.
+                async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
+                    while True:
+                        confirmed = await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT)
+                        if confirmed is not None and confirmed.get("type") == "subscribe":
+                            break
                 if down_since is not None:
                     log.warning(
                         "redis subscription restored after %.1f s", time.monotonic() - down_since
@@ -222,28 +229,30 @@ class RedisStore(Store):
                     down_since = None
                 # Whatever was published while we were not listening is lost: everyone
                 # re-checks (readers re-read their stream, workers claim again).
-                self.recent.forget()
-                self.heads.clear()
-                self.notifier.changed_all()
+                self._forget_all()
                 self._subscribed.set()
                 delay = RESUBSCRIBE_MIN
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         self._on_message(message["data"])
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, TimeoutError) as exc:
                 if down_since is None:
                     down_since = time.monotonic()
                     log.warning("redis subscription lost (%s); reconnecting", exc)
                     # Other nodes' changes go unheard now: forget what may turn stale, and
                     # let every waiter re-check (they get the outage, or carry on).
-                    self.recent.forget()
-                    self.heads.clear()
-                    self.notifier.changed_all()
+                    self._forget_all()
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)  # back-off between reconnection attempts
             delay = min(RESUBSCRIBE_MAX, delay * 2)
+
+    def _forget_all(self) -> None:
+        """Changes may have gone unheard: drop the caches and let every waiter re-check."""
+        self.recent.forget()
+        self.heads.clear()
+        self.notifier.changed_all()
 
     def _on_message(self, data: bytes) -> None:
         try:

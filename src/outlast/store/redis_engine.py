@@ -44,8 +44,9 @@ Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 Item = tuple[Op, Sequence[str], "asyncio.Future[Any]"]
 # A stream a commit changed: its name, its committed row (None: removed), the units appended.
 StreamChange = tuple[str, logic.Row | None, list[Unit]]
-# What one group came to: every operation's outcome, and the streams it changed.
-Result = tuple[list[Outcome], list[StreamChange]]
+# What one group came to: every operation's outcome, and the streams it changed (None: not
+# known, as the connection failed while the commit may have gone through).
+Result = tuple[list[Outcome], list[StreamChange] | None]
 
 # Operations that join one transaction at most: bounds what one conflict makes us redo.
 MAX_GROUP = 256
@@ -116,6 +117,9 @@ class WriterEngine(threading.Thread):
         self.conflicts = 0  # groups redone because another process got there first
         # Called on the loop with the streams a commit changed, before any reader is woken.
         self.on_commit: Callable[[list[StreamChange]], None] = lambda changes: None
+        # Called on the loop when a commit's outcome is unknown (the connection failed during
+        # it): it may have changed anything, and this node skips its own notifications.
+        self.on_unknown: Callable[[], None] = lambda: None
 
     async def write(self, op: Callable[[RedisTx, float], T], prefetch: Sequence[str] = ()) -> T:
         future: asyncio.Future[T] = self.loop.create_future()
@@ -157,7 +161,7 @@ class WriterEngine(threading.Thread):
             try:
                 result = self._attempt(group)
             except StoreError as exc:
-                return [(future, None, exc) for _, _, future in group], []
+                return [(future, None, exc) for _, _, future in group], None
             if result is not None:
                 return result
             self.conflicts += 1
@@ -215,7 +219,9 @@ class WriterEngine(threading.Thread):
         """On the loop: update the caches, wake local readers of what changed, then resolve
         the callers (in that order: a woken reader finds the caches up to date)."""
         outcomes, changes = result
-        if changes:
+        if changes is None:
+            self.on_unknown()
+        elif changes:
             self.on_commit(changes)
         for future, value, error in outcomes:
             if error is None:
