@@ -3,7 +3,7 @@
 Every request also gets a line on the ``outlast.access`` logger (:class:`AccessLog`). That one
 is written on the hot path of every request, so it skips the usual ``LogRecord`` machinery when
 its lines go to the handler :func:`configure_logging` installs (:class:`BufferedLineHandler`): the
-line is serialised at once and written with others in one ``write`` a little later. Any other
+line is kept as a tuple and serialised with others, in one ``write``, a little later. Any other
 logging set-up gets ordinary records.
 """
 
@@ -15,6 +15,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 import orjson
@@ -23,8 +24,8 @@ from starlette.types import Scope
 ACCESS_LOGGER = "outlast.access"
 # Buffered access lines are written at most this long after the request ended...
 ACCESS_FLUSH_INTERVAL = 0.2
-# ...or as soon as this many bytes are waiting.
-ACCESS_FLUSH_BYTES = 64 * 1024
+# ...or as soon as this many are waiting.
+ACCESS_FLUSH_LINES = 512
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is a field.
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
@@ -50,24 +51,28 @@ class JSONFormatter(logging.Formatter):
 class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler that collects lines and writes them in batches.
 
-    Ordinary records are formatted as usual; :meth:`add_line` takes a line already serialised.
-    Lines wait at most :data:`ACCESS_FLUSH_INTERVAL` (on the running event loop; at once when
-    there is none) or until :data:`ACCESS_FLUSH_BYTES` are waiting. ``logging.shutdown()``, which
-    runs at every clean exit, flushes what is left.
+    Ordinary records are formatted as usual. :meth:`add_entry` takes a tuple that a renderer
+    turns into a line only when the batch is written: the request path stores a tuple and
+    returns. Lines wait at most :data:`ACCESS_FLUSH_INTERVAL` (on the running event loop; at once
+    when there is none) or until :data:`ACCESS_FLUSH_LINES` are waiting. ``logging.shutdown()``,
+    which runs at every clean exit, flushes what is left.
     """
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         super().__init__(stream)
-        self._lines: list[bytes] = []
-        self._size = 0
+        self._items: list[bytes | tuple[Any, ...]] = []
+        self._render: Callable[[tuple[Any, ...]], bytes] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._write_lock = threading.Lock()
 
-    def add_line(self, line: bytes) -> None:
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size >= ACCESS_FLUSH_BYTES:
+    def add_entry(self, entry: tuple[Any, ...], render: Callable[[tuple[Any, ...]], bytes]) -> None:
+        self._render = render
+        self._add(entry)
+
+    def _add(self, item: bytes | tuple[Any, ...]) -> None:
+        self._items.append(item)
+        if len(self._items) >= ACCESS_FLUSH_LINES:
             self.flush()
             return
         if self._timer_loop is not None and not self._timer_loop.is_closed():
@@ -86,16 +91,20 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
-        self.add_line(line.encode())
+        self._add(line.encode())
 
     def flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = self._timer_loop = None
-        lines, self._lines, self._size = self._lines, [], 0
-        if not lines:
+        self._timer = self._timer_loop = None
+        items, self._items = self._items, []
+        if not items:
             return
-        data = b"".join(lines)
+        render = self._render
+        lines = [
+            item if isinstance(item, bytes) or render is None else render(item) for item in items
+        ]
+        data = b"".join(lines)  # type: ignore[arg-type]  # every tuple had a renderer
         with self._write_lock:
             stream = self.stream
             binary = getattr(stream, "buffer", None)
@@ -139,9 +148,12 @@ class AccessLog:
     def request(
         self, scope: Scope, status: int, seconds: float, sent: int, job_id: str | None
     ) -> None:
+        handler = self._fast_handler()
+        if handler is not None:
+            entry = (time.time(), scope["method"], scope["path"], status, seconds, sent, job_id)
+            handler.add_entry(entry, self._render)
+            return
         path: str = scope["path"]
-        if job_id is None:
-            job_id = job_id_of(path)
         fields = {
             "method": scope["method"],
             "path": path,
@@ -149,13 +161,13 @@ class AccessLog:
             "duration_ms": round(seconds * 1000, 3),
             "bytes": sent,
         }
+        job_id = job_id or job_id_of(path)
         if job_id is not None:
             fields["job_id"] = job_id
-        handler = self._fast_handler()
-        if handler is None:
-            self.logger.info("request", extra=fields)
-            return
-        now = time.time()
+        self.logger.info("request", extra=fields)
+
+    def _render(self, entry: tuple[Any, ...]) -> bytes:
+        now, method, path, status, seconds, sent, job_id = entry
         second = int(now)
         if second != self._second:
             self._second = second
@@ -165,9 +177,16 @@ class AccessLog:
             "level": "info",
             "logger": self.logger.name,
             "msg": "request",
-            **fields,
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "bytes": sent,
         }
-        handler.add_line(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+        job_id = job_id or job_id_of(path)
+        if job_id is not None:
+            line["job_id"] = job_id
+        return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def job_id_of(path: str) -> str | None:
