@@ -213,8 +213,10 @@ def render(data: dict[str, Any]) -> str:
         "```",
         "",
         f"- **Date:** {meta['date']}",
-        f"- **Machine:** {machine['summary']}. Workers, Redis and load generator share these "
-        f"{machine['cores']} cores.",
+        f"- **Machine:** {machine['cores']} cores ({machine['cpu'] or 'unknown CPU'}), "
+        f"{machine['memory_gib']:g} GiB, Linux {machine['kernel']}; Python {machine['python']}; "
+        f"Redis {machine.get('redis_version', '?')}. Workers, Redis and load generator share "
+        f"these {machine['cores']} cores.",
         f"- **Load average:** {machine['loadavg_start']} at start, {noise['loadavg_end']} at the "
         f"end; other processes used {noise['other_cpu_median'] * 100:.0f} % of a core (median "
         f"over measurements, max {noise['other_cpu_max'] * 100:.0f} %; 200 % is both cores).",
@@ -222,7 +224,7 @@ def render(data: dict[str, Any]) -> str:
         f"of {cfg['jobs']:,} jobs (measured for at most {cfg['cap']:g} s).",
         "- **Targets:** "
         + "; ".join(f"`{n}` = {targets[n]['label']} ({targets[n]['version']})" for n in names)
-        + f"; Redis {machine.get('redis_version', '')}.",
+        + ".",
         "- **Durability differs:** the peers' Redis has no RDB and no AOF (a Redis restart loses "
         "their queues); outlast (SQLite) commits every job before its `202` (it survives "
         "`kill -9`, not a power cut: `store.fsync = false`)"
@@ -261,8 +263,9 @@ def render(data: dict[str, Any]) -> str:
                         else "",
                     ]
                 )
-        header = ["Target", "Figure", *(f"× {p}" for p in peers), "× best peer", "SPEC", ""]
+        header = ["Target", "Figure", *(f"× {p}" for p in peers), "× best peer", "SPEC", "Met?"]
         lines += _table(header, rows, 2)
+        lines += ["", *_by_run(data, outlasts, fmt_args)]
 
     lines += [
         "",
@@ -288,6 +291,27 @@ def render(data: dict[str, Any]) -> str:
         lines += [f"- {p}" for p in data["problems"]]
     lines += ["", f"<!-- /bench:{SECTION} -->"]
     return "\n".join(lines) + "\n"
+
+
+def _by_run(data: dict[str, Any], outlasts: list[str], fmt_args: dict[str, Any]) -> list[str]:
+    """The SPEC-checked figures run by run, each with what other processes used meanwhile:
+    on a shared machine the spread says more than the median."""
+    lines = ["The figures with a SPEC target, run by run (other processes' CPU in brackets):", ""]
+    for i in TARGETS:
+        metric, row = METRICS[i], data["summary"][i]
+        title = metric.row.format(**fmt_args) or METRICS[i - 1].row.format(**fmt_args)
+        best = [b for o in outlasts if (b := row["best_peer"].get(o))]
+        for name in dict.fromkeys([*outlasts, *best]):
+            cells = []
+            for run in data["runs"]:
+                r = run.get(metric.workload, {}).get(name)
+                v = _value(r, metric)
+                if v is not None and r is not None:
+                    cells.append(f"{format(v, metric.fmt)} ({r.get('other_cpu', 0) * 100:.0f} %)")
+                else:
+                    cells.append("—")
+            lines.append(f"- {title}, {metric.name} — `{name}`: {', '.join(cells)}")
+    return lines
 
 
 def write_section(path: Path, section_md: str) -> None:

@@ -88,6 +88,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "leave the CPU (default 30; 0 = do not wait)",
     )
     p.add_argument("--keep", action="store_true", help="keep the targets' temp dirs and logs")
+    p.add_argument(
+        "--render",
+        metavar="JSON",
+        help="measure nothing: write the section again from a raw results file (to --out)",
+    )
     args = p.parse_args(argv)
     if args.runs < 1 or args.duration < 1 or args.jobs < 100 or args.producers < 1:
         p.error("--runs ≥ 1, --duration ≥ 1 s, --jobs ≥ 100 and --producers ≥ 1")
@@ -205,9 +210,22 @@ def measure(
     return result
 
 
+def write_out(args: argparse.Namespace, console: Console, section: str, json_path: Path) -> None:
+    if (args.out or "").lower() == "none":
+        console.print(f"wrote {json_path}")
+        return
+    out = Path(args.out) if args.out else REPO / "docs" / "benchmarks.md"
+    report.write_section(out, section)
+    console.print(f"wrote {out} (section 'Jobs') from {json_path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console()
+    if args.render:
+        path = Path(args.render)
+        write_out(args, console, report.render(json.loads(path.read_text())), path)
+        return 0
     names = choose_targets(args, console)
     specs = targets.specs()
     outlasts = [n for n in names if specs[n].is_outlast]
@@ -318,12 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     section = report.render(data)
     print()
     print(section, flush=True)
-    if (args.out or "").lower() == "none":
-        console.print(f"wrote {json_path}")
-    else:
-        out = Path(args.out) if args.out else REPO / "docs" / "benchmarks.md"
-        report.write_section(out, section)
-        console.print(f"wrote {out} (section 'Jobs') and {json_path}")
+    write_out(args, console, section, json_path)
     if failed:
         console.print(f"[red]some measurements failed: see {json_path} and the logs in {logdir}")
     elif not args.keep:
