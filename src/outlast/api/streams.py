@@ -67,6 +67,8 @@ MAX_SAFE_INTEGER = 2**53 - 1
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 NOW = -1  # read position meaning "the tail, whatever it is"
 CATCH_UP_CACHE = "public, max-age=60, stale-while-revalidate=300"
+# Streams whose last SSE data event is kept for the next reader at the same position.
+SSE_ENCODED_STREAMS = 256
 
 
 def _header(request: Request, name: str) -> str | None:
@@ -195,6 +197,9 @@ class StreamsEndpoint:
         self.max_name = settings.limits.stream_name_length
         self._appends = metrics.stream_appends
         self._append_bytes = metrics.stream_append_bytes
+        self._stop_task: asyncio.Future[Any] | None = None
+        # The last SSE data event encoded per stream: every reader at that position shares it.
+        self._sse_encoded: dict[str, tuple[tuple[int, int, int, bool], bytes]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Reached straight from the top-level dispatcher (the hot path skips the router), so
@@ -500,22 +505,34 @@ class StreamsEndpoint:
 
     async def _wait(self, name: str, position: int, timeout: float) -> bool:
         """Wait for data past *position*; ends early (as a timeout) when readers are stopped."""
-        stop = self.lifecycle.stop_readers
-        if stop.is_set():
+        stop = self._stopper()
+        if stop.done():
             return False
         waiter = asyncio.ensure_future(self.store.wait(name, position, timeout))
-        stopper = asyncio.ensure_future(stop.wait())
+
+        def stop_waiting(_: object) -> None:
+            waiter.cancel()
+
+        stop.add_done_callback(stop_waiting)
         try:
-            done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            return await waiter
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if stop.done() and not (task is not None and task.cancelling()):
+                return False  # readers were stopped: not our own cancellation
+            raise
+        except Exception:
+            return False  # the caller reads again and meets the error there
         finally:
-            for task in (waiter, stopper):
-                task.cancel()
-        return (
-            waiter in done
-            and not waiter.cancelled()
-            and waiter.exception() is None
-            and waiter.result()
-        )
+            stop.remove_done_callback(stop_waiting)
+            waiter.cancel()
+
+    def _stopper(self) -> asyncio.Future[Any]:
+        """One task for all readers that completes when readers are stopped."""
+        stopper = self._stop_task
+        if stopper is None or stopper.get_loop() is not asyncio.get_running_loop():
+            stopper = self._stop_task = asyncio.ensure_future(self.lifecycle.stop_readers.wait())
+        return stopper
 
     async def sse(self, request: Request, name: str, raw_offset: str) -> SSEResponse:
         info = await self.store.head(name)
@@ -535,6 +552,20 @@ class StreamsEndpoint:
         with _counted(self.metrics.readers.labels("sse")):
             async for chunk in self._sse_loop(request, name, position, binary):
                 yield chunk
+
+    def _sse_data(
+        self, name: str, info: StreamInfo, result: ReadResult, position: int, binary: bool
+    ) -> bytes:
+        """The data event for *result*, encoded once for every reader at the same position."""
+        key = (info.id, position, result.next, binary)
+        cached = self._sse_encoded.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        data = _encode_sse_data(info, result, binary)
+        if len(self._sse_encoded) >= SSE_ENCODED_STREAMS and name not in self._sse_encoded:
+            self._sse_encoded.clear()
+        self._sse_encoded[name] = (key, data)
+        return data
 
     async def _sse_loop(
         self, request: Request, name: str, position: int, binary: bool
@@ -557,28 +588,12 @@ class StreamsEndpoint:
             info = result.info
             data = b""
             if result.units:
-                data = _sse_data(info, result, binary)
+                data = self._sse_data(name, info, result, position, binary)
                 position = result.next
             if result.units or first:
                 client_cursor = cursor.next_cursor(client_cursor)
-                control: dict[str, Any] = {"streamNextOffset": format_offset(position)}
-                if position >= info.tail and info.closed:
-                    # A closed stream has no future to collapse onto: no cursor.
-                    control["streamClosed"] = True
-                else:
-                    control["streamCursor"] = client_cursor
-                if position >= info.tail:
-                    control["upToDate"] = True
                 # One write for the pair: a client never sees data without its control event.
-                # The id is the offset to resume from, for EventSource's Last-Event-ID.
-                yield (
-                    data
-                    + b"event: control\ndata:"
-                    + json.dumps(control).encode()
-                    + b"\nid:"
-                    + control["streamNextOffset"].encode()
-                    + b"\n\n"
-                )
+                yield data + _sse_control(info, position, client_cursor)
                 first = False
             if position >= info.tail:
                 if info.closed:
@@ -609,6 +624,23 @@ def _read_only() -> MethodNotAllowed:
     )
 
 
+def _sse_control(info: StreamInfo, position: int, client_cursor: str) -> bytes:
+    """The control event after the data up to *position*; its id is the offset to resume from,
+    for EventSource's Last-Event-ID.
+
+    Written by hand, as ``json.dumps`` would (offsets and cursors are digits and underscores).
+    """
+    offset = format_offset(position)
+    if position >= info.tail and info.closed:
+        # A closed stream has no future to collapse onto: no cursor.
+        fields = f'{{"streamNextOffset": "{offset}", "streamClosed": true'
+    else:
+        fields = f'{{"streamNextOffset": "{offset}", "streamCursor": "{client_cursor}"'
+    if position >= info.tail:
+        fields += ', "upToDate": true'
+    return f"event: control\ndata:{fields}}}\nid:{offset}\n\n".encode()
+
+
 @contextlib.contextmanager
 def _counted(gauge: Gauge) -> Iterator[None]:
     gauge.inc()
@@ -618,7 +650,7 @@ def _counted(gauge: Gauge) -> Iterator[None]:
         gauge.dec()
 
 
-def _sse_data(info: StreamInfo, result: ReadResult, binary: bool) -> bytes:
+def _encode_sse_data(info: StreamInfo, result: ReadResult, binary: bool) -> bytes:
     if info.is_json:
         payload = b"[" + b",".join(unit.data for unit in result.units) + b"]"
         lines = payload.decode().splitlines() or [""]

@@ -53,6 +53,11 @@ class RecentUnits:
         while len(self._entries) > MAX_STREAMS:
             self._entries.popitem(last=False)
 
+    def info(self, name: str) -> StreamInfo | None:
+        """The stream's metadata as of the last commit in this process, if it is kept."""
+        entry = self._entries.get(name)
+        return None if entry is None else entry.info
+
     def forget(self, name: str | None = None) -> None:
         if name is None:
             self._entries.clear()

@@ -118,6 +118,37 @@ CREATE TABLE IF NOT EXISTS producers (
 """
 
 
+class _Appended:
+    """An append's result as it comes back from the engine. At commit (before readers are
+    woken) it records the new unit in the recent-units cache."""
+
+    __slots__ = ("changed_names", "name", "recent", "result", "spec")
+
+    def __init__(
+        self,
+        recent: RecentUnits,
+        name: str,
+        spec: AppendSpec,
+        result: AppendResult,
+        changed_names: tuple[str, ...],
+    ) -> None:
+        self.recent = recent
+        self.name = name
+        self.spec = spec
+        self.result = result
+        self.changed_names = changed_names
+
+    def on_commit(self) -> None:
+        result = self.result
+        if result.duplicate:
+            return
+        unit = None
+        if self.spec.unit is not None:
+            data, count = self.spec.unit
+            unit = Unit(result.info.tail - len(data), result.info.tail, count, data)
+        self.recent.appended(self.name, result.info, unit)
+
+
 def _path_from_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme != "sqlite":
@@ -190,17 +221,12 @@ class SQLiteStore(Store):
         return result
 
     async def append(self, name: str, spec: AppendSpec) -> AppendResult:
-        changed = await self._write(
-            lambda conn: logic.append(SQLiteTx(conn), name, spec, time.time())
-        )
-        result: AppendResult = changed.value
-        if not result.duplicate:
-            unit = None
-            if spec.unit is not None:
-                data, count = spec.unit
-                unit = Unit(result.info.tail - len(data), result.info.tail, count, data)
-            self.recent.appended(name, result.info, unit)
-        return result
+        def op(conn: sqlite3.Connection) -> _Appended:
+            changed = logic.append(SQLiteTx(conn), name, spec, time.time())
+            return _Appended(self.recent, name, spec, changed.value, changed.changed_names)
+
+        appended = await self._write(op)
+        return appended.result
 
     async def read(self, name: str, position: int, max_bytes: int) -> ReadResult:
         cached = self.recent.read(name, position, max_bytes)
@@ -226,18 +252,24 @@ class SQLiteStore(Store):
 
     async def wait(self, name: str, position: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
+        # First check: what this process committed last, when it is kept (a commit updates it
+        # before waking anyone); after each re-check period: the file, for other processes.
+        info = self.recent.info(name)
         while True:
             # Register before checking, so that a commit after the check still wakes us.
             event = self.notifier.event(name)
-            info = await self.head(name)
+            if info is None:
+                info = await self.head(name)
             if info.tail > position or info.closed:
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             try:
-                await asyncio.wait_for(event.wait(), min(remaining, CROSS_PROCESS_RECHECK))
+                async with asyncio.timeout(min(remaining, CROSS_PROCESS_RECHECK)):
+                    await event.wait()
             except TimeoutError:
+                info = None
                 continue
             return True
 

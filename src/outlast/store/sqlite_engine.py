@@ -104,9 +104,16 @@ def _run_isolated(conn: sqlite3.Connection, group: Group) -> list[Outcome]:
 
 
 def deliver(outcomes: list[Outcome], notifier: Notifier) -> None:
-    """Wake readers of what changed, then resolve the callers' futures (on the loop thread)."""
+    """Wake readers of what changed, then resolve the callers' futures (on the loop thread).
+
+    A result with an ``on_commit()`` method has it called first: the store updates what it
+    keeps in memory before any reader is woken.
+    """
     for future, value, error in outcomes:
         if error is None:
+            on_commit = getattr(value, "on_commit", None)
+            if on_commit is not None:
+                on_commit()
             for name in getattr(value, "changed_names", ()):
                 notifier.changed(name)
         if future.cancelled():
