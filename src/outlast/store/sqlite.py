@@ -256,22 +256,21 @@ class SQLiteStore(Store):
         # before waking anyone); after each re-check period: the file, for other processes.
         info = self.recent.info(name)
         while True:
-            # Register before checking, so that a commit after the check still wakes us.
-            event = self.notifier.event(name)
-            if info is None:
-                info = await self.head(name)
-            if info.tail > position or info.closed:
-                return True
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
+            # Register before checking, so that a commit after the check still wakes us.
+            waiter = self.notifier.waiter(name, min(max(remaining, 0), CROSS_PROCESS_RECHECK))
             try:
-                async with asyncio.timeout(min(remaining, CROSS_PROCESS_RECHECK)):
-                    await event.wait()
-            except TimeoutError:
-                info = None
-                continue
-            return True
+                if info is None:
+                    info = await self.head(name)
+                if info.tail > position or info.closed:
+                    return True
+                if remaining <= 0:
+                    return False
+                if await waiter:
+                    return True
+            finally:
+                waiter.cancel()
+            info = None
 
     # -- jobs -------------------------------------------------------------------------------
 
