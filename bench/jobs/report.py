@@ -208,11 +208,7 @@ def render(data: dict[str, Any]) -> str:
         "within each run, then the median over runs; ↑ higher is better, ↓ lower is better. How "
         "each figure is measured: [`bench/README.md`](../bench/README.md#jobs).",
         "",
-        "```",
-        meta["command"],
-        "```",
-        "",
-        f"- **Date:** {meta['date']}",
+        f"- **Command:** `{meta['command']}`, started {meta['date']}.",
         f"- **Machine:** {machine['cores']} cores ({machine['cpu'] or 'unknown CPU'}), "
         f"{machine['memory_gib']:g} GiB, Linux {machine['kernel']}; Python {machine['python']}; "
         f"Redis {machine.get('redis_version', '?')}. Workers, Redis and load generator share "

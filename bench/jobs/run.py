@@ -36,7 +36,7 @@ from bench.streams.report import median
 from bench.streams.run import Interrupted, _on_sigterm, machine_info, settle
 from bench.streams.targets import REPO
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
 
 PEERS = ["celery", "dramatiq", "rq", "arq", "arq-fast"]
 WORKLOADS = ["enqueue", "noop", "sleep10", "latency"]
@@ -84,8 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--settle",
         type=float,
         default=30.0,
-        help="before each measurement, wait at most this many seconds for other processes to "
-        "leave the CPU (default 30; 0 = do not wait)",
+        help="seconds to wait, at most, for a quiet machine before each measurement "
+        "(default 30; 0: measure at once)",
     )
     p.add_argument("--keep", action="store_true", help="keep the targets' temp dirs and logs")
     p.add_argument(
@@ -119,10 +119,8 @@ def choose_targets(args: argparse.Namespace, console: Console) -> list[str]:
 
 
 def command_line(argv: list[str] | None) -> str:
-    args = sys.argv[1:] if argv is None else argv
-    if __package__ in (None, ""):
-        return shlex.join(["python", "bench/jobs/run.py", *args])
-    return shlex.join(["python", "-m", "bench.jobs", *args])
+    """The command as the report prints it (`python bench/jobs/run.py` runs the same)."""
+    return shlex.join(["python", "-m", "bench.jobs", *(sys.argv[1:] if argv is None else argv)])
 
 
 def expected_seconds(key: str, cfg: Config) -> float:
@@ -238,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     started_at = dt.datetime.now(dt.UTC)
     stamp = started_at.strftime("%Y-%m-%dT%H%M")
-    json_path = Path(args.json_path or REPO / "bench" / "results" / f"jobs-{stamp}.json")
+    json_path = Path(args.json_path or REPO / "bench" / "results" / f"jobs-{stamp}.json").absolute()
     logdir = Path(tempfile.mkdtemp(prefix="outlast-bench-jobs-"))
     machine = machine_info()
     meta: dict[str, Any] = {
@@ -246,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": started_at.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine,
         "config": {"runs": args.runs, "workloads": args.workloads, **cfg.__dict__},
-        "json": str(json_path.resolve().relative_to(REPO))
-        if json_path.resolve().is_relative_to(REPO)
+        "json": os.path.relpath(json_path, REPO)
+        if json_path.is_relative_to(REPO)
         else str(json_path),
     }
     target_info = {
@@ -267,12 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     per_run = sum(expected_seconds(k, cfg) + 2 for k in args.workloads) * len(names)
     progress = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        console=console,
+        SpinnerColumn(), *Progress.get_default_columns()[:3], TimeElapsedColumn(), console=console
     )
     redis: RedisServer | None = None
     slot: Slot | None = None
@@ -334,8 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(data, indent=2) + "\n")
     section = report.render(data)
-    print()
-    print(section, flush=True)
+    console.print("\n" + section, markup=False, highlight=False, soft_wrap=True)
     write_out(args, console, section, json_path)
     if failed:
         console.print(f"[red]some measurements failed: see {json_path} and the logs in {logdir}")

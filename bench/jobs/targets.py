@@ -63,20 +63,9 @@ class TargetSpec:
 
 def _outlast(slot: Slot) -> list[list[str]]:
     assert slot.spec.outlast_store is not None
-    argv = [
-        sys.executable,
-        "-m",
-        "outlast",
-        "serve",
-        "--host",
-        HOST,
-        "--port",
-        str(slot.port),
-        "--store",
-        slot.spec.outlast_store(slot),
-        "--app",
-        "bench.jobs.outlast_tasks:app",
-    ]
+    # The streams benchmark's `outlast serve` command line, with the tasks (and workers or not).
+    argv = stargets.outlast_command(None)(slot.port, slot.workdir, slot.spec.outlast_store(slot))
+    argv += ["--app", "bench.jobs.outlast_tasks:app"]
     return [argv + ([] if slot.with_workers else ["--no-workers"])]
 
 
