@@ -130,6 +130,7 @@ class AccessLog:
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.logger = logger or logging.getLogger(ACCESS_LOGGER)
+        self._logger_name = _json_str(self.logger.name)
         self._second = -1
         self._prefix = ""
 
@@ -172,21 +173,22 @@ class AccessLog:
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        line = {
-            "ts": f"{self._prefix}.{int((now - second) * 1000):03d}Z",
-            "level": "info",
-            "logger": self.logger.name,
-            "msg": "request",
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": round(seconds * 1000, 3),
-            "bytes": sent,
-        }
         job_id = job_id or job_id_of(path)
-        if job_id is not None:
-            line["job_id"] = job_id
-        return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+        # Plain strings (the usual case) are written as they are; others through orjson, which
+        # escapes them. The result is what orjson.dumps would make of the same dict.
+        job = "" if job_id is None else f',"job_id":{_json_str(job_id)}'
+        return (
+            f'{{"ts":"{self._prefix}.{int((now - second) * 1000):03d}Z","level":"info",'
+            f'"logger":{self._logger_name},"msg":"request","method":{_json_str(method)},'
+            f'"path":{_json_str(path)},"status":{status},'
+            f'"duration_ms":{round(seconds * 1000, 3)!r},"bytes":{sent}{job}}}\n'
+        ).encode()
+
+
+def _json_str(value: str) -> str:
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return orjson.dumps(value).decode()
 
 
 def job_id_of(path: str) -> str | None:

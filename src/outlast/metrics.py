@@ -269,6 +269,8 @@ class MetricsMiddleware:
         access_log = self.access_log
         if access_log is not None and not access_log.enabled():
             access_log = None
+        # Only job routes answer with an Outlast-Job-Id header (a job stream's id is its path).
+        job_header = access_log is not None and not scope["path"].startswith("/v1/stream/")
         status = 500
         sent = 0
         job_id: str | None = None
@@ -278,7 +280,7 @@ class MetricsMiddleware:
             nonlocal status, sent, job_id
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if access_log is not None:
+                if job_header:
                     job_id = _job_id_header(message)
             elif access_log is not None:
                 sent += len(message.get("body", b""))
