@@ -1,0 +1,373 @@
+"""Relay benchmark: the fake SSE upstream read directly against the same upstream read through
+outlast's relay (SQLite, and Redis when the store exists).
+
+    python -m bench.relay [--runs 3] [--duration 10] [--rate 10] [--targets ...] [--pool-fix]
+
+Each run starts the fake upstream and every target on free 127.0.0.1 ports, measures per-event
+latency directly and through each target at 1, 100 and 1,000 concurrent streams and the
+events/s ceiling, then restarts each target fresh for memory per running relay and per idle
+reader and the 1,000 relays + 10,000 readers run. Medians go into the Relay section of
+docs/benchmarks.md, raw results into bench/results/relay-<date>.json. Every process it started
+is stopped on the way out, Ctrl-C and SIGTERM included. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python bench/relay/run.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.relay import report, workloads
+from bench.relay.workloads import POOL_FIX, Config, Upstream
+from bench.streams import targets
+from bench.streams.run import Interrupted, _on_sigterm, machine_info, settle
+from bench.streams.targets import REPO, Server
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+Step = Callable[[Callable[[float], None], Callable[[str], None]], dict[str, Any]]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=int, default=3, help="runs; figures are medians (default 3)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of events per stream")
+    p.add_argument("--rate", type=float, default=10.0, help="events/s per stream (default 10)")
+    p.add_argument("--levels", default="1,100,1000", help="concurrent streams (default 1,100,1000)")
+    p.add_argument("--ceiling-streams", type=int, default=100)
+    p.add_argument("--ceiling-events", type=int, default=1000, help="events per ceiling stream")
+    p.add_argument("--relays", type=int, default=1000, help="relays of the scale run")
+    p.add_argument("--readers-per-relay", type=int, default=10)
+    p.add_argument("--scale-events", type=int, default=20, help="events per relay, scale run")
+    p.add_argument("--scale-rate", type=float, default=2.0, help="events/s per relay, scale run")
+    p.add_argument("--targets", help="comma-separated: outlast-sqlite, outlast-redis, " + POOL_FIX)
+    p.add_argument(
+        "--pool-fix",
+        action="store_true",
+        help=f"add {POOL_FIX}: the proposed upstream-pool fix, as a labelled what-if",
+    )
+    p.add_argument("--no-scale", action="store_true", help="skip memory and the scale run")
+    p.add_argument("--outlast-cmd", help="command template for outlast ({host} {port} {store})")
+    p.add_argument("--out", help="markdown file (default docs/benchmarks.md); 'none' to skip")
+    p.add_argument("--json", dest="json_path", help="raw results (default bench/results/relay-*)")
+    p.add_argument("--settle", type=float, default=30.0, help="max seconds to wait for quiet")
+    p.add_argument("--keep", action="store_true", help="keep temp dirs and logs")
+    args = p.parse_args(argv)
+    args.levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
+    if args.runs < 1 or args.duration <= 0 or args.rate <= 0 or not args.levels:
+        p.error("--runs, --duration, --rate and --levels must be positive")
+    return args
+
+
+def choose_targets(args: argparse.Namespace, console: Console) -> list[str]:
+    if args.targets:
+        names = [t.strip() for t in args.targets.split(",") if t.strip()]
+    else:
+        names = ["outlast-sqlite"]
+        if workloads.has_redis_store() and shutil.which("redis-server"):
+            names.append("outlast-redis")
+        else:
+            console.print(
+                "[yellow]no outlast.store.redis or no redis-server: outlast-redis skipped"
+            )
+        if args.pool_fix:
+            names.append(POOL_FIX)
+    known = ("outlast-sqlite", "outlast-redis", POOL_FIX)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown target(s): {', '.join(unknown)}; known: {', '.join(known)}")
+    return names
+
+
+def command_line(argv: list[str] | None) -> str:
+    args = sys.argv[1:] if argv is None else argv
+    return shlex.join(["python", "-m", "bench.relay", *args])
+
+
+def raise_fd_limit() -> int:
+    """10,000 readers and 1,000 relays are sockets: take the hard limit (children inherit it)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+class Harness:
+    """The run loop's state: the progress display, the processes to stop, the results."""
+
+    def __init__(self, args: argparse.Namespace, names: list[str], console: Console) -> None:
+        self.args, self.names, self.console = args, names, console
+        self.cfg = Config(
+            levels=args.levels,
+            rate=args.rate,
+            duration=args.duration,
+            ceiling_streams=args.ceiling_streams,
+            ceiling_events=args.ceiling_events,
+            relays=args.relays,
+            readers_per_relay=args.readers_per_relay,
+            scale_events=args.scale_events,
+            scale_rate=args.scale_rate,
+        )
+        self.logdir = Path(tempfile.mkdtemp(prefix="outlast-bench-relay-"))
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.upstream: Upstream | None = None
+        self.servers: dict[str, Server] = {}
+        self.versions: dict[str, str] = {}
+        self.failed = False
+        self.overall: Any = None
+
+    def plan(self) -> int:
+        per_run = len(self.cfg.levels) * (1 + len(self.names)) + 1 + len(self.names)
+        return self.args.runs * (per_run + (0 if self.args.no_scale else len(self.names)))
+
+    def step(self, where: str, desc: str, work: Step) -> dict[str, Any]:
+        """One measurement: settle, run, record an exception as the result, show a headline."""
+        task = self.progress.add_task(f"{where} · {desc}", total=None)
+
+        def show(text: str) -> None:
+            self.progress.update(task, description=f"{where} · {desc} · {text}")
+
+        busy, waited = settle(self.args.settle, show)
+        try:
+            result = work(lambda s: None, show)
+        except Exception as exc:  # one failed measurement: record, go on
+            self.failed = True
+            result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        result["machine_busy_before"], result["settle_seconds"] = busy, waited
+        self.progress.remove_task(task)
+        self.progress.advance(self.overall)
+        self.progress.console.print(f"{where} · {desc} · {headline(result)}", soft_wrap=True)
+        return result
+
+    def start_targets(self, upstream: Upstream, names: list[str]) -> None:
+        specs = workloads.specs(upstream, self.args.outlast_cmd)
+        for name in names:
+            task = self.progress.add_task(f"starting {name}", total=None)
+            try:
+                self.servers[name] = workloads.start(specs[name], self.args.keep)
+                self.versions[name] = self.servers[name].version
+            except Exception as exc:  # recorded as this target's results
+                self.failed = True
+                self.progress.console.print(f"[red]{name} could not start: {exc}", soft_wrap=True)
+            self.progress.remove_task(task)
+
+    def stop_targets(self, run_log: dict[str, Any]) -> None:
+        while self.servers:
+            name, server = self.servers.popitem()
+            run_log[name] = workloads.server_log_problems(server)
+            alive = server.alive()
+            targets.stop(server, keep=self.args.keep or not alive)
+            if not alive:
+                self.progress.console.print(f"[red]{name} died; log kept in {server.workdir}")
+
+    def stop_all(self) -> None:
+        while self.servers:
+            targets.stop(self.servers.popitem()[1], keep=self.args.keep)
+        if self.upstream is not None:
+            workloads.stop_upstream(self.upstream, keep=self.args.keep)
+            self.upstream = None
+
+    def one_run(self, run: int) -> dict[str, Any]:
+        cfg, log = self.cfg, self.logdir / "loadgen.log"
+        results: dict[str, Any] = {"latency": {}, "ceiling": {}, "scale": {}, "server_log": {}}
+        self.upstream = upstream = workloads.start_upstream()
+        where = f"run {run}/{self.args.runs}"
+        # Rotate the order of the targets run by run, so that none always goes first.
+        names = (
+            self.names[(run - 1) % len(self.names) :] + self.names[: (run - 1) % len(self.names)]
+        )
+        self.start_targets(upstream, names)
+
+        def missing(name: str) -> dict[str, Any]:
+            return {"error": f"{name} is not running"}
+
+        for n in cfg.levels:
+            per: dict[str, Any] = {}
+            results["latency"][str(n)] = per
+            per["direct"] = self.step(
+                where,
+                f"direct · {n:,} streams",
+                lambda t, s, n=n: workloads.latency("direct", n, cfg, upstream, None, t, log, s),
+            )
+            for name in names:
+                server = self.servers.get(name)
+                per[name] = (
+                    missing(name)
+                    if server is None
+                    else self.step(
+                        where,
+                        f"{name} · {n:,} streams",
+                        lambda t, s, n=n, sv=server: workloads.latency(
+                            "relay", n, cfg, upstream, sv, t, log, s
+                        ),
+                    )
+                )
+        results["ceiling"]["direct"] = self.step(
+            where,
+            "direct · ceiling",
+            lambda t, s: workloads.ceiling("direct", cfg, upstream, None, t, log, s),
+        )
+        for name in names:
+            server = self.servers.get(name)
+            results["ceiling"][name] = (
+                missing(name)
+                if server is None
+                else self.step(
+                    where,
+                    f"{name} · ceiling",
+                    lambda t, s, sv=server: workloads.ceiling(
+                        "relay", cfg, upstream, sv, t, log, s
+                    ),
+                )
+            )
+        self.stop_targets(results["server_log"])
+        if not self.args.no_scale:
+            # Memory is measured on a fresh server: one that ran the phases above keeps their
+            # freed memory for reuse, and a delta on top of it would read too low.
+            for name in names:
+                self.start_targets(upstream, [name])
+                server = self.servers.get(name)
+                results["scale"][name] = (
+                    missing(name)
+                    if server is None
+                    else self.step(
+                        where,
+                        f"{name} · {cfg.relays:,} relays × {cfg.readers_per_relay} readers",
+                        lambda t, s, sv=server: workloads.scale(cfg, upstream, sv, t, log, s),
+                    )
+                )
+                scale_log: dict[str, Any] = {}
+                self.stop_targets(scale_log)
+                results["server_log"][f"{name} (scale)"] = scale_log.get(name, {})
+        workloads.stop_upstream(upstream, keep=self.args.keep)
+        self.upstream = None
+        return results
+
+
+def headline(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"[red]failed: {r['error'].splitlines()[0][:150]}"
+    errors = report.errors_of(r)
+    flag = f" [red]{errors} error(s)" if errors else ""
+    if "per_reader_bytes" in r:
+        flow = r["flow"]["latency_ms"]
+        return (
+            f"{r['per_relay_bytes'] / 1024:,.1f} KiB/relay, {r['per_reader_bytes'] / 1024:,.1f} "
+            f"KiB/reader, flow p50 {flow['p50']:,.1f} p99 {flow['p99']:,.1f} ms{flag}"
+        )
+    lat = r["latency_ms"]
+    return (
+        f"{r['events_per_s']:,.0f} events/s, p50 {lat['p50']:,.2f} p99 {lat['p99']:,.2f} ms "
+        f"(server {r['server_cpu'] * 100:.0f} %, other {r['other_cpu'] * 100:.0f} % CPU){flag}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console()
+    names = choose_targets(args, console)
+    fd_limit = raise_fd_limit()
+    # The children run `-m bench.relay.*` whatever the caller's working directory.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])
+    )
+    started = dt.datetime.now(dt.UTC)
+    json_path = Path(
+        args.json_path or REPO / "bench" / "results" / f"relay-{started:%Y-%m-%dT%H%M}.json"
+    )
+    harness = Harness(args, names, console)
+    cfg = harness.cfg
+    meta: dict[str, Any] = {
+        "command": command_line(argv),
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(),
+        "fd_limit": fd_limit,
+        "config": {
+            "runs": args.runs,
+            "levels": list(cfg.levels),
+            "rate": cfg.rate,
+            "duration": cfg.duration,
+            "ceiling_streams": cfg.ceiling_streams,
+            "ceiling_events": cfg.ceiling_events,
+            "relays": cfg.relays,
+            "readers_per_relay": cfg.readers_per_relay,
+            "scale_events": cfg.scale_events,
+            "scale_rate": cfg.scale_rate,
+            "queue_concurrency": workloads.CONCURRENCY,
+        },
+        "json": str(json_path.resolve().relative_to(REPO))
+        if json_path.resolve().is_relative_to(REPO)
+        else str(json_path),
+    }
+    m = meta["machine"]
+    m["summary"] = (
+        f"{m['cores']} cores ({m['cpu'] or 'unknown CPU'}), {m['memory_gib']:g} GiB, "
+        f"Linux {m['kernel']}; Python {m['python']}"
+    )
+    console.print(
+        f"[bold]relay benchmark[/]: {', '.join(names)} · {args.runs} run(s) · streams "
+        f"{', '.join(map(str, cfg.levels))} at {cfg.rate:g} events/s · logs in {harness.logdir}"
+    )
+    runs: list[dict[str, Any]] = []
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        with harness.progress:
+            harness.overall = harness.progress.add_task("[bold]all", total=harness.plan())
+            for run in range(1, args.runs + 1):
+                runs.append(harness.one_run(run))
+    except (KeyboardInterrupt, Interrupted):
+        console.print("[yellow]interrupted: every process stopped, nothing written")
+        return 130
+    finally:
+        harness.stop_all()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    data: dict[str, Any] = {
+        "meta": meta,
+        "names": names,
+        "labels": {**{n: workloads.specs_label(n) for n in names}, "direct": "direct"},
+        "versions": harness.versions,
+        "runs": runs,
+        "summary": report.summarize(runs, list(cfg.levels), names),
+        "cpu": report.cpu_rows(runs, list(cfg.levels), names),
+        "problems": report.problems(runs),
+    }
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(data, indent=2) + "\n")
+    section = report.render(data)
+    print()
+    print(section, flush=True)
+    if (args.out or "").lower() != "none":
+        out = Path(args.out) if args.out else REPO / "docs" / "benchmarks.md"
+        report.write_section(out, section)
+        console.print(f"wrote {out} (section 'Relay') and {json_path}")
+    else:
+        console.print(f"wrote {json_path}")
+    if harness.failed or args.keep:
+        console.print(f"logs kept in {harness.logdir}")
+    else:
+        shutil.rmtree(harness.logdir, ignore_errors=True)
+    return 1 if harness.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

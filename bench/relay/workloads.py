@@ -1,0 +1,274 @@
+"""The relay benchmark's pieces as seen from the harness: the fake upstream's process, the
+outlast targets configured for it, and one function per workload, each running the load
+generator (``bench/relay/loadgen.py``) as a child process and returning its JSON result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from bench.streams import targets
+from bench.streams.targets import HOST, Server, TargetSpec
+from bench.streams.workloads import Tick, run_child
+
+SUBPROCESS_GRACE = 600.0  # seconds a load generator may run past its nominal duration
+# Relays the queue may run at once: more than any workload starts, so that the queue is never
+# what limits them (SPEC: "queue concurrency must allow N relays at once").
+CONCURRENCY = 5000
+CAPACITY = 50_000
+
+
+@dataclass(frozen=True)
+class Config:
+    levels: tuple[int, ...] = (1, 100, 1000)  # concurrent streams of the latency workload
+    rate: float = 10.0  # events/s per stream in the latency workload
+    duration: float = 10.0  # seconds of events per stream (latency, ceiling)
+    ceiling_streams: int = 100
+    ceiling_events: int = 1000  # events per stream of the ceiling, sent unthrottled
+    relays: int = 1000  # the scale workload: relays held open
+    readers_per_relay: int = 10  # ... and idle readers on each
+    scale_events: int = 20  # events per relay once the gate opens
+    scale_rate: float = 2.0  # events/s per relay then
+
+
+# ------------------------------------------------------------------------------ the upstream
+
+
+@dataclass
+class Upstream:
+    proc: subprocess.Popen[bytes]
+    port: int
+    workdir: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def pids(self) -> list[int]:
+        return targets.process_tree(self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def start_upstream() -> Upstream:
+    workdir = Path(tempfile.mkdtemp(prefix="outlast-bench-upstream-"))
+    port = targets.free_port()
+    argv = [sys.executable, "-m", "bench.relay.upstream", "--port", str(port)]
+    proc = targets.spawn(
+        argv, workdir, workdir / "upstream.log", targets.clean_env({}), targets.REPO
+    )
+    upstream = Upstream(proc, port, workdir)
+    deadline = time.monotonic() + targets.START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"the fake upstream exited: {(workdir / 'upstream.log').read_text()}"
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(f"{upstream.base}/control/stats", timeout=1.0).raise_for_status()
+            return upstream
+        time.sleep(0.05)
+    stop_upstream(upstream)
+    raise RuntimeError("the fake upstream did not answer")
+
+
+def stop_upstream(upstream: Upstream, keep: bool = False) -> None:
+    targets.kill_group(upstream.proc)
+    if not keep:
+        shutil.rmtree(upstream.workdir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ the targets
+
+POOL_FIX = "outlast-sqlite-pool-fix"
+LABELS = {
+    "outlast-sqlite": "outlast (SQLite)",
+    "outlast-redis": "outlast (Redis)",
+    POOL_FIX: "outlast (SQLite), what-if: unbounded upstream pool",
+}
+
+
+def specs_label(name: str) -> str:
+    return LABELS.get(name, name)
+
+
+def has_redis_store() -> bool:
+    return importlib.util.find_spec("outlast.store.redis") is not None
+
+
+def specs(upstream: Upstream, outlast_cmd: str | None = None) -> dict[str, TargetSpec]:
+    """outlast-sqlite and outlast-redis from the streams bench, configured for the upstream;
+    plus the labelled what-if target running the proposed upstream-pool fix."""
+    env = {
+        "OUTLAST_UPSTREAMS__BENCH__URL": upstream.base,
+        "OUTLAST_UPSTREAMS__BENCH__ALLOW_PRIVATE": "true",
+        "OUTLAST_QUEUES__DEFAULT__CONCURRENCY": str(CONCURRENCY),
+        "OUTLAST_QUEUES__DEFAULT__CAPACITY": str(CAPACITY),
+    }
+    base = targets.specs(outlast_cmd)
+    fix = shlex.join([sys.executable, "-m", "bench.relay.pool_fix"])
+    out = {
+        name: dataclasses.replace(base[name], env=env)
+        for name in ("outlast-sqlite", "outlast-redis")
+    }
+    out[POOL_FIX] = dataclasses.replace(
+        base["outlast-sqlite"],
+        name=POOL_FIX,
+        label=LABELS[POOL_FIX],
+        argv=targets.outlast_command(fix + " serve --host {host} --port {port} --store {store}"),
+        env=env,
+        custom_command=False,
+    )
+    return out
+
+
+def start(spec: TargetSpec, keep: bool) -> Server:
+    try:
+        return targets.start(spec, keep=keep)
+    except RuntimeError:  # once more: a first start can trip on a cold disk
+        time.sleep(2)
+        return targets.start(spec, keep=keep)
+
+
+# ------------------------------------------------------------------------------ workloads
+
+
+def loadgen(
+    spec: dict[str, Any], limit: float, tick: Tick, log: Path, show: Callable[[str], None]
+) -> dict[str, Any]:
+    """Run the load generator on *spec*; its progress lines go to *show*."""
+    with tempfile.NamedTemporaryFile("r", suffix=".progress") as progress:
+        spec = {**spec, "limit": limit, "progress": progress.name}
+
+        def on_tick(elapsed: float) -> None:
+            tick(elapsed)
+            lines = progress.read().splitlines()
+            if lines:
+                show(lines[-1])
+
+        argv = [sys.executable, "-m", "bench.relay.loadgen", json.dumps(spec)]
+        out = run_child(argv, limit + 30, on_tick, log)
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def _pids(server: Server | None, upstream: Upstream) -> dict[str, Any]:
+    return {"pids": server.pids() if server else [], "upstream_pids": upstream.pids()}
+
+
+def latency(
+    mode: str,
+    streams: int,
+    cfg: Config,
+    upstream: Upstream,
+    server: Server | None,
+    tick: Tick,
+    log: Path,
+    show: Callable[[str], None],
+) -> dict[str, Any]:
+    """N streams at cfg.rate events/s for cfg.duration s, read directly or through a relay."""
+    spec = {
+        "op": "streams",
+        "mode": mode,
+        "upstream": upstream.base,
+        "server": server.base if server else "",
+        "streams": streams,
+        "events": max(1, round(cfg.rate * cfg.duration)),
+        "rate": cfg.rate,
+        **_pids(server, upstream),
+    }
+    return loadgen(spec, cfg.duration * 4 + SUBPROCESS_GRACE, tick, log, show)
+
+
+def ceiling(
+    mode: str,
+    cfg: Config,
+    upstream: Upstream,
+    server: Server | None,
+    tick: Tick,
+    log: Path,
+    show: Callable[[str], None],
+) -> dict[str, Any]:
+    """cfg.ceiling_streams streams of cfg.ceiling_events events each, unthrottled, one reader
+    each: events/s from the go until the last delivery. A count rather than a time: the relay
+    reads up to 16 MiB ahead of its store, so an upstream sending for a fixed time would leave
+    a backlog of unknown length behind it."""
+    spec = {
+        "op": "streams",
+        "mode": mode,
+        "upstream": upstream.base,
+        "server": server.base if server else "",
+        "streams": cfg.ceiling_streams,
+        "events": cfg.ceiling_events,
+        "rate": 0.0,
+        **_pids(server, upstream),
+    }
+    return loadgen(spec, cfg.duration * 10 + SUBPROCESS_GRACE, tick, log, show)
+
+
+def scale(
+    cfg: Config,
+    upstream: Upstream,
+    server: Server,
+    tick: Tick,
+    log: Path,
+    show: Callable[[str], None],
+) -> dict[str, Any]:
+    """Memory per running relay and per idle reader; then the flow with every reader on."""
+    spec = {
+        "op": "scale",
+        "upstream": upstream.base,
+        "server": server.base,
+        "relays": cfg.relays,
+        "readers_per_relay": cfg.readers_per_relay,
+        "events": cfg.scale_events,
+        "rate": cfg.scale_rate,
+        "outlast_pids": targets.process_tree(server.proc.pid),
+        "redis_pids": targets.process_tree(server.redis.pid) if server.redis else [],
+        **_pids(server, upstream),
+    }
+    expected = cfg.scale_events / cfg.scale_rate
+    return loadgen(spec, expected * 4 + SUBPROCESS_GRACE + 600, tick, log, show)
+
+
+def server_log_problems(server: Server, limit: int = 5) -> dict[str, Any]:
+    """Warnings and errors in the server's log (JSON lines), counted by message."""
+    counts: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in server.log.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                if "Traceback" in line or "Error" in line:
+                    counts[line.strip()[:160]] = counts.get(line.strip()[:160], 0) + 1
+                continue
+            if isinstance(entry, dict) and entry.get("level") in ("warning", "error", "critical"):
+                msg = str(entry.get("msg", ""))
+                if "no auth tokens configured" in msg:
+                    continue
+                key = f"{entry['level']}: {_shape(msg)}"
+                counts[key] = counts.get(key, 0) + 1
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    return {"total": sum(counts.values()), "top": dict(top)}
+
+
+def _shape(message: str) -> str:
+    """A log message with its job ids and numbers taken out, so that alike lines group."""
+    message = re.sub(r"job_[0-9a-z]+", "<job>", message)
+    return re.sub(r"\d+(\.\d+)?", "N", message)[:160]
