@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", dest="json_path", help="raw results (default bench/results/relay-*)")
     p.add_argument("--settle", type=float, default=30.0, help="max seconds to wait for quiet")
     p.add_argument("--keep", action="store_true", help="keep temp dirs and logs")
+    p.add_argument("--render", metavar="JSON", help="write the section from raw results; no runs")
     args = p.parse_args(argv)
     args.levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
     if args.runs < 1 or args.duration <= 0 or args.rate <= 0 or not args.levels:
@@ -281,9 +282,27 @@ def headline(r: dict[str, Any]) -> str:
     )
 
 
+def finish(data: dict[str, Any], out: str | None, console: Console) -> None:
+    """(Re)compute the summary from the raw runs, print the section and write it."""
+    levels, names = data["meta"]["config"]["levels"], data["names"]
+    data["summary"] = report.summarize(data["runs"], levels, names)
+    data["cpu"] = report.cpu_rows(data["runs"], levels, names)
+    data["problems"] = report.problems(data["runs"])
+    section = report.render(data)
+    print()
+    print(section, flush=True)
+    if (out or "").lower() != "none":
+        path = Path(out) if out else REPO / "docs" / "benchmarks.md"
+        report.write_section(path, section)
+        console.print(f"wrote {path} (section 'Relay')")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console()
+    if args.render:
+        finish(json.loads(Path(args.render).read_text()), args.out, console)
+        return 0
     names = choose_targets(args, console)
     fd_limit = raise_fd_limit()
     # The children run `-m bench.relay.*` whatever the caller's working directory.
@@ -347,21 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         "labels": {**{n: workloads.specs_label(n) for n in names}, "direct": "direct"},
         "versions": harness.versions,
         "runs": runs,
-        "summary": report.summarize(runs, list(cfg.levels), names),
-        "cpu": report.cpu_rows(runs, list(cfg.levels), names),
-        "problems": report.problems(runs),
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(data, indent=2) + "\n")  # raw first: a report bug loses nothing
+    finish(data, args.out, console)  # adds the summary, written into the JSON too
     json_path.write_text(json.dumps(data, indent=2) + "\n")
-    section = report.render(data)
-    print()
-    print(section, flush=True)
-    if (args.out or "").lower() != "none":
-        out = Path(args.out) if args.out else REPO / "docs" / "benchmarks.md"
-        report.write_section(out, section)
-        console.print(f"wrote {out} (section 'Relay') and {json_path}")
-    else:
-        console.print(f"wrote {json_path}")
+    console.print(f"wrote {json_path}")
     if harness.failed or args.keep:
         console.print(f"logs kept in {harness.logdir}")
     else:
