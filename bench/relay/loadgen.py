@@ -217,6 +217,7 @@ class Bench:
         self.progress_path: str | None = spec.get("progress")
         self.session: aiohttp.ClientSession | None = None
         self.gates = 0
+        self.waiting = 0  # streams at the last gate waited for
 
     def note(self, text: str) -> None:
         if self.progress_path:
@@ -244,7 +245,7 @@ class Bench:
         deadline = time.monotonic() + limit
         last = -1
         while True:
-            waiting = (await self.gate_stats(gate))["waiting"]
+            waiting = self.waiting = (await self.gate_stats(gate))["waiting"]
             if waiting >= streams:
                 return
             if waiting != last:
@@ -499,7 +500,12 @@ async def op_scale(bench: Bench) -> dict[str, Any]:
 
     async def sample(name: str) -> None:
         await asyncio.sleep(SETTLE)
-        samples[name] = {"outlast": rss(outlast), "redis": rss(redis), "at": time.monotonic()}
+        samples[name] = {
+            "outlast": rss(outlast),
+            "redis": rss(redis),
+            "at": time.monotonic(),
+            "relays_at_upstream": bench.waiting,
+        }
         bench.note(f"RSS {name}: {samples[name]['outlast'] / 2**20:,.1f} MiB")
 
     # Warm-up: code paths loaded, pools and caches grown, before the first sample.
@@ -519,6 +525,8 @@ async def op_scale(bench: Bench) -> dict[str, Any]:
     idle, run, read = samples["idle"], samples["relays"], samples["readers"]
     return {
         "relays": relays,
+        # Memory per relay means something only when every relay was running at the upstream.
+        "relays_at_upstream": run["relays_at_upstream"],
         "readers": relays * per_relay,
         "rss": samples,
         "peak_rss": peak_rss(outlast),

@@ -97,7 +97,14 @@ def summarize(runs: Runs, levels: list[int], names: list[str]) -> Result:
     for name in names:
 
         def sc(key: str, name: str = name) -> Callable[[dict[str, Any]], Any]:
-            return lambda run: run["scale"][name][key] if ok(run["scale"].get(name)) else None
+            def get(run: dict[str, Any]) -> Any:
+                r = run["scale"].get(name)
+                # Memory of N relays is only that when all N reached the upstream.
+                if not ok(r) or r.get("relays_at_upstream", r["relays"]) < r["relays"]:
+                    return None
+                return r[key]
+
+            return get
 
         def flow_lat(pct: str, name: str = name) -> Callable[[dict[str, Any]], Any]:
             return lambda run: run["scale"][name]["flow"]["latency_ms"][pct]
@@ -122,6 +129,9 @@ def summarize(runs: Runs, levels: list[int], names: list[str]) -> Result:
             "per_reader_bytes": _median_of(runs, sc("per_reader_bytes")),
             "peak_rss": _median_of(runs, sc("peak_rss")),
             "scale_errors": [errors_of(r["scale"].get(name)) for r in runs],
+            "scale_at_upstream": [
+                (r["scale"].get(name) or {}).get("relays_at_upstream") for r in runs
+            ],
             "scale_p50": _median_of(runs, flow_lat("p50")),
             "scale_p99": _median_of(runs, flow_lat("p99")),
         }
@@ -289,6 +299,11 @@ def render(data: Result) -> str:
         f"events/s ceiling ({cfg['ceiling_streams']} streams unthrottled)",
         _rate(summary["direct"]["ceiling_events_per_s"]),
         lambda s: _rate(s["ceiling_events_per_s"]),
+    )
+    row(
+        f"{cfg['relays']:,} relays started: how many reached the upstream, per run",
+        "",
+        lambda s: ", ".join("—" if x is None else f"{x:,}" for x in s["scale_at_upstream"]),
     )
     row("memory per running relay (outlast RSS)", "", lambda s: _kib(s["per_relay_bytes"]))
     if any(t[n]["per_relay_redis_bytes"] for n in names):

@@ -201,6 +201,25 @@ class Harness:
         def missing(name: str) -> dict[str, Any]:
             return {"error": f"{name} is not running"}
 
+        # The ceiling first: a level that fails (1,000 relays) may leave a server unable to relay.
+        results["ceiling"]["direct"] = self.step(
+            where,
+            "direct · ceiling",
+            lambda t, s: workloads.ceiling("direct", cfg, upstream, None, t, log, s),
+        )
+        for name in names:
+            server = self.servers.get(name)
+            results["ceiling"][name] = (
+                missing(name)
+                if server is None
+                else self.step(
+                    where,
+                    f"{name} · ceiling",
+                    lambda t, s, sv=server: workloads.ceiling(
+                        "relay", cfg, upstream, sv, t, log, s
+                    ),
+                )
+            )
         for n in cfg.levels:
             per: dict[str, Any] = {}
             results["latency"][str(n)] = per
@@ -222,24 +241,6 @@ class Harness:
                         ),
                     )
                 )
-        results["ceiling"]["direct"] = self.step(
-            where,
-            "direct · ceiling",
-            lambda t, s: workloads.ceiling("direct", cfg, upstream, None, t, log, s),
-        )
-        for name in names:
-            server = self.servers.get(name)
-            results["ceiling"][name] = (
-                missing(name)
-                if server is None
-                else self.step(
-                    where,
-                    f"{name} · ceiling",
-                    lambda t, s, sv=server: workloads.ceiling(
-                        "relay", cfg, upstream, sv, t, log, s
-                    ),
-                )
-            )
         self.stop_targets(results["server_log"])
         if not self.args.no_scale:
             # Memory is measured on a fresh server: one that ran the phases above keeps their
