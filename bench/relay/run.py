@@ -348,12 +348,29 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(map(str, cfg.levels))} at {cfg.rate:g} events/s · logs in {harness.logdir}"
     )
     runs: list[dict[str, Any]] = []
+    labels = {**{n: workloads.specs_label(n) for n in names}, "direct": "direct"}
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         with harness.progress:
             harness.overall = harness.progress.add_task("[bold]all", total=harness.plan())
             for run in range(1, args.runs + 1):
                 runs.append(harness.one_run(run))
+                # Raw results so far, after every run: an interrupted run can still be rendered.
+                partial = {**meta, "partial": f"{run} of {args.runs} runs"}
+                json_path.parent.mkdir(parents=True, exist_ok=True)
+                json_path.write_text(
+                    json.dumps(
+                        {
+                            "meta": partial,
+                            "names": names,
+                            "labels": labels,
+                            "runs": runs,
+                            "versions": harness.versions,
+                        },
+                        indent=2,
+                    )
+                    + "\n"
+                )
     except (KeyboardInterrupt, Interrupted):
         console.print("[yellow]interrupted: every process stopped, nothing written")
         return 130
@@ -364,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     data: dict[str, Any] = {
         "meta": meta,
         "names": names,
-        "labels": {**{n: workloads.specs_label(n) for n in names}, "direct": "direct"},
+        "labels": labels,
         "versions": harness.versions,
         "runs": runs,
     }
