@@ -231,6 +231,8 @@ def render(data: Result) -> str:
     cfg, summary, labels = meta["config"], data["summary"], data["labels"]
     machine = meta["machine"]
     lines = [f"<!-- bench:{SECTION} -->", "## Relay", ""]
+    if meta.get("partial"):
+        lines += [f"> **Partial:** {meta['partial']} finished; the rest was interrupted.", ""]
     lines += [
         "The fake OpenAI-style SSE upstream read directly by the load generator, against the same "
         "upstream read through outlast's relay: `POST /v1/jobs` with task `relay`, each job "
