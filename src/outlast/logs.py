@@ -216,3 +216,62 @@ def configure_logging(level: str = "info") -> None:
     # an application logs requests at all is its setting ([server] access_log).
     access.handlers[:] = [buffered]
     access.propagate = False
+    # Job transitions (one line each) are batched the same way, by a handler of their own.
+    configure_job_log(sys.stderr)
+
+
+JOBS_LOGGER = "outlast.jobs"
+
+
+class JobLog:
+    """One JSON line per job transition on the ``outlast.jobs`` logger (SPEC §6), with its job id.
+
+    Written like :class:`AccessLog`'s lines, as one runs per job on the worker's hot path: when
+    the logger's only handler is a :class:`BufferedLineHandler` (what :func:`configure_logging`
+    installs) a line is kept as a tuple and rendered when its batch is written; under any other
+    logging set-up it is an ordinary record whose ``extra`` fields are the same. The logger's
+    level and ``disabled`` flag turn the lines on and off like any other.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or logging.getLogger(JOBS_LOGGER)
+        self._second = -1
+        self._prefix = ""
+
+    def info(self, msg: str, job_id: str, fields: dict[str, Any]) -> None:
+        """Log *msg* about *job_id*, with *fields* (JSON values) beside it."""
+        logger = self.logger
+        if logger.disabled or not logger.isEnabledFor(logging.INFO):
+            return
+        handlers = logger.handlers
+        if len(handlers) == 1 and not logger.propagate:
+            handler = handlers[0]
+            if type(handler) is BufferedLineHandler and handler.level <= logging.INFO:
+                handler.add_entry((time.time(), msg, job_id, fields), self._render)
+                return
+        logger.info(msg, extra={"job_id": job_id, **fields})
+
+    def _render(self, entry: tuple[Any, ...]) -> bytes:
+        now, msg, job_id, fields = entry
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        line = {
+            "ts": f"{self._prefix}.{int((now - second) * 1000):03d}Z",
+            "level": "info",
+            "logger": self.logger.name,
+            "msg": msg,
+            "job_id": job_id,
+            **fields,
+        }
+        return orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def configure_job_log(stream: IO[str]) -> None:
+    """Job lines go to their own batching handler on *stream* (see :class:`JobLog`)."""
+    jobs = logging.getLogger(JOBS_LOGGER)
+    buffered = BufferedLineHandler(stream)
+    buffered.setFormatter(JSONFormatter())
+    jobs.handlers[:] = [buffered]
+    jobs.propagate = False

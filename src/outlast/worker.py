@@ -29,6 +29,7 @@ from outlast.config import Settings
 from outlast.errors import LeaseLost, StoreError
 from outlast.executors import TaskFailure
 from outlast.executors.registry import Registry
+from outlast.logs import JobLog
 from outlast.metrics import Metrics
 from outlast.models import ErrorCode, JobRecord
 from outlast.store.base import Store
@@ -36,6 +37,8 @@ from outlast.store.jobs_logic import Outcome
 from outlast.tasks import Job
 
 log = logging.getLogger("outlast.worker")
+# One line per job transition (started, attempt ended), batched: see outlast.logs.JobLog.
+job_log = JobLog()
 
 # Leases are renewed this often (at most; a third of the lease when that is shorter). It is also
 # how fast a cancel requested on another node reaches a running job.
@@ -93,6 +96,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._claimers: list[asyncio.Task[None]] = []
         self._background: list[asyncio.Task[None]] = []
+        # Labelled metric children, looked up once: `labels()` costs more than the update.
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -203,31 +208,46 @@ class Worker:
         running = _Running(record, handle)
         self.running[record.id] = running
         self._active[record.queue] = self._active.get(record.queue, 0) + 1
-        self.metrics.worker_running.labels(record.queue).inc()
+        self._child(self.metrics.worker_running, record.queue).inc()
         running.task = asyncio.create_task(self._run(running), name=f"job:{record.id}")
         waited = max(0.0, time.time() - record.run_at)
-        self.metrics.job_wait_seconds.labels(record.queue).observe(waited)
-        log.info(
-            "job started",
-            extra={"job_id": record.id, "task": record.task, "attempt": record.attempt},
-        )
+        self._child(self.metrics.job_wait_seconds, record.queue).observe(waited)
+        job_log.info("job started", record.id, {"task": record.task, "attempt": record.attempt})
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # -- running --------------------------------------------------------------------------
 
     async def _run(self, running: _Running) -> None:
         record = running.record
+        slot_held = True
         try:
             outcome = await self._attempt(running)
             running.finishing = True
+            # The attempt is over: its slot is handed on before its outcome is stored, so that
+            # the claim of the next job joins the same group commit instead of waiting for it.
+            # A store writes in order, so the outcome is committed no later than that claim:
+            # the store never holds more than `concurrency` running jobs of this node.
+            self._free_slot(record.queue)
+            slot_held = False
             if outcome is not None:
                 await self._finish(running, outcome)
         finally:
             self.running.pop(record.id, None)
-            self._active[record.queue] -= 1
-            self.metrics.worker_running.labels(record.queue).dec()
-            slot = self._slot_freed.get(record.queue)
-            if slot is not None:
-                slot.set()
+            if slot_held:
+                self._free_slot(record.queue)
+
+    def _free_slot(self, queue: str) -> None:
+        self._active[queue] -= 1
+        self._child(self.metrics.worker_running, queue).dec()
+        slot = self._slot_freed.get(queue)
+        if slot is not None:
+            slot.set()  # the claim loop runs before the store's next group is written
 
     async def _attempt(self, running: _Running) -> Outcome | None:
         record = running.record
@@ -283,7 +303,7 @@ class Worker:
 
     def _exception(self, record: JobRecord, exc: Exception) -> Outcome:
         message = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_MESSAGE]
-        log.info("job attempt raised", extra={"job_id": record.id, "error": message})
+        job_log.info("job attempt raised", record.id, {"error": message})
         return self._failed(record, ErrorCode.EXCEPTION, message, True)
 
     def _failed(self, record: JobRecord, code: ErrorCode, message: str, retryable: bool) -> Outcome:
@@ -309,16 +329,17 @@ class Worker:
             log.error("could not store the end of job %s: %s", record.id, exc)
             return
         elapsed = time.monotonic() - running.started
-        self.metrics.job_attempts.labels(record.queue, record.task, outcome.kind).inc()
-        self.metrics.job_run_seconds.labels(record.queue, record.task).observe(elapsed)
+        metrics = self.metrics
+        self._child(metrics.job_attempts, record.queue, record.task, outcome.kind).inc()
+        self._child(metrics.job_run_seconds, record.queue, record.task).observe(elapsed)
         if done.state.terminal and done.finished_at is not None:
-            self.metrics.job_seconds.labels(record.queue, record.task, done.state.value).observe(
+            self._child(metrics.job_seconds, record.queue, record.task, done.state.value).observe(
                 max(0.0, done.finished_at - done.created_at)
             )
-        log.info(
+        job_log.info(
             "job attempt ended",
-            extra={
-                "job_id": record.id,
+            record.id,
+            {
                 "task": record.task,
                 "attempt": record.attempt,
                 "outcome": outcome.kind,
