@@ -198,6 +198,9 @@ class StreamsEndpoint:
         self._appends = metrics.stream_appends
         self._append_bytes = metrics.stream_append_bytes
         self._stop_task: asyncio.Future[Any] | None = None
+        # Readers waiting for data, and those of them that stopping readers cancelled.
+        self._waiting: set[asyncio.Task[Any]] = set()
+        self._cancelled_by_stop: set[asyncio.Task[Any]] = set()
         # The last SSE data event encoded per stream: every reader at that position shares it.
         self._sse_encoded: dict[str, tuple[tuple[int, int, int, bool], bytes]] = {}
 
@@ -504,35 +507,42 @@ class StreamsEndpoint:
         return self._read_response(request, result, position, live=True)
 
     async def _wait(self, name: str, position: int, timeout: float) -> bool:
-        """Wait for data past *position*; ends early (as a timeout) when readers are stopped."""
-        stop = self._stopper()
-        if stop.done():
+        """Wait for data past *position*; ends early (as a timeout) when readers are stopped.
+
+        The wait runs in the reader's own task; stopping readers cancels the waiting tasks
+        (:meth:`_stop_waiting`), and that cancellation is taken back here.
+        """
+        if self._stopper().done():
             return False
-        waiter = asyncio.ensure_future(self.store.wait(name, position, timeout))
-
-        def stop_waiting(_: object) -> None:
-            waiter.cancel()
-
-        stop.add_done_callback(stop_waiting)
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
         try:
-            return await waiter
+            return await self.store.wait(name, position, timeout)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if stop.done() and not (task is not None and task.cancelling()):
-                return False  # readers were stopped: not our own cancellation
+            if task in self._cancelled_by_stop:
+                self._cancelled_by_stop.discard(task)
+                if task.uncancel() == 0:
+                    return False  # only the stop cancelled us; the reader ends cleanly
             raise
         except Exception:
             return False  # the caller reads again and meets the error there
         finally:
-            stop.remove_done_callback(stop_waiting)
-            waiter.cancel()
+            self._waiting.discard(task)
+            self._cancelled_by_stop.discard(task)
 
     def _stopper(self) -> asyncio.Future[Any]:
         """One task for all readers that completes when readers are stopped."""
         stopper = self._stop_task
         if stopper is None or stopper.get_loop() is not asyncio.get_running_loop():
             stopper = self._stop_task = asyncio.ensure_future(self.lifecycle.stop_readers.wait())
+            stopper.add_done_callback(self._stop_waiting)
         return stopper
+
+    def _stop_waiting(self, _: object) -> None:
+        for task in list(self._waiting):
+            self._cancelled_by_stop.add(task)
+            task.cancel()
 
     async def sse(self, request: Request, name: str, raw_offset: str) -> SSEResponse:
         info = await self.store.head(name)
