@@ -10,7 +10,8 @@ import pytest
 
 import outlast
 from outlast.api.jobs import render_event
-from outlast.models import TRANSITIONS, JobState, can_transition, new_job_id
+from outlast.models import TRANSITIONS, JobState, can_transition, new_job_id, state_message
+from outlast.store.jobs_logic import _encode, _state
 from outlast.worker import backoff
 
 
@@ -132,3 +133,11 @@ def test_readiness_turns_503_with_retry_after_once_draining() -> None:
             assert (await client.get("/healthz")).status_code == 200  # still alive
 
     asyncio.run(check())
+
+
+@pytest.mark.parametrize("state", list(JobState))
+@pytest.mark.parametrize("attempt", [0, 1, 12])
+def test_state_messages_written_by_hand_are_what_json_dumps_writes(
+    state: JobState, attempt: int
+) -> None:
+    assert _state(state, attempt) == _encode(state_message(state, attempt))

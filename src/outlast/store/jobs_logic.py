@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
-from outlast.errors import Conflict, LeaseLost, NotFound, QueueFull
+from outlast.errors import Conflict, Gone, LeaseLost, NotFound, QueueFull
 from outlast.models import (
     ErrorCode,
     JobRecord,
@@ -24,9 +24,11 @@ from outlast.models import (
     state_message,
 )
 from outlast.store import streams_logic as streams
-from outlast.store.base import AppendSpec, CreateSpec
+from outlast.store.base import CreateSpec, Unit
 
 JSON = "application/json"
+# A message for a job's stream: a dict, or already encoded (see _state).
+Message = dict[str, Any] | bytes
 QUEUE_PREFIX = "\0queue:"  # notifier key for "a job became claimable in this queue"
 
 
@@ -62,8 +64,11 @@ class JobTx(streams.Tx):
     @abc.abstractmethod
     def count_waiting(self, queue: str) -> int: ...
     @abc.abstractmethod
-    def move_count(self, queue: str, old: JobState | None, new: JobState | None) -> None:
-        """Keep per-(queue, state) counts: admission reads them on every submit."""
+    def move_count(
+        self, queue: str, old: JobState | None, new: JobState | None, n: int = 1
+    ) -> None:
+        """Keep per-(queue, state) counts: admission reads them on every submit. Moves *n*
+        jobs from *old* to *new* (``None``: from or to nowhere)."""
 
     @abc.abstractmethod
     def claimable(self, queue: str, now: float, limit: int) -> list[JobRecord]: ...
@@ -78,26 +83,61 @@ class JobTx(streams.Tx):
 # -- stream helpers -------------------------------------------------------------------------
 
 
-def _message(message: dict[str, Any]) -> tuple[bytes, int]:
+def _encode(message: Message) -> bytes:
+    if isinstance(message, bytes):
+        return message
     # allow_nan=False: NaN is not JSON, and a stream holding it could not be read back by
     # clients. A task that emits one gets a ValueError, like any value that is not JSON.
-    data = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return data.encode(), 1
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-def _emit(
-    tx: JobTx, job: JobRecord, message: dict[str, Any], now: float, *, close: bool = False
-) -> None:
-    streams.append(tx, job.stream, AppendSpec(JSON, _message(message), close=close), now)
+def _state(state: JobState, attempt: int) -> bytes:
+    """``state_message(state, attempt)`` as _encode writes it (the same bytes), without
+    json.dumps: every job writes a few of these."""
+    return f'{{"type":"state","state":"{state.value}","attempt":{int(attempt)}}}'.encode()
 
 
-def _transition(tx: JobTx, job: JobRecord, new: JobState, now: float, **fields: Any) -> JobRecord:
+def _emit(tx: JobTx, job: JobRecord, now: float, *messages: Message, close: bool = False) -> None:
+    """Append *messages* to the job's stream, each one a unit of its own (each has its own
+    offset, which SSE ids resume from), and close the stream after them when *close*.
+
+    The same as one stream append per message, with one read and one write of the stream's
+    row: job streams are written only here (the streams API refuses writes under ``jobs/``),
+    are JSON and never expire, so the rest of what an append checks holds already.
+    """
+    if not messages:
+        return
+    row = tx.get_stream(job.stream)
+    if row is None or row.expired(now):
+        raise NotFound(f"stream not found: {job.stream}")
+    if row.deleted:
+        raise Gone(f"stream was deleted: {job.stream}")
+    if row.closed:
+        raise Conflict("stream is closed", code="stream_closed")
+    tail = row.tail
+    for message in messages:
+        data = _encode(message)
+        tx.insert_unit(row.id, Unit(tail, tail + len(data), 1, data))
+        tail += len(data)
+    if close:
+        tx.update_stream(row.id, touched_at=now, tail=tail, closed=True)
+    else:
+        tx.update_stream(row.id, touched_at=now, tail=tail)
+
+
+def _set_state(tx: JobTx, job: JobRecord, new: JobState, fields: dict[str, Any]) -> JobRecord:
+    """Change the job's state and fields, without counting it (see _transition)."""
     if not can_transition(job.state, new):
         raise Conflict(f"job {job.id} cannot go from {job.state} to {new}", code="invalid_state")
     tx.update_job(job.id, state=new, **fields)
+    return replace(job, state=new, **fields)
+
+
+def _transition(tx: JobTx, job: JobRecord, new: JobState, now: float, **fields: Any) -> JobRecord:
+    done = _set_state(tx, job, new, fields)
     if new != job.state:
         tx.move_count(job.queue, job.state, new)
-    return replace(job, state=new, **fields)
+    return done
 
 
 # -- submit ---------------------------------------------------------------------------------
@@ -137,8 +177,9 @@ def submit(tx: JobTx, new: NewJob, capacity: int, now: float) -> streams.Changed
     )
     tx.insert_job(job)
     tx.move_count(job.queue, None, JobState.QUEUED)
-    streams.create(tx, job.stream, CreateSpec(content_type=JSON), now)
-    _emit(tx, job, state_message(JobState.QUEUED, 0), now)
+    # The stream is created with its first message, as a stream created then appended to.
+    first = _state(JobState.QUEUED, 0)
+    streams.create(tx, job.stream, CreateSpec(content_type=JSON, units=[(first, 1)]), now)
     return streams.Changed(SubmitResult(job, created=True), (job.stream, queue_key(job.queue)))
 
 
@@ -151,18 +192,17 @@ def claim(
     claimed = []
     for job in tx.claimable(queue, now, limit):
         attempt = job.attempt + 1
-        running = _transition(
-            tx,
-            job,
-            JobState.RUNNING,
-            now,
-            attempt=attempt,
-            started_at=now,
-            lease_owner=owner,
-            lease_expires=now + lease,
-        )
-        _emit(tx, running, state_message(JobState.RUNNING, attempt), now)
+        fields = {
+            "attempt": attempt,
+            "started_at": now,
+            "lease_owner": owner,
+            "lease_expires": now + lease,
+        }
+        running = _set_state(tx, job, JobState.RUNNING, fields)
+        _emit(tx, running, now, _state(JobState.RUNNING, attempt))
         claimed.append(running)
+    if claimed:  # every claimable job is queued in this queue: counted at once
+        tx.move_count(queue, JobState.QUEUED, JobState.RUNNING, len(claimed))
     return streams.Changed(claimed, tuple(job.stream for job in claimed))
 
 
@@ -194,8 +234,7 @@ def emit(
     tx: JobTx, job_id: str, owner: str, attempt: int, messages: list[dict[str, Any]], now: float
 ) -> streams.Changed:
     job = _owned(tx, job_id, owner, attempt)
-    for message in messages:
-        _emit(tx, job, message, now)
+    _emit(tx, job, now, *messages)
     return streams.Changed(None, (job.stream,))
 
 
@@ -212,11 +251,11 @@ def finish(
         done = _transition(
             tx, job, JobState.SUCCEEDED, now, result=outcome.result, finished_at=now, **released
         )
-        _emit(tx, done, {"type": "result", "result": outcome.result}, now)
-        _emit(tx, done, state_message(JobState.SUCCEEDED, attempt), now, close=True)
+        result = {"type": "result", "result": outcome.result}
+        _emit(tx, done, now, result, _state(JobState.SUCCEEDED, attempt), close=True)
     elif outcome.kind == "failed":
         assert outcome.error is not None
-        _emit(tx, job, {"type": "error", "attempt": attempt, "error": outcome.error}, now)
+        error = {"type": "error", "attempt": attempt, "error": outcome.error}
         if outcome.retry_at is not None and attempt < job.max_attempts:
             done = _transition(
                 tx,
@@ -228,13 +267,13 @@ def finish(
                 **released,
             )
             retry_in = round(max(0.0, outcome.retry_at - now), 3)
-            _emit(tx, done, state_message(JobState.QUEUED, attempt, retry_in=retry_in), now)
+            _emit(tx, done, now, error, state_message(JobState.QUEUED, attempt, retry_in=retry_in))
             names += (queue_key(job.queue),)
         else:
             done = _transition(
                 tx, job, JobState.FAILED, now, error=outcome.error, finished_at=now, **released
             )
-            _emit(tx, done, state_message(JobState.FAILED, attempt), now, close=True)
+            _emit(tx, done, now, error, _state(JobState.FAILED, attempt), close=True)
     elif outcome.kind == "cancelled":
         done = _cancel_now(tx, job, now)
     elif outcome.kind == "release":
@@ -243,7 +282,7 @@ def finish(
         done = _transition(
             tx, job, JobState.QUEUED, now, attempt=attempt - 1, run_at=run_at, **released
         )
-        _emit(tx, done, state_message(JobState.QUEUED, attempt - 1, reason="handed_back"), now)
+        _emit(tx, done, now, state_message(JobState.QUEUED, attempt - 1, reason="handed_back"))
         names += (queue_key(job.queue),)
     else:  # pragma: no cover - a programming error
         raise ValueError(outcome.kind)
@@ -262,7 +301,7 @@ def _cancel_now(tx: JobTx, job: JobRecord, now: float) -> JobRecord:
         lease_owner=None,
         lease_expires=None,
     )
-    _emit(tx, done, state_message(JobState.CANCELLED, job.attempt), now, close=True)
+    _emit(tx, done, now, _state(JobState.CANCELLED, job.attempt), close=True)
     return done
 
 
@@ -295,9 +334,8 @@ def recover_expired(tx: JobTx, now: float) -> streams.Changed:
             done = _transition(
                 tx, job, JobState.QUEUED, now, run_at=now, lease_owner=None, lease_expires=None
             )
-            _emit(
-                tx, done, state_message(JobState.QUEUED, job.attempt, reason="lease_expired"), now
-            )
+            reason = state_message(JobState.QUEUED, job.attempt, reason="lease_expired")
+            _emit(tx, done, now, reason)
             names.append(queue_key(job.queue))
         else:
             error = {
@@ -314,8 +352,8 @@ def recover_expired(tx: JobTx, now: float) -> streams.Changed:
                 lease_owner=None,
                 lease_expires=None,
             )
-            _emit(tx, done, {"type": "error", "attempt": job.attempt, "error": error}, now)
-            _emit(tx, done, state_message(JobState.FAILED, job.attempt), now, close=True)
+            message = {"type": "error", "attempt": job.attempt, "error": error}
+            _emit(tx, done, now, message, _state(JobState.FAILED, job.attempt), close=True)
         names.append(job.stream)
         recovered.append(done)
     return streams.Changed(recovered, tuple(names))

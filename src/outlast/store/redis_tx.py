@@ -424,12 +424,14 @@ class RedisTx(JobTx):
     def count_waiting(self, queue: str) -> int:
         return self.counter(self.k.counts(queue), JobState.QUEUED.value)
 
-    def move_count(self, queue: str, old: JobState | None, new: JobState | None) -> None:
+    def move_count(
+        self, queue: str, old: JobState | None, new: JobState | None, n: int = 1
+    ) -> None:
         key = self.k.counts(queue)
         if old is not None:
-            self.incr(key, old.value, -1)
+            self.incr(key, old.value, -n)
         if new is not None:
-            self.incr(key, new.value, 1)
+            self.incr(key, new.value, n)
         if queue not in self.queues_counted:
             self.queues_counted.add(queue)
             self.op.extra.append(("SADD", self.k.queues, queue))

@@ -222,15 +222,17 @@ class SQLiteTx(JobTx):
         ).fetchone()
         return 0 if row is None else int(row[0])
 
-    def move_count(self, queue: str, old: JobState | None, new: JobState | None) -> None:
-        for state, delta in ((old, -1), (new, 1)):
-            if state is None:
-                continue
-            self.conn.execute(
-                "INSERT INTO job_counts (queue, state, n) VALUES (?, ?, ?)"
-                " ON CONFLICT (queue, state) DO UPDATE SET n = n + excluded.n",
-                (queue, state.value, delta),
-            )
+    def move_count(
+        self, queue: str, old: JobState | None, new: JobState | None, n: int = 1
+    ) -> None:
+        rows = [(queue, s.value, d) for s, d in ((old, -n), (new, n)) if s is not None]
+        # Both rows in one statement: a transition is one of these per job.
+        values = ", ".join("(?, ?, ?)" for _ in rows)
+        self.conn.execute(
+            f"INSERT INTO job_counts (queue, state, n) VALUES {values}"
+            " ON CONFLICT (queue, state) DO UPDATE SET n = n + excluded.n",
+            [v for row in rows for v in row],
+        )
 
     def claimable(self, queue: str, now: float, limit: int) -> list[JobRecord]:
         rows = self.conn.execute(
