@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from outlast.errors import ConfigError, StoreError
-from outlast.store import open_store
+from outlast.store import open_store, redis_data
 from outlast.store.base import AppendSpec, CreateSpec
 from outlast.store.redis_setup import parse_url
 from tests.conftest import RedisProcess, free_port
@@ -85,3 +85,34 @@ async def test_prefixes_keep_installations_apart(
     with redis.Redis(port=server.port) as admin:
         keys = [k.decode() for k in admin.keys("*")]
     assert keys and all(k.startswith(("one:", "two:")) for k in keys)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        2**70,  # past 64 bits: orjson cannot write it, nor read it back as an integer
+        -(2**64),
+        {"a": [1, 2**65, "12345678901234567890123"]},
+        1.5,
+        1e300,
+        float("inf"),
+        float("-inf"),
+        "x" * 40,
+        None,
+        [True, False, {}],
+    ],
+)
+def test_field_values_round_trip(value: object) -> None:
+    text = redis_data.dumps(value)
+    for stored in (text, text.encode()):
+        back = redis_data.loads(stored)
+        assert back == value and type(back) is type(value)
+
+
+def test_not_a_number_round_trips() -> None:
+    back = redis_data.loads(redis_data.dumps(float("nan")))
+    assert isinstance(back, float) and back != back
+
+
+def test_non_string_keys_are_written_as_json_writes_them() -> None:
+    assert redis_data.loads(redis_data.dumps({1: 2})) == {"1": 2}

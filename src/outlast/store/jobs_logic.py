@@ -20,6 +20,7 @@ from outlast.models import (
     JobState,
     NewJob,
     can_transition,
+    evolve_job,
     new_job_id,
     state_message,
 )
@@ -130,7 +131,7 @@ def _set_state(tx: JobTx, job: JobRecord, new: JobState, fields: dict[str, Any])
     if not can_transition(job.state, new):
         raise Conflict(f"job {job.id} cannot go from {job.state} to {new}", code="invalid_state")
     tx.update_job(job.id, state=new, **fields)
-    return replace(job, state=new, **fields)
+    return evolve_job(job, {"state": new, **fields})
 
 
 def _transition(tx: JobTx, job: JobRecord, new: JobState, now: float, **fields: Any) -> JobRecord:

@@ -70,7 +70,7 @@ from outlast.store.redis_setup import (
     parse_url,
     text,
 )
-from outlast.store.redis_tx import RedisTx
+from outlast.store.redis_tx import Due, Prefetch, RedisTx
 
 log = logging.getLogger("outlast.store.redis")
 
@@ -199,7 +199,7 @@ class RedisStore(Store):
             ) from exc
 
     async def _change(
-        self, op: Callable[[RedisTx, float], logic.Changed], prefetch: Sequence[str] = ()
+        self, op: Callable[[RedisTx, float], logic.Changed], prefetch: Sequence[Prefetch] = ()
     ) -> Any:
         changed = await self.engine.write(op, prefetch)
         return changed.value
@@ -420,7 +420,7 @@ class RedisStore(Store):
 
     async def claim_jobs(self, queue: str, owner: str, limit: int, lease: float) -> list[JobRecord]:
         claimed: list[JobRecord] = await self._change(
-            lambda tx, now: jobs.claim(tx, queue, owner, limit, lease, now)
+            lambda tx, now: jobs.claim(tx, queue, owner, limit, lease, now), [Due(queue, limit)]
         )
         return claimed
 

@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import orjson
 
 from outlast.models import JobRecord, JobState
 from outlast.store import streams_logic as logic
@@ -49,18 +53,66 @@ def unpack_unit(member: bytes) -> Unit:
     return Unit(start, end, count, bytes(member[UNIT_HEADER.size :]))
 
 
+# 19 digits and more may be an integer orjson cannot hold (past 2**63 - 1).
+_LONG_NUMBER = re.compile(r"[0-9]{19}")
+_LONG_NUMBER_BYTES = re.compile(rb"[0-9]{19}")
+
+
+def dumps(value: Any) -> str:
+    """One field's value as JSON text. orjson for speed (every job's fields are encoded at each
+    transition); json for what orjson refuses or writes differently: integers past 64 bits, and
+    floats that are not finite (JSON has no such numbers; json writes them so that they load
+    back as they were)."""
+    if type(value) is float and not math.isfinite(value):
+        return json.dumps(value)
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"))
+
+
+def loads(text: str | bytes) -> Any:
+    """A field's value back (whichever of :func:`dumps`'s encoders wrote it). orjson reads an
+    integer past 64 bits as a float: text with a run of that many digits goes through json."""
+    if isinstance(text, bytes):
+        long = len(text) >= 19 and _LONG_NUMBER_BYTES.search(text) is not None
+    else:
+        long = len(text) >= 19 and _LONG_NUMBER.search(text) is not None
+    if not long:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
+
+
 def encode_fields(values: dict[str, Any]) -> dict[str, str]:
-    return {key: json.dumps(value, separators=(",", ":")) for key, value in values.items()}
+    return {key: dumps(value) for key, value in values.items()}
 
 
 def decode_row(raw: dict[str, str]) -> logic.Row:
-    return logic.Row(**{name: json.loads(raw[name]) for name in ROW_FIELDS})
+    return logic.Row(**{name: loads(raw[name]) for name in ROW_FIELDS})
 
 
 def decode_job(raw: dict[str, str]) -> JobRecord:
-    values = {name: json.loads(raw[name]) for name in JOB_FIELDS if name in raw}
+    values = {name: loads(raw[name]) for name in JOB_FIELDS if name in raw}
     values["state"] = JobState(values["state"])
     return JobRecord(**values)
+
+
+def decode_row_reply(flat: list[bytes]) -> logic.Row:
+    """A stream's row straight from its ``HGETALL`` reply (what decode_row(pairs(flat)) gives,
+    without making text of every value first)."""
+    values = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+    return logic.Row(**{name: loads(values[name]) for name in ROW_FIELDS})
+
+
+def decode_job_reply(flat: list[bytes]) -> JobRecord:
+    """A job straight from its ``HGETALL`` reply (as decode_job(pairs(flat)))."""
+    values = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+    job = {name: loads(values[name]) for name in JOB_FIELDS if name in values}
+    job["state"] = JobState(job["state"])
+    return JobRecord(**job)
 
 
 def job_fields(job: JobRecord) -> dict[str, Any]:

@@ -19,27 +19,45 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from outlast.models import JobRecord, JobState
+from outlast.models import JobRecord, JobState, evolve_job
 from outlast.store import streams_logic as logic
 from outlast.store.base import Unit
 from outlast.store.jobs_logic import JobTx
 from outlast.store.redis_data import (
+    ROW_FIELDS,
     Call,
     Command,
     IdBlock,
     Keys,
     Layer,
     decode_job,
+    decode_job_reply,
     decode_row,
+    decode_row_reply,
     encode_fields,
     job_fields,
     pack_unit,
     pairs,
     unpack_unit,
 )
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A prefetch of a queue's due jobs, as a claim of up to *limit* of them reads them."""
+
+    queue: str
+    limit: int
+
+
+# What an operation asks to have read before it runs: a hash (its key), or due jobs.
+Prefetch = str | Due
 
 
 class RedisTx(JobTx):
@@ -102,28 +120,75 @@ class RedisTx(JobTx):
         self.base[cache_key] = reply
         return reply
 
-    def prefetch(self, keys: list[str]) -> None:
-        """Read several hashes in one round trip (each watched), ahead of the rules asking
-        for them one by one."""
-        todo = [
-            k
-            for k in dict.fromkeys(keys)
-            if ("hgetall", k) not in self.base and not self._cleared(k)[1]
-        ]
+    def prefetch(self, items: Sequence[Prefetch], now: float = 0.0) -> None:
+        """Read several hashes (and due jobs, as of *now*) in one round trip, each key
+        watched, ahead of the rules asking for them one by one."""
+        todo: list[tuple[str, tuple[Any, ...], Command]] = []
+        for item in dict.fromkeys(items):
+            if isinstance(item, Due):
+                key, low, high = (
+                    self.k.due(item.queue),
+                    _bound(-math.inf, False),
+                    _bound(now, False),
+                )
+                if (
+                    not self._cleared(key)[1]
+                    and self._cached_range(key, low, high, item.limit) is None
+                ):
+                    command: Command = (
+                        "ZRANGEBYSCORE",
+                        key,
+                        low,
+                        high,
+                        "WITHSCORES",
+                        "LIMIT",
+                        0,
+                        item.limit,
+                    )
+                    todo.append((key, ("zrange", key, low, high), command))
+            elif ("hgetall", item) not in self.base and not self._cleared(item)[1]:
+                todo.append((item, ("hgetall", item), ("HGETALL", item)))
         if not todo:
             return
-        fresh = [k for k in todo if k not in self.watched]
+        fresh = list(dict.fromkeys(key for key, _, _ in todo if key not in self.watched))
         commands: list[Command] = [("WATCH", *fresh)] if fresh else []
-        commands += [("HGETALL", k) for k in todo]
+        commands += [command for _, _, command in todo]
         replies = self._call(commands)[len(commands) - len(todo) :]
         self.watched.update(fresh)
-        for key, reply in zip(todo, replies, strict=True):
-            self.base[("hgetall", key)] = reply
+        for (_, cache_key, command), reply in zip(todo, replies, strict=True):
+            if cache_key[0] == "zrange":
+                self.base[cache_key] = (reply, command[-1])
+            else:
+                self.base[cache_key] = reply
 
     def prefetch_jobs(self, job_ids: list[str]) -> None:
         """A batch of jobs and their streams, in one round trip."""
         keys = [self.k.job(j) for j in job_ids]
         self.prefetch(keys + [self.k.stream(f"jobs/{j}") for j in job_ids])
+
+    def _unwritten(self, key: str) -> bool:
+        """Whether nothing was written to *key* here yet: Redis's reply is all there is."""
+        op, group = self.op, self.group
+        return (
+            key not in op.hashes
+            and key not in group.hashes
+            and key not in op.cleared
+            and key not in group.cleared
+        )
+
+    def _read_hash(
+        self,
+        key: str,
+        from_reply: Callable[[list[bytes]], T],
+        from_fields: Callable[[dict[str, str]], T],
+    ) -> T | None:
+        """A hash decoded: straight from Redis's reply when nothing was written to it here,
+        else from its fields as this transaction sees them (``None``: no such hash)."""
+        if self._unwritten(key):
+            flat = self._fetch(key, ("hgetall", key), ("HGETALL", key))
+            return from_reply(flat) if flat else None
+        raw = self.hgetall(key)
+        return None if raw is None else from_fields(raw)
 
     def _cleared(self, key: str) -> tuple[bool, bool]:
         """(cleared in this op, cleared in the group or this op)."""
@@ -175,12 +240,16 @@ class RedisTx(JobTx):
         overlay.update(self.op.zsets.get(key, {}))
         items: dict[bytes, float] = {}
         if not cleared:
-            hi = _bound(high, open_high)
-            command: Command = ("ZRANGEBYSCORE", key, _bound(low, False), hi, "WITHSCORES")
-            if count is not None:
-                # Members changed here may leave the fetched range: fetch that many more.
-                command += ("LIMIT", 0, count + len(overlay))
-            flat = self._fetch(key, ("zrange", *command[1:]), command)
+            lo, hi = _bound(low, False), _bound(high, open_high)
+            # Members changed here may leave the fetched range: fetch that many more.
+            want = None if count is None else count + len(overlay)
+            flat = self._cached_range(key, lo, hi, want)
+            if flat is None:
+                command: Command = ("ZRANGEBYSCORE", key, lo, hi, "WITHSCORES")
+                if want is not None:
+                    command += ("LIMIT", 0, want)
+                flat = self._fetch(key, ("range-reply", *command[1:]), command)
+                self.base[("zrange", key, lo, hi)] = (flat, want)
             items = {flat[i]: float(flat[i + 1]) for i in range(0, len(flat), 2)}
         for member, score in overlay.items():
             if score is None:
@@ -196,6 +265,16 @@ class RedisTx(JobTx):
             key=lambda item: (item[1], item[0]),
         )
         return found if count is None else found[:count]
+
+    def _cached_range(self, key: str, low: str, high: str, want: int | None) -> list[Any] | None:
+        """A range read already made that holds the first *want* members (all: ``None``)."""
+        cached = self.base.get(("zrange", key, low, high))
+        if cached is None:
+            return None
+        flat, limit = cached
+        if limit is None or len(flat) < 2 * limit or (want is not None and limit >= want):
+            return list(flat)
+        return None
 
     # -- writes into the current layer ----------------------------------------------------
 
@@ -235,8 +314,7 @@ class RedisTx(JobTx):
         if key in self.decoded:
             row: logic.Row | None = self.decoded[key]
             return row
-        raw = self.hgetall(key)
-        row = None if raw is None else decode_row(raw)
+        row = self._read_hash(key, decode_row_reply, decode_row)
         if row is not None:
             self.names[row.id] = name
         self.decoded[key] = row
@@ -283,11 +361,14 @@ class RedisTx(JobTx):
         if row.parent_id is not None:
             parent = str(row.parent_id)
             self.hset(self.k.children, {parent: str(self.count_children(row.parent_id) + 1)})
-        self._index_expiry(row)
+        self._index_expiry(row, None)  # a new id: not in the index yet
         return row.id
 
-    def _index_expiry(self, row: logic.Row) -> None:
-        expiry = row.info().expiry()
+    def _index_expiry(self, row: logic.Row, before: float | None) -> None:
+        """Index the stream by when it expires, if that changed from *before*."""
+        expiry = _expiry(row)
+        if expiry == before:
+            return
         member = str(row.id).encode()
         if expiry is None:
             self.zrem(self.k.sexp, member)
@@ -299,9 +380,11 @@ class RedisTx(JobTx):
         self._touched(row.name)
         key = self.k.stream(row.name)
         self.hset(key, encode_fields(fields))
-        self.decoded[key] = new = dataclasses.replace(row, **fields)
+        self.decoded[key] = new = logic.Row(
+            *[fields[name] if name in fields else getattr(row, name) for name in ROW_FIELDS]
+        )
         if {"ttl", "expires_at", "touched_at"} & fields.keys():
-            self._index_expiry(new)
+            self._index_expiry(new, _expiry(row))
 
     def remove_stream(self, stream_id: int) -> None:
         row = self._row_by_id(stream_id)
@@ -371,23 +454,21 @@ class RedisTx(JobTx):
     # -- jobs -----------------------------------------------------------------------------
 
     def _index_job(self, old: JobRecord | None, job: JobRecord) -> None:
-        """Keep the job's index entries true to its (new) state."""
+        """Keep the job's index entries true to its (new) state: each index whose entry for
+        the job changes (``old`` is the job as it was; ``None`` for a new one, which no index
+        can hold yet: its id is new)."""
         member = job.id.encode()
-        if old is not None and old.queue != job.queue:
-            self.zrem(self.k.due(old.queue), member)
-        indexes: tuple[tuple[str, float | None], ...] = (
-            (self.k.due(job.queue), job.run_at if job.state == JobState.QUEUED else None),
-            (
-                self.k.leases,
-                job.lease_expires if job.state == JobState.RUNNING else None,
-            ),
-            (self.k.done, job.finished_at if job.state.terminal else None),
-        )
-        for key, score in indexes:
-            if score is None:
-                self.zrem(key, member)
-            else:
-                self.zadd(key, member, score)
+        for key, before, after in (
+            (self.k.due, _due(old), _due(job)),
+            (lambda _: self.k.leases, _leased(old), _leased(job)),
+            (lambda _: self.k.done, _done(old), _done(job)),
+        ):
+            if old is not None and before == after:
+                continue  # the same entry, or none before and after
+            if before is not None and (after is None or before[0] != after[0]):
+                self.zrem(key(before[0]), member)
+            if after is not None:
+                self.zadd(key(after[0]), member, after[1])
 
     def insert_job(self, job: JobRecord) -> None:
         self.new_jobs.add(job.id)
@@ -403,8 +484,7 @@ class RedisTx(JobTx):
         if key in self.decoded:
             cached: JobRecord | None = self.decoded[key]
             return cached
-        raw = self.hgetall(key)
-        job = None if raw is None else decode_job(raw)
+        job = self._read_hash(key, decode_job_reply, decode_job)
         self.decoded[key] = job
         return job
 
@@ -412,7 +492,7 @@ class RedisTx(JobTx):
         old = self.get_job(job_id)
         if old is None:
             raise LookupError(f"no job {job_id}")
-        job = dataclasses.replace(old, **fields)
+        job = evolve_job(old, fields)
         self.hset(self.k.job(job_id), encode_fields(fields))
         self.decoded[self.k.job(job_id)] = job
         self._index_job(old, job)
@@ -463,6 +543,32 @@ class RedisTx(JobTx):
             self.zrem(key, member)
         if old.key is not None:
             self.hset(self.k.jkeys, {old.key: None})
+
+
+def _expiry(row: logic.Row) -> float | None:
+    """When the stream expires (StreamInfo.expiry, without a StreamInfo)."""
+    if row.expires_at is not None:
+        return float(row.expires_at)
+    if row.ttl is not None:
+        return float(row.touched_at + row.ttl)
+    return None
+
+
+# A job's entry in an index, as (queue, score); None when it has none.
+def _due(job: JobRecord | None) -> tuple[str, float] | None:
+    return None if job is None or job.state != JobState.QUEUED else (job.queue, job.run_at)
+
+
+def _leased(job: JobRecord | None) -> tuple[str, float] | None:
+    if job is None or job.state != JobState.RUNNING or job.lease_expires is None:
+        return None
+    return (job.queue, job.lease_expires)
+
+
+def _done(job: JobRecord | None) -> tuple[str, float] | None:
+    if job is None or not job.state.terminal or job.finished_at is None:
+        return None
+    return (job.queue, job.finished_at)
 
 
 def _bound(value: float, open_: bool) -> str:
