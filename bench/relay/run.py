@@ -1,7 +1,7 @@
 """Relay benchmark: the fake SSE upstream read directly against the same upstream read through
 outlast's relay (SQLite, and Redis when the store exists).
 
-    python -m bench.relay [--runs 3] [--duration 10] [--rate 10] [--targets ...] [--pool-fix]
+    python -m bench.relay [--runs 3] [--duration 10] [--rate 10] [--targets ...]
 
 Each run starts the fake upstream and every target on free 127.0.0.1 ports, measures per-event
 latency directly and through each target at 1, 100 and 1,000 concurrent streams and the
@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as `python bench/relay/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.relay import report, workloads
-from bench.relay.workloads import POOL_FIX, Config, Upstream
+from bench.relay.workloads import Config, Upstream
 from bench.streams import targets
 from bench.streams.run import Interrupted, _on_sigterm, machine_info, settle
 from bench.streams.targets import REPO, Server
@@ -54,12 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--readers-per-relay", type=int, default=10)
     p.add_argument("--scale-events", type=int, default=20, help="events per relay, scale run")
     p.add_argument("--scale-rate", type=float, default=2.0, help="events/s per relay, scale run")
-    p.add_argument("--targets", help="comma-separated: outlast-sqlite, outlast-redis, " + POOL_FIX)
-    p.add_argument(
-        "--pool-fix",
-        action="store_true",
-        help=f"add {POOL_FIX}: the proposed upstream-pool fix, as a labelled what-if",
-    )
+    p.add_argument("--targets", help="comma-separated: outlast-sqlite, outlast-redis")
     p.add_argument("--no-scale", action="store_true", help="skip memory and the scale run")
     p.add_argument("--outlast-cmd", help="command template for outlast ({host} {port} {store})")
     p.add_argument("--out", help="markdown file (default docs/benchmarks.md); 'none' to skip")
@@ -85,9 +80,7 @@ def choose_targets(args: argparse.Namespace, console: Console) -> list[str]:
             console.print(
                 "[yellow]no outlast.store.redis or no redis-server: outlast-redis skipped"
             )
-        if args.pool_fix:
-            names.append(POOL_FIX)
-    known = ("outlast-sqlite", "outlast-redis", POOL_FIX)
+    known = ("outlast-sqlite", "outlast-redis")
     unknown = [n for n in names if n not in known]
     if unknown:
         raise SystemExit(f"unknown target(s): {', '.join(unknown)}; known: {', '.join(known)}")

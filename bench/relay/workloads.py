@@ -10,7 +10,6 @@ import dataclasses
 import importlib.util
 import json
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -96,11 +95,9 @@ def stop_upstream(upstream: Upstream, keep: bool = False) -> None:
 
 # ------------------------------------------------------------------------------ the targets
 
-POOL_FIX = "outlast-sqlite-pool-fix"
 LABELS = {
     "outlast-sqlite": "outlast (SQLite)",
     "outlast-redis": "outlast (Redis)",
-    POOL_FIX: "outlast (SQLite), what-if: unbounded upstream pool",
 }
 
 
@@ -113,8 +110,7 @@ def has_redis_store() -> bool:
 
 
 def specs(upstream: Upstream, outlast_cmd: str | None = None) -> dict[str, TargetSpec]:
-    """outlast-sqlite and outlast-redis from the streams bench, configured for the upstream;
-    plus the labelled what-if target running the proposed upstream-pool fix."""
+    """outlast-sqlite and outlast-redis from the streams bench, configured for the upstream."""
     env = {
         "OUTLAST_UPSTREAMS__BENCH__URL": upstream.base,
         "OUTLAST_UPSTREAMS__BENCH__ALLOW_PRIVATE": "true",
@@ -122,19 +118,10 @@ def specs(upstream: Upstream, outlast_cmd: str | None = None) -> dict[str, Targe
         "OUTLAST_QUEUES__DEFAULT__CAPACITY": str(CAPACITY),
     }
     base = targets.specs(outlast_cmd)
-    fix = shlex.join([sys.executable, "-m", "bench.relay.pool_fix"])
     out = {
         name: dataclasses.replace(base[name], env=env)
         for name in ("outlast-sqlite", "outlast-redis")
     }
-    out[POOL_FIX] = dataclasses.replace(
-        base["outlast-sqlite"],
-        name=POOL_FIX,
-        label=LABELS[POOL_FIX],
-        argv=targets.outlast_command(fix + " serve --host {host} --port {port} --store {store}"),
-        env=env,
-        custom_command=False,
-    )
     return out
 
 

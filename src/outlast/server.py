@@ -47,6 +47,8 @@ from outlast.worker import Worker
 
 log = logging.getLogger("outlast.server")
 
+UPSTREAM_POOL = httpx.Limits(max_connections=None, max_keepalive_connections=100)
+
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 # How long uvicorn may wait for in-flight requests once the listener is closed. Live readers are
 # ended by phase 3, so what remains are ordinary requests that finish quickly.
@@ -99,7 +101,10 @@ async def open_node(settings: Settings, *, workers: bool) -> AsyncIterator[Node]
         thread_name_prefix=TASK_THREAD_PREFIX,
     )
     http_client = httpx.AsyncClient(
-        transport=guarded_transport(),  # refuses private addresses at connect time too
+        # Refuses private addresses at connect time too. The queues' concurrency bounds how
+        # many requests run at once; a pool limit (httpx's default is 100 connections) would
+        # bound them again, and relays past it would wait, unread, for a connection.
+        transport=guarded_transport(limits=UPSTREAM_POOL),
         timeout=httpx.Timeout(None, connect=EGRESS_CONNECT_TIMEOUT),
         follow_redirects=False,
     )

@@ -136,3 +136,26 @@ def _open_readers(server: ServerProcess) -> float:
         if line.startswith('outlast_stream_readers{mode="job-events"}'):
             return float(line.split()[-1])
     return 0.0
+
+
+def test_relays_past_a_hundred_all_reach_the_upstream_at_once(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    # More relays run at once than an HTTP client's usual pool holds (httpx: 100 connections):
+    # each must have its own upstream connection, none waiting for another to end.
+    relays = 150
+    server = relay_server(
+        server_factory,
+        upstream,
+        OUTLAST_RELAY__FIRST_BYTE_TIMEOUT="120",
+        OUTLAST_QUEUES__DEFAULT__CONCURRENCY=str(relays),
+    )
+    job_ids = [submit(server, f"/gate?gate=wide&n=3&key=wide-{i}") for i in range(relays)]
+    wait_for(lambda: upstream.requests["/gate"] == relays, timeout=60)
+    assert sum(upstream.sent.values()) == 0
+    upstream.open_gate("wide")
+    for job_id in job_ids:
+        job = finished(server, job_id)
+        assert job["state"] == "succeeded", job
+        assert job["result"]["events"] == 4  # 3 events and [DONE]
+    assert sum(upstream.completed[f"wide-{i}"] for i in range(relays)) == relays
