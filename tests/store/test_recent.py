@@ -49,3 +49,22 @@ def test_bounded_and_skips_ttl_streams() -> None:
     assert recent.read("s", 10, 1 << 20) is not None
     recent.appended("t", info(1, ttl=60), Unit(0, 1, 1, b"x"))
     assert recent.read("t", 0, 1 << 20) is None
+
+
+def test_bounded_in_streams_and_in_total_the_least_recent_first() -> None:
+    recent = RecentUnits(max_streams=3, max_total_bytes=10)
+    for name in "abc":
+        recent.appended(name, info(2), Unit(0, 2, 1, b"xx"))
+    recent.appended("a", info(4), Unit(2, 4, 1, b"yy"))  # a is now the most recent
+    recent.appended("d", info(2), Unit(0, 2, 1, b"zz"))  # a fourth stream: b goes
+    assert recent.read("b", 0, 1 << 20) is None
+    assert all(recent.read(name, 0, 1 << 20) is not None for name in "acd")
+    assert recent.total_bytes == 8
+    recent.appended("d", info(6), Unit(2, 6, 1, b"wwww"))  # 12 bytes: c goes, then 10 fit
+    assert recent.read("c", 0, 1 << 20) is None
+    assert recent.total_bytes == 10
+    recent.forget("a")
+    recent.appended("d", info(7), Unit(6, 7, 1, b"v"))
+    assert recent.total_bytes == 7
+    recent.forget()
+    assert recent.total_bytes == 0

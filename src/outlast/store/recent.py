@@ -4,7 +4,11 @@ without a query each (one append wakes every reader of the stream).
 Only what was committed is put here, so "durable before visible" still holds. The cache is
 consulted only for a position strictly inside the range it holds; anything else (the tail
 itself, older data, another process's appends) goes to the store. Streams with a TTL or an
-expiry are not kept (reads renew or end them). Memory is bounded per stream and in streams.
+expiry are not kept (reads renew or end them). Memory is bounded per stream and in total; the
+least recently appended streams go first. The bound in streams is well above the number of
+streams a node writes at once (a thousand relays): below it, streams that readers have not
+caught up with yet would be dropped and every reader sent to the store, under load, when the
+store is already the slow part.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from dataclasses import dataclass, field
 
 from outlast.store.base import ReadResult, StreamInfo, Unit
 
-MAX_STREAMS = 512
+MAX_STREAMS = 8192
 MAX_UNITS = 64
-MAX_BYTES = 256 * 1024
+MAX_BYTES = 256 * 1024  # per stream
+MAX_TOTAL_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -27,13 +32,18 @@ class _Entry:
 
 
 class RecentUnits:
-    def __init__(self) -> None:
+    def __init__(
+        self, max_streams: int = MAX_STREAMS, max_total_bytes: int = MAX_TOTAL_BYTES
+    ) -> None:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._max_streams = max_streams
+        self._max_total = max_total_bytes
+        self._total = 0  # bytes of data held, every stream
 
     def appended(self, name: str, info: StreamInfo, unit: Unit | None) -> None:
         """Record a committed append (``unit`` is ``None`` for a close without data)."""
         if info.ttl is not None or info.expires_at is not None:
-            self._entries.pop(name, None)
+            self.forget(name)
             return
         entry = self._entries.get(name)
         if (
@@ -41,17 +51,24 @@ class RecentUnits:
             or entry.info.id != info.id
             or (unit is not None and entry.info.tail != unit.start)
         ):
+            self.forget(name)
             entry = _Entry(info)
             self._entries[name] = entry
         entry.info = info
         if unit is not None:
             entry.units.append(unit)
             entry.size += len(unit.data)
+            self._total += len(unit.data)
             while len(entry.units) > MAX_UNITS or (entry.size > MAX_BYTES and len(entry.units) > 1):
-                entry.size -= len(entry.units.popleft().data)
+                dropped = len(entry.units.popleft().data)
+                entry.size -= dropped
+                self._total -= dropped
         self._entries.move_to_end(name)
-        while len(self._entries) > MAX_STREAMS:
-            self._entries.popitem(last=False)
+        while len(self._entries) > self._max_streams or (
+            self._total > self._max_total and len(self._entries) > 1
+        ):
+            _, oldest = self._entries.popitem(last=False)
+            self._total -= oldest.size
 
     def info(self, name: str) -> StreamInfo | None:
         """The stream's metadata as of the last commit in this process, if it is kept."""
@@ -61,8 +78,15 @@ class RecentUnits:
     def forget(self, name: str | None = None) -> None:
         if name is None:
             self._entries.clear()
-        else:
-            self._entries.pop(name, None)
+            self._total = 0
+            return
+        entry = self._entries.pop(name, None)
+        if entry is not None:
+            self._total -= entry.size
+
+    @property
+    def total_bytes(self) -> int:
+        return self._total
 
     def read(self, name: str, position: int, max_bytes: int) -> ReadResult | None:
         entry = self._entries.get(name)
