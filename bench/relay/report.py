@@ -9,6 +9,7 @@ Only the text between ``<!-- bench:relay -->`` and ``<!-- /bench:relay -->`` is 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -85,14 +86,27 @@ def _median_of(runs: Runs, get: Callable[[dict[str, Any]], Any]) -> float | None
     return medians(values)
 
 
+def _level_cell(figure: str, streams: int, target: Result) -> str:
+    """A target's events/s delivered or errors at one level of concurrent streams."""
+    value = target[figure].get(str(streams))
+    if figure == "delivered":
+        return _rate(value)
+    return "—" if value is None else str(value)
+
+
+def _delivered(streams: int, who: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda run: run["latency"][str(streams)][who]["events_per_s"]
+
+
+def _ceiling(who: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda run: run["ceiling"][who]["events_per_s"]
+
+
 def summarize(runs: Runs, levels: list[int], names: list[str]) -> Result:
     out: Result = {"latency": latency_rows(runs, levels, names), "targets": {}}
     out["direct"] = {
         "ceiling_events_per_s": _median_of(runs, lambda r: r["ceiling"][DIRECT]["events_per_s"]),
-        "delivered": {
-            str(n): _median_of(runs, lambda r, n=n: r["latency"][str(n)][DIRECT]["events_per_s"])
-            for n in levels
-        },
+        "delivered": {str(n): _median_of(runs, _delivered(n, DIRECT)) for n in levels},
     }
     for name in names:
 
@@ -110,19 +124,12 @@ def summarize(runs: Runs, levels: list[int], names: list[str]) -> Result:
             return lambda run: run["scale"][name]["flow"]["latency_ms"][pct]
 
         out["targets"][name] = {
-            "delivered": {
-                str(n): _median_of(
-                    runs, lambda r, n=n, t=name: r["latency"][str(n)][t]["events_per_s"]
-                )
-                for n in levels
-            },
+            "delivered": {str(n): _median_of(runs, _delivered(n, name)) for n in levels},
             "errors": {
                 str(n): sum(errors_of(r["latency"].get(str(n), {}).get(name)) for r in runs)
                 for n in levels
             },
-            "ceiling_events_per_s": _median_of(
-                runs, lambda r, t=name: r["ceiling"][t]["events_per_s"]
-            ),
+            "ceiling_events_per_s": _median_of(runs, _ceiling(name)),
             "ceiling_errors": sum(errors_of(r["ceiling"].get(name)) for r in runs),
             "per_relay_bytes": _median_of(runs, sc("per_relay_bytes")),
             "per_relay_redis_bytes": _median_of(runs, sc("per_relay_redis_bytes")),
@@ -142,9 +149,9 @@ def cpu_rows(runs: Runs, levels: list[int], names: list[str]) -> list[tuple[str,
     """(workload, who, median CPU shares) for the CPU table."""
 
     def shares(results: list[Result | None]) -> Result:
-        good = [r for r in results if ok(r)]
+        good = [r for r in results if r is not None and ok(r)]
         return {
-            k: median([r[k] for r in good if k in r])  # type: ignore[index]
+            k: median([r[k] for r in good if k in r])
             for k in ("server_cpu", "upstream_cpu", "client_cpu", "other_cpu")
         }
 
@@ -271,15 +278,15 @@ def render(data: Result) -> str:
         head += [labels[n], "added"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|---|---|" + "|".join(["---:"] * (len(head) - 2)) + "|")
-    for row in summary["latency"]:
+    for lat in summary["latency"]:
         cells = [
-            f"{row['streams']:,}" if row["pct"] == "p50" else "",
-            row["pct"],
-            _ms(row["direct"]),
+            f"{lat['streams']:,}" if lat["pct"] == "p50" else "",
+            lat["pct"],
+            _ms(lat["direct"]),
         ]
         for n in names:
-            added = row["added"].get(n)
-            cells += [_ms(row["relay"].get(n)), "—" if added is None else f"{added:+,.2f}"]
+            added = lat["added"].get(n)
+            cells += [_ms(lat["relay"].get(n)), "—" if added is None else f"{added:+,.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Throughput, memory and the 1,000-relay run (median of runs; errors summed):", ""]
     lines.append("| Figure | direct | " + " | ".join(labels[n] for n in names) + " |")
@@ -294,9 +301,9 @@ def render(data: Result) -> str:
         row(
             f"events/s delivered at {n:,} streams (offered {offered:,.0f})",
             _rate(summary["direct"]["delivered"].get(str(n))),
-            lambda s, n=n: _rate(s["delivered"].get(str(n))),
+            functools.partial(_level_cell, "delivered", n),
         )
-        row(f"errors at {n:,} streams", "", lambda s, n=n: str(s["errors"].get(str(n), "—")))
+        row(f"errors at {n:,} streams", "", functools.partial(_level_cell, "errors", n))
     row(
         f"events/s ceiling ({cfg['ceiling_streams']} streams unthrottled)",
         _rate(summary["direct"]["ceiling_events_per_s"]),

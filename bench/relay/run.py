@@ -131,7 +131,8 @@ class Harness:
 
     def plan(self) -> int:
         per_run = len(self.cfg.levels) * (1 + len(self.names)) + 1 + len(self.names)
-        return self.args.runs * (per_run + (0 if self.args.no_scale else len(self.names)))
+        runs: int = self.args.runs
+        return runs * (per_run + (0 if self.args.no_scale else len(self.names)))
 
     def step(self, where: str, desc: str, work: Step) -> dict[str, Any]:
         """One measurement: settle, run, record an exception as the result, show a headline."""
@@ -194,11 +195,15 @@ class Harness:
         def missing(name: str) -> dict[str, Any]:
             return {"error": f"{name} is not running"}
 
+        def bind(work: Callable[..., dict[str, Any]], *args: Any) -> Step:
+            """A workload as a step: its arguments, then the step's tick, the log, the status."""
+            return lambda tick, status: work(*args, tick, log, status)
+
         # The ceiling first: a level that fails (1,000 relays) may leave a server unable to relay.
         results["ceiling"]["direct"] = self.step(
             where,
             "direct · ceiling",
-            lambda t, s: workloads.ceiling("direct", cfg, upstream, None, t, log, s),
+            bind(workloads.ceiling, "direct", cfg, upstream, None),
         )
         for name in names:
             server = self.servers.get(name)
@@ -208,9 +213,7 @@ class Harness:
                 else self.step(
                     where,
                     f"{name} · ceiling",
-                    lambda t, s, sv=server: workloads.ceiling(
-                        "relay", cfg, upstream, sv, t, log, s
-                    ),
+                    bind(workloads.ceiling, "relay", cfg, upstream, server),
                 )
             )
         for n in cfg.levels:
@@ -219,7 +222,7 @@ class Harness:
             per["direct"] = self.step(
                 where,
                 f"direct · {n:,} streams",
-                lambda t, s, n=n: workloads.latency("direct", n, cfg, upstream, None, t, log, s),
+                bind(workloads.latency, "direct", n, cfg, upstream, None),
             )
             for name in names:
                 server = self.servers.get(name)
@@ -229,9 +232,7 @@ class Harness:
                     else self.step(
                         where,
                         f"{name} · {n:,} streams",
-                        lambda t, s, n=n, sv=server: workloads.latency(
-                            "relay", n, cfg, upstream, sv, t, log, s
-                        ),
+                        bind(workloads.latency, "relay", n, cfg, upstream, server),
                     )
                 )
         self.stop_targets(results["server_log"])
@@ -247,7 +248,7 @@ class Harness:
                     else self.step(
                         where,
                         f"{name} · {cfg.relays:,} relays × {cfg.readers_per_relay} readers",
-                        lambda t, s, sv=server: workloads.scale(cfg, upstream, sv, t, log, s),
+                        bind(workloads.scale, cfg, upstream, server),
                     )
                 )
                 scale_log: dict[str, Any] = {}
