@@ -1,0 +1,5 @@
+import sys
+
+from bench.shutdown.run import main
+
+sys.exit(main())
