@@ -221,6 +221,18 @@ def render(data: dict[str, Any]) -> str:
         ]
         lines += _table(["Target", *(head for head, _ in cols)], rows, 1)
         lines.append("")
+    checks = []
+    for n in (n for n in names if n.startswith("outlast")):
+        for key, per in summary.items():
+            s, total = per[n], len(data["runs"])
+            met = s["runs"] == total and not any(s["lost"])
+            checks.append(
+                f"- {targets[n]['label']}, {SCENARIO_NAMES[key]}: jobs lost "
+                f"{_counts(s['lost'])} in {s['runs']} of {total} runs — "
+                + ("**met**" if met else "**not met**")
+            )
+    if checks:
+        lines += ["SPEC §9 (jobs lost must be 0):", "", *checks, ""]
     lines += ["### What each target does", ""]
     rows = [[targets[n]["label"], *_behaviour(n)] for n in names]
     lines += _table(["Target", "on SIGTERM", "after a kill"], rows, 3)
