@@ -186,6 +186,13 @@ def _columns(key: str, data: dict[str, Any]) -> list[tuple[str, Cell]]:
     ]
 
 
+def _version(info: dict[str, str]) -> str:
+    """The version at the start, and at the end when it changed (outlast's work tree was edited
+    during the run: the workers restarted after that ran the edited code)."""
+    end = info.get("version_end")
+    return info["version"] + (f" at the start, {end} at the end" if end else "")
+
+
 def render(data: dict[str, Any]) -> str:
     meta, targets, summary = data["meta"], data["targets"], data["summary"]
     cfg, machine = meta["config"], meta["machine"]
@@ -208,7 +215,7 @@ def render(data: dict[str, Any]) -> str:
         f"they are started again, as before, and every job has {cap:.0f} s to finish. **Jobs "
         f"lost** = accepted and not finished {cap:.0f} s after the restart (SPEC §9: must be 0); "
         "**ran twice** = its body started more than once. Versions: "
-        + "; ".join(f"{targets[n]['label']}: {targets[n]['version']}" for n in names)
+        + "; ".join(f"{targets[n]['label']}: {_version(targets[n])}" for n in names)
         + ".",
         "",
     ]

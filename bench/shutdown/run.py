@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep and not bench.failed:
             shutil.rmtree(logdir, ignore_errors=True)
 
+    for name, info in bench.info.items():  # the work tree may change under a long run
+        if (end := targets.version_of(bench.specs[name])) != info["version"]:
+            info["version_end"] = end
     machine["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     data = {
         "meta": {
