@@ -361,7 +361,10 @@ class JobsAPI:
                             out.append(render_event(message, format_offset(unit.end)))
                     yield b"".join(out)
                     position = result.next
-                    continue
+                    if position < result.info.tail:
+                        continue  # more is there already
+                # At the end as of this read: wait for more rather than read again (a read at
+                # the tail finds nothing, and costs a store round trip per event delivered).
                 if result.info.closed:
                     return
                 if self.lifecycle.stop_readers.is_set():
