@@ -168,10 +168,12 @@ def test_sigterm_ends_live_readers_and_exits_zero(
 
     signalled = time.monotonic()
     server.signal(signal.SIGTERM)
-    # Phase 1 is visible at once: not ready any more.
-    body_continue.set()
     for t in threads:
         t.join(timeout=30)
+    # The rest of the body only once every reader has ended: the write under way still
+    # completes, and the long-polls cannot have been answered by it (a 200 would then be a race
+    # with the append, not a sign of how shutdown ends them).
+    body_continue.set()
     writer.join(timeout=30)
     code = server.wait_exit(timeout=30)
 

@@ -244,7 +244,8 @@ class RedisStore(Store):
                     self._forget_all()
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    # Untyped in older redis-py releases, typed in newer ones.
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
             await asyncio.sleep(delay)  # back-off between reconnection attempts
             delay = min(RESUBSCRIBE_MAX, delay * 2)
 
