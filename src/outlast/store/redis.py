@@ -33,6 +33,8 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from outlast.errors import BadRequest, NotFound, StoreError, StoreUnavailable
@@ -155,7 +157,10 @@ class RedisStore(Store):
         # A bounded pool: a thousand concurrent readers queue for a connection rather than
         # opening a thousand connections.
         pool = aioredis.BlockingConnectionPool(
-            max_connections=MAX_CONNECTIONS, timeout=COMMAND_TIMEOUT, **parsed.params
+            max_connections=MAX_CONNECTIONS,
+            timeout=COMMAND_TIMEOUT,
+            retry=AsyncRetry(NoBackoff(), 0),  # outlast decides what to retry, and when
+            **parsed.params,
         )
         client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         try:

@@ -26,7 +26,9 @@ from typing import Any, TypeVar
 
 import hiredis
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
 
 from outlast.errors import StoreError, StoreUnavailable
 from outlast.store import streams_logic as logic
@@ -67,7 +69,8 @@ class Wire:
     def __init__(self, params: dict[str, Any]) -> None:
         # redis-py's connection classes are untyped: held as Any.
         connection_class: Any = redis.Connection
-        self.conn: Any = connection_class(**params)
+        # No retries of its own: outlast decides what to retry, and when.
+        self.conn: Any = connection_class(retry=Retry(NoBackoff(), 0), **params)
         self.where = f"{params.get('host')}:{params.get('port')}"
 
     def call(self, commands: Sequence[Command]) -> list[Any]:

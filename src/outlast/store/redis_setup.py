@@ -8,9 +8,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from outlast.errors import ConfigError, StoreError
 
@@ -25,7 +23,7 @@ COMMAND_TIMEOUT = 5.0
 
 @dataclass(frozen=True)
 class RedisURL:
-    params: dict[str, Any]  # for redis-py connections
+    params: dict[str, Any]  # for redis-py connections (each adds its own kind of retry policy)
     prefix: str
     display: str  # without the password
 
@@ -52,7 +50,6 @@ def parse_url(url: str) -> RedisURL:
         "db": int(path),
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_timeout": COMMAND_TIMEOUT,
-        "retry": Retry(NoBackoff(), 0),  # outlast decides what to retry, and when
         "protocol": 2,  # the replies the engine parses (redis-py 8 defaults to RESP3)
     }
     if parts.username:
