@@ -8,17 +8,12 @@ state live in :mod:`outlast.store.streams_logic`, executed atomically by the sto
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from prometheus_client import Gauge
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -26,6 +21,22 @@ from starlette.types import Receive, Scope, Send
 
 from outlast.api import cursor
 from outlast.api.sse_response import SSEResponse
+from outlast.api.stream_protocol import (
+    INTEGER_RE,
+    body_unit,
+    encode_sse_data,
+    header,
+    latin1,
+    meta_headers,
+    parse_bool_header,
+    parse_expires_at,
+    parse_offset_or_400,
+    parse_producer,
+    parse_ttl,
+    raw_headers,
+    sse_control,
+    stream_name_from_path,
+)
 from outlast.config import Settings
 from outlast.errors import (
     BadRequest,
@@ -42,14 +53,11 @@ from outlast.metrics import Metrics
 from outlast.store.base import (
     AppendSpec,
     CreateSpec,
-    Producer,
     ReadResult,
     Store,
     StreamInfo,
     format_offset,
-    is_json_type,
     media_type,
-    parse_offset,
 )
 
 log = logging.getLogger("outlast.api.streams")
@@ -57,130 +65,11 @@ log = logging.getLogger("outlast.api.streams")
 PREFIX = "/v1/stream/"
 JOBS_NAMESPACE = "jobs/"
 ALLOWED_METHODS = "GET, HEAD, PUT, POST, DELETE, OPTIONS"
-_TTL_RE = re.compile(r"0|[1-9][0-9]*")
-_INT_RE = re.compile(r"0|[1-9][0-9]*")
-_RFC3339_RE = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
-    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
-)
-MAX_SAFE_INTEGER = 2**53 - 1
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 NOW = -1  # read position meaning "the tail, whatever it is"
 CATCH_UP_CACHE = "public, max-age=60, stale-while-revalidate=300"
 # Streams whose last SSE data event is kept for the next reader at the same position.
 SSE_ENCODED_STREAMS = 256
-
-
-def _header(request: Request, name: str) -> str | None:
-    return request.headers.get(name)
-
-
-def _parse_ttl(raw: str | None) -> int | None:
-    if raw is None:
-        return None
-    if not _TTL_RE.fullmatch(raw):
-        raise BadRequest("Stream-TTL must be a non-negative integer without sign or leading zeros")
-    return int(raw)
-
-
-def _parse_expires_at(raw: str | None) -> float | None:
-    if raw is None:
-        return None
-    text = raw.strip()
-    if not _RFC3339_RE.fullmatch(text):
-        raise BadRequest("Stream-Expires-At must be an RFC 3339 timestamp")
-    try:
-        parsed = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise BadRequest("Stream-Expires-At must be an RFC 3339 timestamp") from exc
-    return parsed.timestamp()
-
-
-def _format_expires_at(value: float) -> str:
-    return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")
-
-
-def _parse_bool_header(raw: str | None, name: str) -> bool:
-    if raw is None:
-        return False
-    value = raw.strip().lower()
-    if value == "true":
-        return True
-    if value == "false":
-        return False
-    raise BadRequest(f"{name} must be 'true' or 'false'")
-
-
-def _raw_headers(scope: Scope) -> dict[bytes, bytes]:
-    """The request's headers by (lower-case) name; the first of repeated headers wins, as with
-    Starlette's ``Headers.get``."""
-    return dict(reversed(scope["headers"]))
-
-
-def _text(raw: bytes | None) -> str | None:
-    return None if raw is None else raw.decode("latin-1")
-
-
-def _parse_producer(headers: dict[bytes, bytes]) -> Producer | None:
-    pid = _text(headers.get(b"producer-id"))
-    epoch = _text(headers.get(b"producer-epoch"))
-    seq = _text(headers.get(b"producer-seq"))
-    given = [v is not None for v in (pid, epoch, seq)]
-    if not any(given):
-        return None
-    if not all(given):
-        raise BadRequest("Producer-Id, Producer-Epoch and Producer-Seq must be sent together")
-    assert pid is not None and epoch is not None and seq is not None
-    if not pid.strip():
-        raise BadRequest("Producer-Id must not be empty")
-    values = []
-    for name, raw in (("Producer-Epoch", epoch), ("Producer-Seq", seq)):
-        raw = raw.strip()
-        if not _INT_RE.fullmatch(raw) or int(raw) > MAX_SAFE_INTEGER:
-            raise BadRequest(f"{name} must be an integer from 0 to 2^53-1")
-        values.append(int(raw))
-    return Producer(pid, values[0], values[1])
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _json_messages(body: bytes, *, allow_empty: bool) -> list[bytes]:
-    """The messages a JSON body holds: one level of a top-level array is flattened.
-
-    A single value is stored as it was sent (it is valid JSON: it just parsed); elements of an
-    array are re-serialised compactly, as they need cutting apart anyway.
-    """
-    stripped = body.strip()
-    if not stripped.startswith(b"["):
-        # The common case, a single value: orjson validates it several times faster. It accepts
-        # a subset of what the json module accepts (UTF-8 only, no lone surrogates, no BOM, no
-        # numbers that overflow a double), so when it refuses, the json module decides below.
-        try:
-            orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            return [stripped]
-    try:
-        value = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(value, list):
-        return [body.strip()]
-    if not value and not allow_empty:
-        raise BadRequest("an empty JSON array appends nothing", code="empty_append")
-    return [json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode() for item in value]
-
-
-def _unit(content_type: str, body: bytes, *, allow_empty_json: bool) -> tuple[bytes, int] | None:
-    if is_json_type(content_type):
-        messages = _json_messages(body, allow_empty=allow_empty_json)
-        if not messages:
-            return None
-        return b",".join(messages), len(messages)
-    return (body, 1) if body else None
 
 
 class StreamsEndpoint:
@@ -272,37 +161,37 @@ class StreamsEndpoint:
     # -- writes -------------------------------------------------------------------------------
 
     async def put(self, request: Request, name: str) -> Response:
-        ttl = _parse_ttl(_header(request, "stream-ttl"))
-        expires_at = _parse_expires_at(_header(request, "stream-expires-at"))
+        ttl = parse_ttl(header(request, "stream-ttl"))
+        expires_at = parse_expires_at(header(request, "stream-expires-at"))
         if ttl is not None and expires_at is not None:
             raise BadRequest("send Stream-TTL or Stream-Expires-At, not both")
-        closed = _parse_bool_header(_header(request, "stream-closed"), "Stream-Closed")
-        raw_type = _header(request, "content-type")
+        closed = parse_bool_header(header(request, "stream-closed"), "Stream-Closed")
+        raw_type = header(request, "content-type")
         content_type = raw_type.strip() if raw_type and raw_type.strip() else DEFAULT_CONTENT_TYPE
-        fork_from = _header(request, "stream-forked-from")
+        fork_from = header(request, "stream-forked-from")
         fork_offset: int | None = None
         fork_sub = 0
         if fork_from is None and (
-            _header(request, "stream-fork-sub-offset") is not None
-            or _header(request, "stream-fork-offset") is not None
+            header(request, "stream-fork-sub-offset") is not None
+            or header(request, "stream-fork-offset") is not None
         ):
             raise BadRequest(
                 "Stream-Fork-Offset and Stream-Fork-Sub-Offset need Stream-Forked-From"
             )
         if fork_from is not None:
-            fork_from = _stream_name_from_path(fork_from)
-            raw_offset = _header(request, "stream-fork-offset")
+            fork_from = stream_name_from_path(fork_from)
+            raw_offset = header(request, "stream-fork-offset")
             if raw_offset is not None:
-                fork_offset = _parse_offset_or_400(raw_offset)
-            raw_sub = _header(request, "stream-fork-sub-offset")
+                fork_offset = parse_offset_or_400(raw_offset)
+            raw_sub = header(request, "stream-fork-sub-offset")
             if raw_sub is not None:
-                if not _INT_RE.fullmatch(raw_sub.strip()):
+                if not INTEGER_RE.fullmatch(raw_sub.strip()):
                     raise BadRequest("Stream-Fork-Sub-Offset must be a non-negative integer")
                 fork_sub = int(raw_sub.strip())
         body = await self._body(request)
         units = []
         if body:
-            unit = _unit(content_type, body, allow_empty_json=True)
+            unit = body_unit(content_type, body, allow_empty_json=True)
             if unit is not None:
                 units.append(unit)
         spec = CreateSpec(
@@ -347,11 +236,11 @@ class StreamsEndpoint:
         name = self._name(scope)
         if name.startswith(JOBS_NAMESPACE):
             raise _read_only()
-        headers = _raw_headers(scope)
-        close = _parse_bool_header(_text(headers.get(b"stream-closed")), "Stream-Closed")
-        producer = _parse_producer(headers)
-        stream_seq = _text(headers.get(b"stream-seq"))
-        raw_type = _text(headers.get(b"content-type"))
+        headers = raw_headers(scope)
+        close = parse_bool_header(latin1(headers.get(b"stream-closed")), "Stream-Closed")
+        producer = parse_producer(headers)
+        stream_seq = latin1(headers.get(b"stream-seq"))
+        raw_type = latin1(headers.get(b"content-type"))
         body = await self._read_body(headers.get(b"content-length"), receive)
         if not body and not close:
             raise BadRequest("an append needs a body", code="empty_append")
@@ -361,7 +250,7 @@ class StreamsEndpoint:
         if body:
             assert raw_type is not None
             try:
-                unit = _unit(raw_type, body, allow_empty_json=False)
+                unit = body_unit(raw_type, body, allow_empty_json=False)
             except BadRequest:
                 # A body that is wrong for the type it claims: if the stream has another type
                 # anyway, the mismatch (409) is the better answer.
@@ -421,7 +310,7 @@ class StreamsEndpoint:
 
     async def head(self, name: str) -> Response:
         info = await self.store.head(name)
-        headers = _meta_headers(info)
+        headers = meta_headers(info)
         headers["Cache-Control"] = "no-store"
         return Response(status_code=200, headers=headers)
 
@@ -447,14 +336,14 @@ class StreamsEndpoint:
             result = await self.store.read(name, NOW, 0)
             return self._now_response(result.info)
         info = await self.store.head(name)
-        position = info.tail if raw_offset == "now" else _parse_offset_or_400(raw_offset or "-1")
+        position = info.tail if raw_offset == "now" else parse_offset_or_400(raw_offset or "-1")
         if live == "long-poll":
             return await self.long_poll(request, name, info, position)
         result = await self.store.read(name, position, self.settings.streams.max_read_bytes)
         return self._read_response(request, result, position, live=False)
 
     def _now_response(self, info: StreamInfo) -> Response:
-        headers = _meta_headers(info)
+        headers = meta_headers(info)
         headers["Stream-Up-To-Date"] = "true"
         headers["Cache-Control"] = "no-store"
         body = b"[]" if info.is_json else b""
@@ -464,7 +353,7 @@ class StreamsEndpoint:
         self, request: Request, result: ReadResult, position: int, *, live: bool
     ) -> Response:
         info = result.info
-        headers = _meta_headers(info, next_position=result.next)
+        headers = meta_headers(info, next_position=result.next)
         if result.up_to_date:
             headers["Stream-Up-To-Date"] = "true"
         # Closing changes what a read at the tail means, so a closed tail gets its own tag.
@@ -493,14 +382,14 @@ class StreamsEndpoint:
                 changed = await self._wait(name, position, self.settings.streams.long_poll_timeout)
             if not changed:
                 info = await self.store.head(name)
-                headers = _meta_headers(info)
+                headers = meta_headers(info)
                 headers["Stream-Up-To-Date"] = "true"
                 headers["Stream-Cursor"] = cursor.next_cursor(request.query_params.get("cursor"))
                 headers["Cache-Control"] = "no-store"
                 return Response(status_code=204, headers=headers)
         result = await self.store.read(name, position, self.settings.streams.max_read_bytes)
         if not result.units and result.info.closed:
-            headers = _meta_headers(result.info, next_position=result.next)
+            headers = meta_headers(result.info, next_position=result.next)
             headers["Stream-Up-To-Date"] = "true"
             headers["Stream-Cursor"] = cursor.next_cursor(request.query_params.get("cursor"))
             return Response(status_code=204, headers=headers)
@@ -546,7 +435,7 @@ class StreamsEndpoint:
 
     async def sse(self, request: Request, name: str, raw_offset: str) -> SSEResponse:
         info = await self.store.head(name)
-        position = info.tail if raw_offset == "now" else _parse_offset_or_400(raw_offset)
+        position = info.tail if raw_offset == "now" else parse_offset_or_400(raw_offset)
         if position > info.tail:
             raise BadRequest("offset is beyond the end of the stream", code="invalid_offset")
         binary = not (info.is_json or media_type(info.content_type).startswith("text/"))
@@ -571,7 +460,7 @@ class StreamsEndpoint:
         cached = self._sse_encoded.get(name)
         if cached is not None and cached[0] == key:
             return cached[1]
-        data = _encode_sse_data(info, result, binary)
+        data = encode_sse_data(info, result, binary)
         if len(self._sse_encoded) >= SSE_ENCODED_STREAMS and name not in self._sse_encoded:
             self._sse_encoded.clear()
         self._sse_encoded[name] = (key, data)
@@ -603,7 +492,7 @@ class StreamsEndpoint:
             if result.units or first:
                 client_cursor = cursor.next_cursor(client_cursor)
                 # One write for the pair: a client never sees data without its control event.
-                yield data + _sse_control(info, position, client_cursor)
+                yield data + sse_control(info, position, client_cursor)
                 first = False
             if position >= info.tail:
                 if info.closed:
@@ -634,23 +523,6 @@ def _read_only() -> MethodNotAllowed:
     )
 
 
-def _sse_control(info: StreamInfo, position: int, client_cursor: str) -> bytes:
-    """The control event after the data up to *position*; its id is the offset to resume from,
-    for EventSource's Last-Event-ID.
-
-    Written by hand, as ``json.dumps`` would (offsets and cursors are digits and underscores).
-    """
-    offset = format_offset(position)
-    if position >= info.tail and info.closed:
-        # A closed stream has no future to collapse onto: no cursor.
-        fields = f'{{"streamNextOffset": "{offset}", "streamClosed": true'
-    else:
-        fields = f'{{"streamNextOffset": "{offset}", "streamCursor": "{client_cursor}"'
-    if position >= info.tail:
-        fields += ', "upToDate": true'
-    return f"event: control\ndata:{fields}}}\nid:{offset}\n\n".encode()
-
-
 @contextlib.contextmanager
 def _counted(gauge: Gauge) -> Iterator[None]:
     gauge.inc()
@@ -658,54 +530,3 @@ def _counted(gauge: Gauge) -> Iterator[None]:
         yield
     finally:
         gauge.dec()
-
-
-def _encode_sse_data(info: StreamInfo, result: ReadResult, binary: bool) -> bytes:
-    if info.is_json:
-        payload = b"[" + b",".join(unit.data for unit in result.units) + b"]"
-        lines = payload.decode().splitlines() or [""]
-    elif binary:
-        lines = [base64.b64encode(b"".join(unit.data for unit in result.units)).decode()]
-    else:
-        text = b"".join(unit.data for unit in result.units).decode("utf-8", "replace")
-        lines = re.split(r"\r\n|\r|\n", text)
-    out = ["event: data"]
-    # "data:" + line, except that a line starting with a space needs the optional separator
-    # space, or a parser would strip the line's own first space.
-    out.extend(f"data: {line}" if line.startswith(" ") else f"data:{line}" for line in lines)
-    return ("\n".join(out) + "\n\n").encode()
-
-
-def _meta_headers(info: StreamInfo, *, next_position: int | None = None) -> dict[str, str]:
-    headers = {
-        "Content-Type": info.content_type,
-        "Stream-Next-Offset": format_offset(info.tail if next_position is None else next_position),
-    }
-    if info.closed and (next_position is None or next_position >= info.tail):
-        headers["Stream-Closed"] = "true"
-    if info.expires_at is not None:
-        headers["Stream-Expires-At"] = _format_expires_at(info.expires_at)
-    elif info.ttl is not None:
-        remaining = max(0, round(info.touched_at + info.ttl - time.time()))
-        headers["Stream-TTL"] = str(min(info.ttl, remaining) if remaining else info.ttl)
-    return headers
-
-
-def _parse_offset_or_400(raw: str) -> int:
-    if raw == "-1":
-        return 0
-    position = parse_offset(raw)
-    if position is None:
-        raise BadRequest(f"malformed offset {raw!r}", code="invalid_offset")
-    return position
-
-
-def _stream_name_from_path(raw: str) -> str:
-    """``Stream-Forked-From`` names the source by its URL path (``/v1/stream/<name>``)."""
-    path = raw.strip()
-    if "://" in path:
-        path = "/" + path.split("://", 1)[1].split("/", 1)[-1]
-    prefix = "/v1/stream/"
-    if path.startswith(prefix):
-        return path[len(prefix) :]
-    raise BadRequest("Stream-Forked-From must be a stream path such as /v1/stream/<name>")
