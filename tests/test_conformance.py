@@ -50,7 +50,9 @@ def test_conformance_suite(server_factory: Callable[..., ServerProcess]) -> None
     output = proc.stdout + proc.stderr
     counts = _counts(output)
     failures = [ln for ln in output.splitlines() if "FAIL" in ln]
+    # vitest prints each failure's error and stack after this marker: the part worth reading.
+    details = output[output.find("Failed Test") :][:8000] if "Failed Test" in output else ""
     print(f"conformance: {counts}")
-    assert proc.returncode == 0, "\n".join(failures[-60:]) or output[-5000:]
-    assert counts.get("failed", 0) == 0, failures
+    assert proc.returncode == 0, "\n".join(failures[-60:]) + "\n" + (details or output[-5000:])
+    assert counts.get("failed", 0) == 0, "\n".join(failures) + "\n" + details
     assert counts.get("passed", 0) == ACTIVE_TESTS, counts

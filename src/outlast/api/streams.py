@@ -381,8 +381,10 @@ class StreamsEndpoint:
             with _counted(self.metrics.readers.labels("long-poll")):
                 changed = await self._wait(name, position, self.settings.streams.long_poll_timeout)
             if not changed:
+                # Nothing new was sent, so the client resumes where it asked: the tail may have
+                # moved since the wait timed out, and naming it would skip that data.
                 info = await self.store.head(name)
-                headers = meta_headers(info)
+                headers = meta_headers(info, next_position=position)
                 headers["Stream-Up-To-Date"] = "true"
                 headers["Stream-Cursor"] = cursor.next_cursor(request.query_params.get("cursor"))
                 headers["Cache-Control"] = "no-store"
