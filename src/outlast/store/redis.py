@@ -55,12 +55,10 @@ from outlast.store.base import (
 from outlast.store.notify import Notifier
 from outlast.store.recent import RecentUnits
 from outlast.store.redis_data import (
-    UNIT_HEADER,
     IdBlock,
     Keys,
     decode_job,
     decode_row,
-    pairs,
     unpack_unit,
 )
 from outlast.store.redis_engine import OUTAGE_RETRY_AFTER, StreamChange, WriterEngine
@@ -89,28 +87,6 @@ SUBSCRIBE_TIMEOUT = 5.0
 MAX_HEADS = 4096
 # Connections to Redis for reads, per node: more concurrent reads wait for one.
 MAX_CONNECTIONS = 64
-
-# Reads a stream's row and its units from a position, at most about max_bytes (at least one
-# unit), in one atomic step: the units agree with the row's tail.
-READ_SCRIPT = """
-local row = redis.call('HGETALL', KEYS[1])
-local out = {}
-if #row == 0 then return {row, out} end
-local pos, max_bytes, header = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local size, offset = 0, 0
-while true do
-  local batch = redis.call('ZRANGEBYSCORE', KEYS[2], pos, '+inf', 'LIMIT', offset, 16)
-  if #batch == 0 then break end
-  for _, member in ipairs(batch) do
-    local length = #member - header
-    if #out > 0 and size + length > max_bytes then return {row, out} end
-    out[#out + 1] = member
-    size = size + length
-  end
-  offset = offset + #batch
-end
-return {row, out}
-"""
 
 
 class _Snapshot(RedisTx):
@@ -147,7 +123,6 @@ class RedisStore(Store):
         self.heads: OrderedDict[str, StreamInfo] = OrderedDict()
         engine.on_commit = self._committed
         engine.on_unknown = self._forget_all
-        self._read_script = client.register_script(READ_SCRIPT)
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed = asyncio.Event()
 
@@ -324,17 +299,25 @@ class RedisStore(Store):
     async def _snapshot(self, name: str, position: int, max_bytes: int) -> _Snapshot:
         if position < 0:
             flat = await self._redis(self.client.hgetall(self.keys.stream(name)))
-            raw, members = _texts(flat), []
-        else:
-            reply = await self._redis(
-                self._read_script(
-                    keys=[self.keys.stream(name), self.keys.units(name)],
-                    args=[position, max_bytes, UNIT_HEADER.size],
-                )
-            )
-            raw, members = pairs(reply[0]), reply[1]
-        row = decode_row(raw) if raw else None
-        return _Snapshot(self.keys, row, [unpack_unit(m) for m in members])
+            return _Snapshot(self.keys, decode_row(_texts(flat)) if flat else None, [])
+        # The row and its units in one transaction, so that they agree. A unit's score is its
+        # start offset, and offsets count bytes: the units that start within max_bytes of the
+        # position hold what the read may return, and Redis sends them straight from the set
+        # (a script that gathered them returned 1 MiB at about 200 MB/s).
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(self.keys.stream(name))
+        pipe.zrangebyscore(self.keys.units(name), position, position + max_bytes)
+        flat, members = await self._redis(pipe.execute())
+        row = decode_row(_texts(flat)) if flat else None
+        units: list[Unit] = []
+        size = 0
+        for member in members:
+            unit = unpack_unit(member)
+            if units and size + len(unit.data) > max_bytes:
+                break  # at least one unit, then no more than max_bytes
+            units.append(unit)
+            size += len(unit.data)
+        return _Snapshot(self.keys, row, units)
 
     async def read(self, name: str, position: int, max_bytes: int) -> ReadResult:
         cached = self.recent.read(name, position, max_bytes)
