@@ -68,3 +68,20 @@ def test_bounded_in_streams_and_in_total_the_least_recent_first() -> None:
     assert recent.total_bytes == 7
     recent.forget()
     assert recent.total_bytes == 0
+
+
+def test_one_commit_of_several_units() -> None:
+    recent = RecentUnits()
+    recent.appended("s", info(2), Unit(0, 2, 1, b"ab"))
+    recent.committed("s", info(7), [Unit(2, 5, 1, b"cde"), Unit(5, 7, 1, b"fg")])
+    hit = recent.read("s", 2, 1 << 20)
+    assert hit is not None and [u.data for u in hit.units] == [b"cde", b"fg"]
+    assert hit.info.tail == 7 and hit.next == 7
+    hit = recent.read("s", 0, 3)  # bounded by max_bytes, at least one unit
+    assert hit is not None and [u.data for u in hit.units] == [b"ab"]
+    # A stream deleted and created again within one commit: only the new stream's units stay.
+    recent.committed("s", info(2, stream_id=2), [Unit(7, 9, 1, b"hi"), Unit(0, 2, 1, b"zz")])
+    assert recent.read("s", 7, 1 << 20) is None
+    hit = recent.read("s", 0, 1 << 20)
+    assert hit is not None and [u.data for u in hit.units] == [b"zz"]
+    assert recent.total_bytes == 2

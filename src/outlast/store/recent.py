@@ -14,6 +14,7 @@ store is already the slow part.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from outlast.store.base import ReadResult, StreamInfo, Unit
@@ -42,27 +43,35 @@ class RecentUnits:
 
     def appended(self, name: str, info: StreamInfo, unit: Unit | None) -> None:
         """Record a committed append (``unit`` is ``None`` for a close without data)."""
+        self.committed(name, info, () if unit is None else (unit,))
+
+    def committed(self, name: str, info: StreamInfo, units: Sequence[Unit]) -> None:
+        """Record the units one commit appended, in order, and the stream as that commit left
+        it: one call per stream and commit rather than one per unit (a commit of a busy relay
+        carries several events, and this runs on the event loop for each of them)."""
         if info.ttl is not None or info.expires_at is not None:
             self.forget(name)
             return
         entry = self._entries.get(name)
-        if (
-            entry is None
-            or entry.info.id != info.id
-            or (unit is not None and entry.info.tail != unit.start)
-        ):
+        if entry is None or entry.info.id != info.id:
             self.forget(name)
-            entry = _Entry(info)
-            self._entries[name] = entry
-        entry.info = info
-        if unit is not None:
+            entry = self._entries[name] = _Entry(info)
+        tail = entry.info.tail
+        for unit in units:
+            if entry.units and unit.start != tail:
+                # Not where the kept units end (a gap, or the units of a stream deleted and
+                # created again in the same commit): start over from this unit.
+                self.forget(name)
+                entry = self._entries[name] = _Entry(info)
             entry.units.append(unit)
             entry.size += len(unit.data)
             self._total += len(unit.data)
-            while len(entry.units) > MAX_UNITS or (entry.size > MAX_BYTES and len(entry.units) > 1):
-                dropped = len(entry.units.popleft().data)
-                entry.size -= dropped
-                self._total -= dropped
+            tail = unit.end
+        while len(entry.units) > MAX_UNITS or (entry.size > MAX_BYTES and len(entry.units) > 1):
+            dropped = len(entry.units.popleft().data)
+            entry.size -= dropped
+            self._total -= dropped
+        entry.info = info
         self._entries.move_to_end(name)
         while len(self._entries) > self._max_streams or (
             self._total > self._max_total and len(self._entries) > 1

@@ -29,7 +29,6 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -255,13 +254,7 @@ class RedisStore(Store):
                 self.heads.pop(name, None)
                 continue
             info = row.info()
-            for i, unit in enumerate(units):
-                last = i == len(units) - 1
-                self.recent.appended(
-                    name, replace(info, tail=unit.end, closed=info.closed and last), unit
-                )
-            if not units:
-                self.recent.appended(name, info, None)
+            self.recent.committed(name, info, units)
             if info.expiry() is not None:
                 self.heads.pop(name, None)  # head() must check expiry: never cached
                 continue
