@@ -21,11 +21,13 @@ import contextlib
 import contextvars
 import ipaddress
 import socket
+import ssl
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import httpcore
 import httpx
 
@@ -207,11 +209,13 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         error: Exception | None = None
         for addr in addresses:
             try:
-                return await self.inner.connect_tcp(
+                stream = await self.inner.connect_tcp(
                     str(addr), port, timeout, local_address, socket_options
                 )
             except httpcore.ConnectError as exc:
                 error = exc
+            else:
+                return LeanStream(stream)
         assert error is not None
         raise error
 
@@ -222,6 +226,54 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self.inner.sleep(seconds)
+
+
+class LeanStream(httpcore.AsyncNetworkStream):
+    """A connection that reads without a timeout scope when the read has no timeout.
+
+    httpcore's anyio stream enters an ``anyio.fail_after`` scope around every read, even
+    without a deadline. A relay reads one small chunk per upstream event, and at a thousand
+    relays entering that scope was a fifth of the process's CPU, more than storing the
+    events. Upstream reads have no httpx read timeout (the relay enforces its own first-byte
+    and idle limits), so they take the direct path; anything else goes through httpcore's.
+    """
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self.inner = inner
+        # The anyio byte stream under httpcore's wrapper (None: another backend, or a
+        # release that keeps it elsewhere; then every read goes through httpcore).
+        raw = getattr(inner, "_stream", None)
+        self.raw: anyio.abc.ByteStream | None = (
+            raw if isinstance(raw, anyio.abc.ByteStream) else None
+        )
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if timeout is not None or self.raw is None:
+            return await self.inner.read(max_bytes, timeout)
+        # The errors httpcore maps, mapped the same way.
+        try:
+            return await self.raw.receive(max_bytes)
+        except anyio.EndOfStream:
+            return b""
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            raise httpcore.ReadError(exc) from exc
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self.inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return LeanStream(await self.inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.inner.get_extra_info(info)
 
 
 def guarded_transport(**kwargs: Any) -> httpx.AsyncHTTPTransport:

@@ -8,12 +8,14 @@ import asyncio
 import ipaddress
 from typing import Any
 
+import httpcore
 import httpx
 import pytest
 
 from outlast.config import EgressSettings
 from outlast.egress import (
     EgressRefused,
+    LeanStream,
     Target,
     check_url,
     egress_scope,
@@ -113,3 +115,31 @@ def test_the_client_connects_where_allowed(upstream: Any) -> None:
     # outlast's own requests (no scope) are not restricted to public addresses.
     assert asyncio.run(_get(url, None)) == 200
     assert upstream.requests["/echo"] == 2
+
+
+def test_reads_without_a_timeout_skip_the_timeout_scope_and_map_errors_alike() -> None:
+    async def main() -> None:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"hello")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            inner = await httpcore.AnyIOBackend().connect_tcp("127.0.0.1", port)
+            stream = LeanStream(inner)
+            assert stream.raw is not None  # the direct path is taken on httpcore's anyio stream
+            received = b""
+            while len(received) < 5:
+                chunk = await stream.read(1024)
+                assert chunk
+                received += chunk
+            assert received == b"hello"
+            assert await stream.read(1024) == b""  # the peer closed: end of stream, as httpcore
+            assert await stream.read(1024, timeout=1.0) == b""  # httpcore's own path
+            await stream.aclose()
+            with pytest.raises(httpcore.ReadError):
+                await stream.read(1024)
+
+    asyncio.run(main())

@@ -323,11 +323,13 @@ async def run_relay(
         target.url,
         headers=headers,
         content=body,
-        # Our own clocks below enforce first byte and idle with clear messages; httpx's read
-        # timeout is only a backstop.
+        # Our own clocks below enforce first byte and idle with clear messages, and every
+        # read runs under one of them (the head under first_byte_timeout, each body chunk
+        # under idle_timeout). No httpx read timeout: it would only repeat them, at the cost
+        # of a timeout scope per chunk read (see egress.LeanStream).
         timeout=httpx.Timeout(
             connect=relay.connect_timeout,
-            read=max(relay.first_byte_timeout, relay.idle_timeout) + 1,
+            read=None,
             write=relay.idle_timeout,
             pool=relay.connect_timeout,
         ),
