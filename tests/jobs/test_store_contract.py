@@ -279,3 +279,60 @@ async def test_watch_queue_is_set_by_a_submission(store: Store) -> None:
     assert not event.is_set()
     await store.submit_job(new(), capacity=10)
     await asyncio.wait_for(event.wait(), timeout=10)
+
+
+async def test_reserved_jobs_stay_queued_hidden_from_claims_until_started(store: Store) -> None:
+    ids = [(await store.submit_job(new(), capacity=10)).job.id for _ in range(3)]
+    held = await store.reserve_jobs("q", "w1", 2, hold=30.0)
+    assert [j.id for j in held] == ids[:2]
+    assert all(j.state == JobState.QUEUED and j.attempt == 0 for j in held)
+    # Not running, not counted as running: only a started job is.
+    assert (await store.queue_counts())["q"] == {"queued": 3}
+    assert (await store.get_job(ids[0])).state == JobState.QUEUED
+    # Another worker's claim passes them by.
+    assert [j.id for j in await store.claim_jobs("q", "w2", 10, LEASE)] == [ids[2]]
+    with pytest.raises(LeaseLost):
+        await store.start_job(ids[0], "w2", LEASE)
+    started = await store.start_job(ids[0], "w1", LEASE)
+    assert started.state == JobState.RUNNING and started.attempt == 1
+    assert started.lease_owner == "w1" and started.started_at is not None
+    assert (await store.queue_counts())["q"] == {"queued": 1, "running": 2}
+    assert (await messages(store, ids[0]))[-1] == {
+        "type": "state",
+        "state": "running",
+        "attempt": 1,
+    }
+    with pytest.raises(LeaseLost):  # started once only
+        await store.start_job(ids[0], "w1", LEASE)
+    await store.finish_job(ids[0], "w1", 1, Outcome("succeeded", result=1))
+    assert (await store.get_job(ids[0])).state == JobState.SUCCEEDED
+
+
+async def test_unreserved_and_expired_reservations_are_claimable_again(store: Store) -> None:
+    first = (await store.submit_job(new(), capacity=10)).job
+    second = (await store.submit_job(new(), capacity=10)).job
+    held = await store.reserve_jobs("q", "w1", 2, hold=30.0)
+    assert [j.id for j in held] == [first.id, second.id]
+    assert await store.claim_jobs("q", "w2", 10, LEASE) == []
+    # Handed back by its holder (only): in its old place in the queue, no attempt spent.
+    assert await store.unreserve_jobs("w1", [(first.id, first.run_at)]) == 1
+    assert await store.unreserve_jobs("w2", [(second.id, second.run_at)]) == 0
+    claimed = await store.claim_jobs("q", "w2", 10, LEASE)
+    assert [(j.id, j.attempt) for j in claimed] == [(first.id, 1)]
+    with pytest.raises(LeaseLost):
+        await store.start_job(first.id, "w1", LEASE)
+    # A hold that ended (its worker died, say) frees the job for anyone.
+    third = (await store.submit_job(new(), capacity=10)).job
+    assert [j.id for j in await store.reserve_jobs("q", "w3", 5, hold=0.0)] == [third.id]
+    assert [j.id for j in await store.claim_jobs("q", "w2", 10, LEASE)] == [third.id]
+    assert (await store.get_job(second.id)).state == JobState.QUEUED  # still held by w1
+
+
+async def test_a_cancelled_reservation_cannot_start(store: Store) -> None:
+    job = (await store.submit_job(new(), capacity=10)).job
+    await store.reserve_jobs("q", "w1", 1, hold=30.0)
+    assert (await store.cancel_job(job.id)).state == JobState.CANCELLED
+    with pytest.raises(LeaseLost):
+        await store.start_job(job.id, "w1", LEASE)
+    assert await store.unreserve_jobs("w1", [(job.id, job.run_at)]) == 0
+    assert (await store.get_job(job.id)).state == JobState.CANCELLED

@@ -215,6 +215,24 @@ class JobStore(abc.ABC):
         """Up to *limit* due jobs of *queue*, now running under *owner*'s lease."""
 
     @abc.abstractmethod
+    async def reserve_jobs(
+        self, queue: str, owner: str, limit: int, hold: float
+    ) -> list[JobRecord]:
+        """Up to *limit* due jobs of *queue*, held for *owner* for *hold* seconds: still queued
+        (not running), but no claim takes them until the hold ends. Start them with
+        :meth:`start_job`; hand back those not started with :meth:`unreserve_jobs`."""
+
+    @abc.abstractmethod
+    async def start_job(self, job_id: str, owner: str, lease: float) -> JobRecord:
+        """A job *owner* reserved starts its next attempt under *owner*'s lease (``LeaseLost``
+        if it is no longer held: cancelled, or its hold ended and another worker took it)."""
+
+    @abc.abstractmethod
+    async def unreserve_jobs(self, owner: str, held: list[tuple[str, float]]) -> int:
+        """Hand back reservations, as (job id, its ``run_at`` when reserved): each job goes
+        back to its place in its queue. Returns how many were still held."""
+
+    @abc.abstractmethod
     async def renew_leases(
         self, owner: str, job_ids: list[str], lease: float
     ) -> tuple[list[str], list[str]]:

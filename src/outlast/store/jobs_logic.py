@@ -187,24 +187,78 @@ def submit(tx: JobTx, new: NewJob, capacity: int, now: float) -> streams.Changed
 # -- claim, heartbeat, emit -----------------------------------------------------------------
 
 
+def _begin(tx: JobTx, job: JobRecord, owner: str, lease: float, now: float) -> JobRecord:
+    """A queued job's next attempt starts under *owner*'s lease (not counted: see callers)."""
+    attempt = job.attempt + 1
+    fields = {
+        "attempt": attempt,
+        "started_at": now,
+        "lease_owner": owner,
+        "lease_expires": now + lease,
+    }
+    running = _set_state(tx, job, JobState.RUNNING, fields)
+    _emit(tx, running, now, _state(JobState.RUNNING, attempt))
+    return running
+
+
 def claim(
     tx: JobTx, queue: str, owner: str, limit: int, lease: float, now: float
 ) -> streams.Changed:
-    claimed = []
-    for job in tx.claimable(queue, now, limit):
-        attempt = job.attempt + 1
-        fields = {
-            "attempt": attempt,
-            "started_at": now,
-            "lease_owner": owner,
-            "lease_expires": now + lease,
-        }
-        running = _set_state(tx, job, JobState.RUNNING, fields)
-        _emit(tx, running, now, _state(JobState.RUNNING, attempt))
-        claimed.append(running)
+    claimed = [_begin(tx, job, owner, lease, now) for job in tx.claimable(queue, now, limit)]
     if claimed:  # every claimable job is queued in this queue: counted at once
         tx.move_count(queue, JobState.QUEUED, JobState.RUNNING, len(claimed))
     return streams.Changed(claimed, tuple(job.stream for job in claimed))
+
+
+# -- reservations: claimed ahead, started later ---------------------------------------------
+#
+# A worker that runs short jobs reserves the next ones while its slots are busy, so that a slot
+# that frees starts one at once instead of waiting for a claim's round trip. A reserved job is
+# still queued (it is not running and is not counted as running); it is hidden from every
+# claim until ``run_at``, which is set to the end of the hold. When the hold ends (the worker
+# died, say) it is claimable again, with no attempt spent. ``lease_owner`` names the holder.
+
+
+def reserve(
+    tx: JobTx, queue: str, owner: str, limit: int, hold: float, now: float
+) -> streams.Changed:
+    """Hold up to *limit* due jobs of *queue* for *owner* for *hold* seconds. Returns them as
+    they were (``run_at`` is still when they became due)."""
+    held = tx.claimable(queue, now, limit)
+    for job in held:
+        tx.update_job(job.id, run_at=now + hold, lease_owner=owner, lease_expires=now + hold)
+    return streams.Changed(held, ())
+
+
+def _held(tx: JobTx, job_id: str, owner: str) -> JobRecord | None:
+    job = tx.get_job(job_id)
+    if job is None or job.state != JobState.QUEUED or job.lease_owner != owner:
+        return None
+    return job
+
+
+def start(tx: JobTx, job_id: str, owner: str, lease: float, now: float) -> streams.Changed:
+    """A job *owner* reserved starts its attempt (``LeaseLost`` if it is no longer held: it
+    was cancelled, or its hold ended and another worker took it)."""
+    job = _held(tx, job_id, owner)
+    if job is None:
+        raise LeaseLost(job_id)
+    running = _begin(tx, job, owner, lease, now)
+    tx.move_count(job.queue, JobState.QUEUED, JobState.RUNNING)
+    return streams.Changed(running, (running.stream,))
+
+
+def unreserve(tx: JobTx, owner: str, held: list[tuple[str, float]], now: float) -> streams.Changed:
+    """Hand back reservations (job id, the ``run_at`` it had) that *owner* will not start: each
+    goes back to its place in its queue."""
+    names: list[str] = []
+    for job_id, run_at in held:
+        job = _held(tx, job_id, owner)
+        if job is None:
+            continue
+        tx.update_job(job_id, run_at=run_at, lease_owner=None, lease_expires=None)
+        names.append(queue_key(job.queue))
+    return streams.Changed(len(names), tuple(dict.fromkeys(names)))
 
 
 def renew(tx: JobTx, owner: str, job_ids: list[str], lease: float, now: float) -> streams.Changed:

@@ -330,6 +330,24 @@ class SQLiteStore(Store):
         )
         return claimed
 
+    async def reserve_jobs(
+        self, queue: str, owner: str, limit: int, hold: float
+    ) -> list[JobRecord]:
+        held: list[JobRecord] = await self._change(
+            lambda tx, now: jobs.reserve(tx, queue, owner, limit, hold, now)
+        )
+        return held
+
+    async def start_job(self, job_id: str, owner: str, lease: float) -> JobRecord:
+        job: JobRecord = await self._change(
+            lambda tx, now: jobs.start(tx, job_id, owner, lease, now)
+        )
+        return job
+
+    async def unreserve_jobs(self, owner: str, held: list[tuple[str, float]]) -> int:
+        n: int = await self._change(lambda tx, now: jobs.unreserve(tx, owner, held, now))
+        return n
+
     async def renew_leases(
         self, owner: str, job_ids: list[str], lease: float
     ) -> tuple[list[str], list[str]]:
