@@ -19,6 +19,7 @@ from outlast.models import (
     JobRecord,
     JobState,
     NewJob,
+    OutcomeKind,
     can_transition,
     evolve_job,
     new_job_id,
@@ -47,7 +48,7 @@ class SubmitResult:
 class Outcome:
     """How an attempt ended, as the worker reports it."""
 
-    kind: str  # "succeeded" | "failed" | "cancelled" | "release"
+    kind: OutcomeKind
     result: Any = None
     error: dict[str, Any] | None = None
     retry_at: float | None = None  # failed with attempts left: when to try again
