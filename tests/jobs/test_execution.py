@@ -38,6 +38,8 @@ def test_failed_attempts_are_retried_with_backoff_and_each_shows_in_order(
     assert done["state"] == "succeeded", done
     assert done["attempt"] == 3
     assert done["result"] == {"attempt": 3}
+    # The job's error is its outcome's: none. The failed attempts' errors are in its stream.
+    assert done["error"] is None
     assert runs_of(runs, job["id"]) == ["start 1", "start 2", "start 3"]
 
     messages = stream_messages(jobs_server, job["id"])
