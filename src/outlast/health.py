@@ -83,12 +83,13 @@ class StoreHealth:
             )
             self._summarised = self._failures
 
-    def succeeded(self) -> None:
+    def succeeded(self, doing: str) -> None:
         """A call to the store succeeded. Cheap when nothing changes: called on every claim."""
         if self._down_since is None:
             return
         log.warning(
-            "store reachable again after %.1f s (%d failed calls)",
+            "store reachable again (%s) after %.1f s (%d failed calls)",
+            doing,
             self._clock() - self._down_since,
             self._failures,
         )

@@ -166,7 +166,7 @@ class QueueRunner:
                 await self._pause(None, retry.failed())
                 continue
             retry.succeeded()
-            self.health.succeeded()
+            self.health.succeeded("claim")
             if got == asked or self.stopping.is_set():
                 continue
             wait = IDLE_RECHECK if due is None else min(IDLE_RECHECK, due - time.time())

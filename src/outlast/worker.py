@@ -407,7 +407,7 @@ class Worker:
                 wait = max(interval, retry.failed())
                 continue
             retry.succeeded()
-            self.health.succeeded()
+            self.health.succeeded("lease renewal")
             for job_id in set(ids) - set(owned):
                 running = self.running.get(job_id)
                 # A job whose outcome is being written is not lost: that write ended its lease.
@@ -446,5 +446,5 @@ class Worker:
                 next_recover, next_purge = max(next_recover, later), max(next_purge, later)
             else:
                 retry.succeeded()
-                self.health.succeeded()
+                self.health.succeeded("maintenance")
             await asyncio.sleep(max(0.0, min(next_recover, next_purge) - time.monotonic()))

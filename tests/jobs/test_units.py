@@ -141,3 +141,60 @@ def test_state_messages_written_by_hand_are_what_json_dumps_writes(
     state: JobState, attempt: int
 ) -> None:
     assert _state(state, attempt) == _encode(state_message(state, attempt))
+
+
+def test_store_health_logs_an_outage_once_then_summaries_then_its_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from outlast.health import SUMMARY_EVERY, StoreHealth
+
+    now = [100.0]
+    health = StoreHealth(clock=lambda: now[0])
+    health.succeeded("claim")  # nothing to say while reachable
+    assert health.reachable and not caplog.records
+    with caplog.at_level("WARNING", logger="outlast.store"):
+        for _ in range(1000):  # a burst of failures: one line
+            health.failed("claim on default", OSError("refused"))
+            now[0] += 0.01
+        assert not health.reachable
+        assert [r.getMessage() for r in caplog.records] == [
+            "store unreachable (claim on default): refused"
+        ]
+        now[0] = 100.0 + SUMMARY_EVERY
+        health.failed("maintenance", OSError("refused"))
+        health.failed("maintenance", OSError("refused"))
+        assert len(caplog.records) == 2
+        assert "1001 failed calls in the last 30 s" in caplog.records[1].getMessage()
+        now[0] += 1
+        health.succeeded("lease renewal")
+        assert health.reachable
+        assert caplog.records[2].getMessage() == (
+            "store reachable again (lease renewal) after 31.0 s (1002 failed calls)"
+        )
+        health.succeeded("claim")
+        assert len(caplog.records) == 3
+
+
+def test_readiness_turns_503_while_the_store_cannot_be_reached() -> None:
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+
+    from outlast.api.ops import ops_routes
+    from outlast.lifecycle import Lifecycle
+
+    async def check() -> None:
+        lifecycle = Lifecycle()
+        app = Starlette(routes=ops_routes(lifecycle))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            lifecycle.store_health.failed("claim on default", OSError("refused"))
+            resp = await client.get("/readyz")
+            assert resp.status_code == 503 and "Retry-After" in resp.headers
+            assert resp.json()["error"]["code"] == "store_unreachable"
+            assert (await client.get("/healthz")).status_code == 200  # alive all the same
+            lifecycle.store_health.succeeded("claim")
+            assert (await client.get("/readyz")).status_code == 200
+
+    asyncio.run(check())
