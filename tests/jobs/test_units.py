@@ -110,7 +110,7 @@ def test_render_event_names_outlast_types_and_relays_upstream_events() -> None:
     assert plain == "data: [DONE]\nid: 0_10\n\n"
 
 
-def test_readiness_turns_503_with_retry_after_once_draining() -> None:
+def test_readiness_turns_503_while_the_store_is_unreachable_and_once_draining() -> None:
     import asyncio
 
     import httpx
@@ -124,6 +124,13 @@ def test_readiness_turns_503_with_retry_after_once_draining() -> None:
         app = Starlette(routes=ops_routes(lifecycle))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.get("/readyz")).status_code == 200
+            # Not ready while the store cannot be reached (the workers' loops say so).
+            lifecycle.store_health.failed("claim on default", OSError("refused"))
+            resp = await client.get("/readyz")
+            assert resp.status_code == 503 and "Retry-After" in resp.headers
+            assert resp.json()["error"]["code"] == "store_unreachable"
+            lifecycle.store_health.succeeded("claim")
             assert (await client.get("/readyz")).status_code == 200
             lifecycle.begin_drain()
             resp = await client.get("/readyz")
@@ -173,28 +180,3 @@ def test_store_health_logs_an_outage_once_then_summaries_then_its_end(
         )
         health.succeeded("claim")
         assert len(caplog.records) == 3
-
-
-def test_readiness_turns_503_while_the_store_cannot_be_reached() -> None:
-    import asyncio
-
-    import httpx
-    from starlette.applications import Starlette
-
-    from outlast.api.ops import ops_routes
-    from outlast.lifecycle import Lifecycle
-
-    async def check() -> None:
-        lifecycle = Lifecycle()
-        app = Starlette(routes=ops_routes(lifecycle))
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            lifecycle.store_health.failed("claim on default", OSError("refused"))
-            resp = await client.get("/readyz")
-            assert resp.status_code == 503 and "Retry-After" in resp.headers
-            assert resp.json()["error"]["code"] == "store_unreachable"
-            assert (await client.get("/healthz")).status_code == 200  # alive all the same
-            lifecycle.store_health.succeeded("claim")
-            assert (await client.get("/readyz")).status_code == 200
-
-    asyncio.run(check())
