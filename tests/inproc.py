@@ -87,7 +87,9 @@ class _OnLoopTransport(httpx.BaseTransport):
 
 @dataclass
 class InProcessServer:
-    """One outlast app in this process: ``client`` talks to it, ``url`` is its base URL."""
+    """One outlast app in this process: ``client`` talks to it, ``url`` is its base URL, and
+    ``transport`` serves other clients, e.g. ``outlast.Client(server.url, transport=...)`` for
+    request-response calls (following events needs a real server)."""
 
     settings: Settings
     node: Node
