@@ -34,8 +34,7 @@ from outlast.executors.registry import Registry
 from outlast.logs import JobLog
 from outlast.metrics import Metrics
 from outlast.models import ErrorCode, JobRecord, JobState
-from outlast.store.base import Store
-from outlast.store.jobs_logic import Outcome
+from outlast.store.base import Outcome, Store
 from outlast.tasks import Job
 
 log = logging.getLogger("outlast.worker")

@@ -21,8 +21,8 @@ def info(tail: int, *, stream_id: int = 1, ttl: int | None = None) -> StreamInfo
 
 def test_serves_units_inside_its_range_only() -> None:
     recent = RecentUnits()
-    recent.appended("s", info(3), Unit(0, 3, 1, b"abc"))
-    recent.appended("s", info(5), Unit(3, 5, 1, b"de"))
+    recent.committed("s", info(3), [Unit(0, 3, 1, b"abc")])
+    recent.committed("s", info(5), [Unit(3, 5, 1, b"de")])
     hit = recent.read("s", 3, 1 << 20)
     assert hit is not None and [u.data for u in hit.units] == [b"de"] and hit.next == 5
     assert recent.read("s", 5, 1 << 20) is None  # the tail itself: ask the store
@@ -32,11 +32,11 @@ def test_serves_units_inside_its_range_only() -> None:
 
 def test_a_gap_or_a_new_stream_starts_over() -> None:
     recent = RecentUnits()
-    recent.appended("s", info(3), Unit(0, 3, 1, b"abc"))
-    recent.appended("s", info(9), Unit(7, 9, 1, b"xy"))  # 3..7 was written elsewhere
+    recent.committed("s", info(3), [Unit(0, 3, 1, b"abc")])
+    recent.committed("s", info(9), [Unit(7, 9, 1, b"xy")])  # 3..7 was written elsewhere
     assert recent.read("s", 0, 1 << 20) is None
     assert recent.read("s", 7, 1 << 20) is not None
-    recent.appended("s", info(2, stream_id=2), Unit(0, 2, 1, b"zz"))  # re-created
+    recent.committed("s", info(2, stream_id=2), [Unit(0, 2, 1, b"zz")])  # re-created
     hit = recent.read("s", 0, 1 << 20)
     assert hit is not None and hit.units[0].data == b"zz"
 
@@ -44,27 +44,27 @@ def test_a_gap_or_a_new_stream_starts_over() -> None:
 def test_bounded_and_skips_ttl_streams() -> None:
     recent = RecentUnits()
     for i in range(MAX_UNITS + 10):
-        recent.appended("s", info(i + 1), Unit(i, i + 1, 1, b"x"))
+        recent.committed("s", info(i + 1), [Unit(i, i + 1, 1, b"x")])
     assert recent.read("s", 0, 1 << 20) is None
     assert recent.read("s", 10, 1 << 20) is not None
-    recent.appended("t", info(1, ttl=60), Unit(0, 1, 1, b"x"))
+    recent.committed("t", info(1, ttl=60), [Unit(0, 1, 1, b"x")])
     assert recent.read("t", 0, 1 << 20) is None
 
 
 def test_bounded_in_streams_and_in_total_the_least_recent_first() -> None:
     recent = RecentUnits(max_streams=3, max_total_bytes=10)
     for name in "abc":
-        recent.appended(name, info(2), Unit(0, 2, 1, b"xx"))
-    recent.appended("a", info(4), Unit(2, 4, 1, b"yy"))  # a is now the most recent
-    recent.appended("d", info(2), Unit(0, 2, 1, b"zz"))  # a fourth stream: b goes
+        recent.committed(name, info(2), [Unit(0, 2, 1, b"xx")])
+    recent.committed("a", info(4), [Unit(2, 4, 1, b"yy")])  # a is now the most recent
+    recent.committed("d", info(2), [Unit(0, 2, 1, b"zz")])  # a fourth stream: b goes
     assert recent.read("b", 0, 1 << 20) is None
     assert all(recent.read(name, 0, 1 << 20) is not None for name in "acd")
     assert recent.total_bytes == 8
-    recent.appended("d", info(6), Unit(2, 6, 1, b"wwww"))  # 12 bytes: c goes, then 10 fit
+    recent.committed("d", info(6), [Unit(2, 6, 1, b"wwww")])  # 12 bytes: c goes, then 10 fit
     assert recent.read("c", 0, 1 << 20) is None
     assert recent.total_bytes == 10
     recent.forget("a")
-    recent.appended("d", info(7), Unit(6, 7, 1, b"v"))
+    recent.committed("d", info(7), [Unit(6, 7, 1, b"v")])
     assert recent.total_bytes == 7
     recent.forget()
     assert recent.total_bytes == 0
@@ -72,7 +72,7 @@ def test_bounded_in_streams_and_in_total_the_least_recent_first() -> None:
 
 def test_one_commit_of_several_units() -> None:
     recent = RecentUnits()
-    recent.appended("s", info(2), Unit(0, 2, 1, b"ab"))
+    recent.committed("s", info(2), [Unit(0, 2, 1, b"ab")])
     recent.committed("s", info(7), [Unit(2, 5, 1, b"cde"), Unit(5, 7, 1, b"fg")])
     hit = recent.read("s", 2, 1 << 20)
     assert hit is not None and [u.data for u in hit.units] == [b"cde", b"fg"]

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from outlast.models import JobRecord, JobState, NewJob
-    from outlast.store.jobs_logic import Outcome, SubmitResult
 
 # Offsets look like the reference server's: "<16 digits>_<16 digits>", fixed width so that
 # lexicographic order is stream order. The first part is reserved (always zero here).
@@ -181,6 +180,22 @@ class StreamStore(abc.ABC):
 class JobPage:
     jobs: list[JobRecord]
     next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    job: JobRecord
+    created: bool  # False: an earlier submission with the same idempotency key
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an attempt ended, as the worker reports it."""
+
+    kind: str  # "succeeded" | "failed" | "cancelled" | "release"
+    result: Any = None
+    error: dict[str, Any] | None = None
+    retry_at: float | None = None  # failed with attempts left: when to try again
 
 
 class JobStore(abc.ABC):
