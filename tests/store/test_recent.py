@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from outlast.store.base import StreamInfo, Unit
+from dataclasses import replace
+
+from outlast.store.base import AppendResult, AppendSpec, ReadResult, StreamInfo, Unit
 from outlast.store.recent import MAX_UNITS, RecentUnits
 
 
@@ -85,3 +87,15 @@ def test_one_commit_of_several_units() -> None:
     hit = recent.read("s", 0, 1 << 20)
     assert hit is not None and [u.data for u in hit.units] == [b"zz"]
     assert recent.total_bytes == 2
+
+
+def test_an_append_is_recorded_as_asked_and_answered() -> None:
+    recent = RecentUnits()
+    spec = AppendSpec(content_type="text/plain", unit=(b"abc", 1))
+    recent.appended("s", spec, AppendResult(info(3)))
+    recent.appended("s", spec, AppendResult(info(3), duplicate=True))  # a retry: nothing new
+    assert recent.read("s", 0, 100) == ReadResult(info(3), [Unit(0, 3, 1, b"abc")], 3)
+    closed = replace(info(3), closed=True)
+    recent.appended("s", AppendSpec(content_type=None, unit=None, close=True), AppendResult(closed))
+    assert recent.info("s") == closed
+    assert recent.read("s", 0, 100) == ReadResult(closed, [Unit(0, 3, 1, b"abc")], 3)

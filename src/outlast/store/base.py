@@ -9,6 +9,9 @@ start; offsets exposed to clients are positions formatted by :func:`format_offse
 Every method is a single atomic step in the backend: correctness never depends on state held in
 one process, so many processes may share one store. Protocol violations raise the matching
 :class:`~outlast.errors.RequestError` (``NotFound``, ``Conflict``, ``Gone``, ...).
+
+This module depends on no implementation: the backends implement it through
+:class:`~outlast.store.template.RuleStore` (the layers are drawn in :mod:`outlast.store`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,8 +36,6 @@ from outlast.store.sqlite_engine import InlineEngine, ThreadEngine, connect
 from outlast.store.sqlite_tx import JOB_COLUMNS, SQLiteTx, job_from_row
 from outlast.store.streams_logic import Changed
 from outlast.store.template import JobFilter, Rule, RuleStore
-
-log = logging.getLogger("outlast.store.sqlite")
 
 T = TypeVar("T")
 
@@ -189,6 +186,7 @@ class SQLiteStore(RuleStore[Never]):
     # -- streams ----------------------------------------------------------------------------
 
     async def append(self, name: str, spec: AppendSpec) -> AppendResult:
+        # The template's, but the new unit is cached at the commit, before readers wake.
         def op(conn: sqlite3.Connection) -> _Appended:
             changed = logic.append(SQLiteTx(conn), name, spec, time.time())
             return _Appended(self.recent, name, spec, changed.value, changed.changed_names)
