@@ -124,6 +124,11 @@ class JobRecord:
     lease_expires: float | None = None
     cancel_requested: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # Flow control (docs/flow-control.md): higher priority runs first within a queue; jobs of
+    # one concurrency key share the queue's per-key limit; a retry names the job it repeats.
+    priority: int = 0
+    concurrency_key: str | None = None
+    retry_of: str | None = None
 
     @property
     def stream(self) -> str:
@@ -149,6 +154,10 @@ class JobRecord:
         }
         if self.key is not None:
             body["key"] = self.key
+        body["priority"] = self.priority
+        body["concurrency_key"] = self.concurrency_key
+        if self.retry_of is not None:
+            body["retry_of"] = self.retry_of
         if links:
             body.update(links)
         return body
@@ -176,6 +185,9 @@ class NewJob:
     timeout: float
     delay: float = 0.0
     key: str | None = None
+    priority: int = 0
+    concurrency_key: str | None = None
+    retry_of: str | None = None
 
 
 def state_message(state: JobState, attempt: int, **extra: Any) -> dict[str, Any]:

@@ -4,6 +4,7 @@ long-poll, list, cancel, the native SSE view of a job's stream, and queue statis
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import math
 import re
@@ -34,7 +35,11 @@ from outlast.metrics import Metrics
 from outlast.models import JOB_ID_PATTERN, JobRecord, JobState, NewJob
 from outlast.store.base import Store, format_offset, parse_offset
 
-SUBMIT_FIELDS = frozenset({"task", "input", "queue", "timeout", "retries", "delay", "key"})
+SUBMIT_FIELDS = frozenset(
+    {"task", "input", "queue", "timeout", "retries", "delay", "key", "priority", "concurrency_key"}
+)
+MAX_PRIORITY = 100
+MAX_CONCURRENCY_KEY_BYTES = 200
 MAX_RETRIES = 100
 MAX_TIMEOUT = 7 * 86400.0
 MAX_DELAY = 30 * 86400.0
@@ -66,6 +71,14 @@ def _number(body: dict[str, Any], field: str, low: float, high: float) -> float 
     if not low <= value <= high:
         raise _field_error(field, f"must be between {low:g} and {high:g}")
     return float(value)
+
+
+def _utf8_length(text: str) -> int:
+    """Bytes of *text* in UTF-8; -1 when it is not valid text (a lone surrogate)."""
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        return -1
 
 
 def _reject_constant(name: str) -> Any:
@@ -131,8 +144,11 @@ class JobsAPI:
             Route("/v1/jobs", self.list, methods=["GET"]),
             Route("/v1/jobs/{job_id}", self.get, methods=["GET"]),
             Route("/v1/jobs/{job_id}/cancel", self.cancel, methods=["POST"]),
+            Route("/v1/jobs/{job_id}/retry", self.retry, methods=["POST"]),
             Route("/v1/jobs/{job_id}/events", self.events, methods=["GET"]),
             Route("/v1/queues", self.queues, methods=["GET"]),
+            Route("/v1/queues/{name}/pause", self.pause, methods=["POST"]),
+            Route("/v1/queues/{name}/resume", self.resume, methods=["POST"]),
         ]
 
     # -- submit ---------------------------------------------------------------------------
@@ -186,6 +202,18 @@ class JobsAPI:
         key = body.get("key")
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH):
             raise _field_error("key", f"must be a string of 1 to {MAX_KEY_LENGTH} characters")
+        priority = _number(body, "priority", -MAX_PRIORITY, MAX_PRIORITY)
+        if priority is not None and priority != int(priority):
+            raise _field_error("priority", "must be a whole number")
+        concurrency_key = body.get("concurrency_key")
+        if concurrency_key is not None and not (
+            isinstance(concurrency_key, str)
+            and 0 < _utf8_length(concurrency_key) <= MAX_CONCURRENCY_KEY_BYTES
+        ):
+            raise _field_error(
+                "concurrency_key",
+                f"must be a string of 1 to {MAX_CONCURRENCY_KEY_BYTES} bytes (UTF-8)",
+            )
         return NewJob(
             task=task,
             queue=queue,
@@ -194,6 +222,8 @@ class JobsAPI:
             timeout=spec.timeout if timeout is None else timeout,
             delay=delay,
             key=key,
+            priority=0 if priority is None else int(priority),
+            concurrency_key=concurrency_key,
         )
 
     async def admit(self, new: NewJob) -> tuple[JobRecord, bool]:
@@ -307,20 +337,68 @@ class JobsAPI:
             )
         return JSONResponse(self.render(job), 202)
 
-    async def queues(self, request: Request) -> Response:
+    async def retry(self, request: Request) -> Response:
+        """A failed or cancelled job again, as a new job (``retry_of`` names the old one)."""
+        before = await self._job(request)
+        if not self.lifecycle.accepting:
+            raise ServiceUnavailable(
+                "shutting down; submit again shortly",
+                code="draining",
+                headers={"Retry-After": DRAIN_RETRY_AFTER},
+            )
+        queue = self.settings.queues.get(before.queue)
+        if queue is None:
+            raise Unprocessable(
+                f"queue: the job's queue {before.queue!r} is no longer configured",
+                code="unknown_queue",
+                extra={"field": "queue"},
+            )
+        try:
+            result = await self.store.retry_job(before.id, queue.capacity)
+        except QueueFull:
+            self.metrics.jobs_rejected.labels(before.queue, "queue_full").inc()
+            raise
+        job = result.job
+        self.metrics.jobs_submitted.labels(job.queue, job.task).inc()
+        location = f"/v1/jobs/{job.id}"
+        return JSONResponse(self.render(job), 202, headers={"Location": location})
+
+    async def _queue_list(self, only: str | None = None) -> builtins.list[dict[str, Any]]:
         counts = await self.store.queue_counts()
+        paused = await self.store.paused_queues()
         out = []
         for name, queue in self.settings.queues.items():
+            if only is not None and name != only:
+                continue
             states = counts.get(name, {})
             out.append(
                 {
                     "name": name,
                     "concurrency": queue.concurrency,
                     "capacity": queue.capacity,
+                    "paused": name in paused,
                     **{state.value: states.get(state.value, 0) for state in JobState},
                 }
             )
-        return JSONResponse({"queues": out})
+        return out
+
+    async def queues(self, request: Request) -> Response:
+        return JSONResponse({"queues": await self._queue_list()})
+
+    async def _set_paused(self, request: Request, paused: bool) -> Response:
+        name = request.path_params["name"]
+        if name not in self.settings.queues:
+            raise NotFound(f"queue not found: {name}", code="queue_not_found")
+        await self.store.pause_queue(name, paused)
+        return JSONResponse((await self._queue_list(name))[0])
+
+    async def pause(self, request: Request) -> Response:
+        """Start nothing more from the queue, on every node, until resumed (running jobs
+        finish; submissions are still admitted)."""
+        return await self._set_paused(request, True)
+
+    async def resume(self, request: Request) -> Response:
+        return await self._set_paused(request, False)
 
     # -- native SSE view ------------------------------------------------------------------
 

@@ -273,6 +273,20 @@ class JobStore(abc.ABC):
         """Cancel: a queued job at once, a running one by flagging it for its worker."""
 
     @abc.abstractmethod
+    async def retry_job(self, job_id: str, capacity: int) -> SubmitResult:
+        """Submit a new job repeating a failed or cancelled one (``Conflict`` otherwise), with
+        ``retry_of`` naming it; admitted like any submission (``QueueFull``)."""
+
+    @abc.abstractmethod
+    async def pause_queue(self, queue: str, paused: bool) -> None:
+        """Pause *queue* (claims and reservations take none of its jobs; running ones go on)
+        or resume it, for every process sharing the store."""
+
+    @abc.abstractmethod
+    async def paused_queues(self) -> set[str]:
+        """The queues paused now."""
+
+    @abc.abstractmethod
     async def recover_expired(self) -> list[JobRecord]:
         """Return jobs with expired leases to their queue (or fail them when spent)."""
 

@@ -64,6 +64,12 @@ class JobTx(streams.Tx):
     def finished_before(self, ts: float, limit: int) -> list[str]: ...
     @abc.abstractmethod
     def delete_job(self, job_id: str) -> None: ...
+    @abc.abstractmethod
+    def queue_paused(self, queue: str) -> bool: ...
+    @abc.abstractmethod
+    def set_queue_paused(self, queue: str, paused: bool) -> None: ...
+    @abc.abstractmethod
+    def paused_queues(self) -> set[str]: ...
 
 
 # -- stream helpers -------------------------------------------------------------------------
@@ -160,6 +166,9 @@ def submit(tx: JobTx, new: NewJob, capacity: int, now: float) -> Changed[SubmitR
         created_at=now,
         run_at=now + new.delay,
         key=new.key,
+        priority=new.priority,
+        concurrency_key=new.concurrency_key,
+        retry_of=new.retry_of,
     )
     tx.insert_job(job)
     tx.move_count(job.queue, None, JobState.QUEUED)
@@ -189,6 +198,8 @@ def _begin(tx: JobTx, job: JobRecord, owner: str, lease: float, now: float) -> J
 def claim(
     tx: JobTx, queue: str, owner: str, limit: int, lease: float, now: float
 ) -> Changed[list[JobRecord]]:
+    if tx.queue_paused(queue):
+        return Changed([], ())
     claimed = [_begin(tx, job, owner, lease, now) for job in tx.claimable(queue, now, limit)]
     if claimed:  # every claimable job is queued in this queue: counted at once
         tx.move_count(queue, JobState.QUEUED, JobState.RUNNING, len(claimed))
@@ -209,6 +220,8 @@ def reserve(
 ) -> Changed[list[JobRecord]]:
     """Hold up to *limit* due jobs of *queue* for *owner* for *hold* seconds. Returns them as
     they were (``run_at`` is still when they became due)."""
+    if tx.queue_paused(queue):
+        return Changed([], ())
     held = tx.claimable(queue, now, limit)
     for job in held:
         tx.update_job(job.id, run_at=now + hold, lease_owner=owner, lease_expires=now + hold)
@@ -363,6 +376,40 @@ def cancel(tx: JobTx, job_id: str, now: float) -> Changed[JobRecord]:
         tx.update_job(job_id, cancel_requested=True)
         job = replace(job, cancel_requested=True)
     return Changed(job, (job.stream,))
+
+
+def retry(tx: JobTx, job_id: str, capacity: int, now: float) -> Changed[SubmitResult]:
+    """A new job repeating a failed or cancelled one: same task, queue, input and options,
+    with ``retry_of`` naming it. The old job and its stream stay as they were."""
+    job = tx.get_job(job_id)
+    if job is None:
+        raise NotFound(f"job not found: {job_id}", code="job_not_found")
+    if job.state not in (JobState.FAILED, JobState.CANCELLED):
+        raise Conflict(
+            f"only a failed or cancelled job can be retried; {job_id} is {job.state.value}",
+            code="invalid_state",
+        )
+    again = NewJob(
+        task=job.task,
+        queue=job.queue,
+        input=job.input,
+        max_attempts=job.max_attempts,
+        timeout=job.timeout,
+        priority=job.priority,
+        concurrency_key=job.concurrency_key,
+        retry_of=job.id,
+    )
+    return submit(tx, again, capacity, now)
+
+
+# -- queues ---------------------------------------------------------------------------------
+
+
+def pause(tx: JobTx, queue: str, paused: bool, now: float) -> Changed[None]:
+    """Pause a queue (no claim or reservation takes its jobs) or resume it (its workers,
+    on every node, are woken to claim)."""
+    tx.set_queue_paused(queue, paused)
+    return Changed(None, () if paused else (queue_key(queue),))
 
 
 # -- recovery and retention -----------------------------------------------------------------

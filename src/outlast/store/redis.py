@@ -181,7 +181,7 @@ class RedisStore(RuleStore[Prefetch]):
         return [self.keys.counts(queue)]
 
     def _prefetch_due(self, queue: str, limit: int) -> Sequence[Prefetch]:
-        return [Due(queue, limit)]
+        return [Due(queue, limit), self.keys.paused]
 
     def _prefetch_jobs(self, job_ids: list[str]) -> Sequence[Prefetch]:
         return [self.keys.job(j) for j in job_ids]
@@ -348,6 +348,9 @@ class RedisStore(RuleStore[Prefetch]):
             upper = "(" + text(ids[-1])
         return found
 
+    async def paused_queues(self) -> set[str]:
+        return {text(q) for q in await self._redis(self.client.hkeys(self.keys.paused))}
+
     async def queue_counts(self) -> dict[str, dict[str, int]]:
         members = await self._redis(self.client.smembers(self.keys.queues))
         queues = sorted(text(m) for m in members)
@@ -361,7 +364,12 @@ class RedisStore(RuleStore[Prefetch]):
         }
 
     async def next_due(self, queue: str) -> float | None:
-        first = await self._redis(self.client.zrange(self.keys.due(queue), 0, 0, withscores=True))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hexists(self.keys.paused, queue)
+        pipe.zrange(self.keys.due(queue), 0, 0, withscores=True)
+        paused, first = await self._redis(pipe.execute())
+        if paused:
+            return None  # nothing becomes due until it is resumed
         return float(first[0][1]) if first else None
 
     async def close(self) -> None:

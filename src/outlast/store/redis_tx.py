@@ -552,6 +552,15 @@ class RedisTx(JobTx):
         if old.key is not None:
             self.hset(self.k.jkeys, {old.key: None})
 
+    def queue_paused(self, queue: str) -> bool:
+        return self.hget(self.k.paused, queue) is not None
+
+    def set_queue_paused(self, queue: str, paused: bool) -> None:
+        self.hset(self.k.paused, {queue: "1" if paused else None})
+
+    def paused_queues(self) -> set[str]:
+        return set(self.hgetall(self.k.paused) or {})
+
 
 def _expiry(row: logic.Row) -> float | None:
     """When the stream expires (StreamInfo.expiry, without a StreamInfo)."""

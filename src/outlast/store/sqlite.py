@@ -83,7 +83,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     key               TEXT UNIQUE,
     lease_owner       TEXT,
     lease_expires     REAL,
-    cancel_requested  INTEGER NOT NULL DEFAULT 0
+    cancel_requested  INTEGER NOT NULL DEFAULT 0,
+    priority          INTEGER NOT NULL DEFAULT 0,
+    concurrency_key   TEXT,
+    retry_of          TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(queue, state, run_at);
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(state, lease_expires);
@@ -93,6 +96,10 @@ CREATE TABLE IF NOT EXISTS job_counts (
     state  TEXT NOT NULL,
     n      INTEGER NOT NULL,
     PRIMARY KEY (queue, state)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queue_flags (
+    queue   TEXT PRIMARY KEY,
+    paused  INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS producers (
     stream_id    INTEGER NOT NULL,
@@ -142,6 +149,22 @@ def _path_from_url(url: str) -> str:
     return path
 
 
+# Columns added to a table after its first release: (table, column, its definition). A store
+# made by an older release gains them when opened.
+ADDED_COLUMNS = (
+    ("jobs", "priority", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "concurrency_key", "TEXT"),
+    ("jobs", "retry_of", "TEXT"),
+)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    for table, column, definition in ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
 class SQLiteStore(RuleStore[Never]):
     """The rules run on one connection per engine; reads run on the engine too (between
     transactions, never blocked by the writer in WAL mode)."""
@@ -163,6 +186,7 @@ class SQLiteStore(RuleStore[Never]):
             setup = connect(path, fsync=fsync, busy_timeout_ms=30_000)
             try:
                 setup.executescript(SCHEMA)
+                _migrate(setup)
             finally:
                 setup.close()
         except sqlite3.Error as exc:
@@ -226,6 +250,8 @@ class SQLiteStore(RuleStore[Never]):
 
     async def next_due(self, queue: str) -> float | None:
         def op(conn: sqlite3.Connection) -> float | None:
+            if SQLiteTx(conn).queue_paused(queue):
+                return None  # nothing becomes due until it is resumed
             row = conn.execute(
                 "SELECT MIN(run_at) FROM jobs WHERE queue = ? AND state = 'queued'", (queue,)
             ).fetchone()

@@ -13,7 +13,8 @@ from outlast.store.jobs_logic import JobTx
 
 JOB_COLUMNS = (
     "id, task, queue, state, input, result, error, attempt, max_attempts, timeout, created_at,"
-    " run_at, started_at, finished_at, key, lease_owner, lease_expires, cancel_requested"
+    " run_at, started_at, finished_at, key, lease_owner, lease_expires, cancel_requested,"
+    " priority, concurrency_key, retry_of"
 )
 _JSON_FIELDS = frozenset({"input", "result", "error"})
 
@@ -42,6 +43,9 @@ def job_from_row(row: tuple[Any, ...]) -> JobRecord:
         lease_owner=row[15],
         lease_expires=row[16],
         cancel_requested=bool(row[17]),
+        priority=row[18],
+        concurrency_key=row[19],
+        retry_of=row[20],
     )
 
 
@@ -170,7 +174,7 @@ class SQLiteTx(JobTx):
 
     def insert_job(self, job: JobRecord) -> None:
         self.conn.execute(
-            f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 18)})",
+            f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 21)})",
             (
                 job.id,
                 job.task,
@@ -190,6 +194,9 @@ class SQLiteTx(JobTx):
                 job.lease_owner,
                 job.lease_expires,
                 int(job.cancel_requested),
+                job.priority,
+                job.concurrency_key,
+                job.retry_of,
             ),
         )
 
@@ -258,3 +265,20 @@ class SQLiteTx(JobTx):
 
     def delete_job(self, job_id: str) -> None:
         self.conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def queue_paused(self, queue: str) -> bool:
+        row = self.conn.execute(
+            "SELECT paused FROM queue_flags WHERE queue = ?", (queue,)
+        ).fetchone()
+        return row is not None and bool(row[0])
+
+    def set_queue_paused(self, queue: str, paused: bool) -> None:
+        self.conn.execute(
+            "INSERT INTO queue_flags (queue, paused) VALUES (?, ?)"
+            " ON CONFLICT (queue) DO UPDATE SET paused = excluded.paused",
+            (queue, int(paused)),
+        )
+
+    def paused_queues(self) -> set[str]:
+        rows = self.conn.execute("SELECT queue FROM queue_flags WHERE paused = 1").fetchall()
+        return {r[0] for r in rows}

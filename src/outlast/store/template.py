@@ -282,6 +282,16 @@ class RuleStore(Store, Generic[P]):
         )
         return changed.value
 
+    async def retry_job(self, job_id: str, capacity: int) -> SubmitResult:
+        changed = await self._change(lambda tx, now: jobs.retry(tx, job_id, capacity, now))
+        return changed.value
+
+    async def pause_queue(self, queue: str, paused: bool) -> None:
+        await self._change(lambda tx, now: jobs.pause(tx, queue, paused, now))
+
+    async def paused_queues(self) -> set[str]:
+        return await self._view(lambda tx: tx.paused_queues())
+
     async def recover_expired(self) -> list[JobRecord]:
         return (await self._change(jobs.recover_expired)).value
 
