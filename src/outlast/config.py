@@ -74,6 +74,8 @@ class JobSettings(_Section):
 class QueueSettings(_Section):
     concurrency: int = Field(default=8, ge=1)
     capacity: int = Field(default=1000, ge=1)
+    # Jobs of one concurrency_key running at once, across every node; 0 = no limit.
+    per_key_concurrency: int = Field(default=0, ge=0)
 
 
 class UpstreamSettings(_Section):

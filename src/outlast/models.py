@@ -129,6 +129,8 @@ class JobRecord:
     priority: int = 0
     concurrency_key: str | None = None
     retry_of: str | None = None
+    # Its place among the keys of its queue (fair order: see store.jobs_logic); internal.
+    turn: int = 0
 
     @property
     def stream(self) -> str:

@@ -114,6 +114,7 @@ class Worker:
                 launch=self._launch,
                 stopping=self._stopping,
                 health=self.health,
+                per_key=queue.per_key_concurrency,
             )
             for name, queue in settings.queues.items()
         }

@@ -3,8 +3,10 @@ contract (every backend) and through the API."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from outlast.store.base import Outcome
 from tests.conftest import InProcessServer, ServerProcess, wait_for
 from tests.jobs import test_store_contract as contract
 from tests.jobs.helpers import finished, get_job, submit
+from tests.tiers import backend_params
 
 LEASE = 30.0
 # The store contract's fixtures: a fresh store of each backend.
@@ -196,3 +199,151 @@ def test_a_paused_queue_answers_202_and_starts_nothing_across_a_restart(
         lambda: httpx.get(f"{server.url}/v1/queues").json()["queues"][0]["succeeded"] == 1,
         timeout=10,
     )
+
+
+# -- fair order: priorities, turns and per-key limits ----------------------------------------
+
+
+async def _drain(store: Store, queue: str, slots: int, per_key: int) -> list[str]:
+    """Run every job of *queue* like one worker with *slots* slots would, ending the oldest
+    running job first; returns the events in order (``start <id>``, ``end <id>``) and checks
+    that no key ever runs more than *per_key* jobs."""
+    events: list[str] = []
+    running: list[tuple[str, int, str | None]] = []
+    while True:
+        claimed = await store.claim_jobs(queue, "w", slots - len(running), LEASE, per_key)
+        for job in claimed:
+            events.append(f"start {job.id}")
+            running.append((job.id, job.attempt, job.concurrency_key))
+        keys = [key for _, _, key in running if key is not None]
+        assert all(keys.count(key) <= per_key for key in keys)
+        if not running:
+            return events
+        job_id, attempt, _ = running.pop(0)
+        await store.finish_job(job_id, "w", attempt, Outcome("succeeded", None))
+        events.append(f"end {job_id}")
+
+
+@pytest.mark.anyio
+async def test_keys_are_served_in_turn_and_never_beyond_their_limit(store: Store) -> None:
+    tenants: dict[str, list[str]] = {"a": [], "b": [], "c": []}
+    for tenant, count in (("a", 100), ("b", 5), ("c", 5)):
+        for _ in range(count):
+            job = (await store.submit_job(new(concurrency_key=tenant), capacity=1000)).job
+            tenants[tenant].append(job.id)
+    events = await _drain(store, "q", slots=2, per_key=1)
+    tenth_of_a = events.index(f"start {tenants['a'][9]}")
+    for job_id in tenants["b"] + tenants["c"]:
+        assert events.index(f"end {job_id}") < tenth_of_a
+    # Within a key: first come, first served.
+    starts = [e.split()[1] for e in events if e.startswith("start")]
+    for ids in tenants.values():
+        assert [i for i in starts if i in ids] == ids
+
+
+@pytest.mark.anyio
+async def test_a_higher_priority_starts_first_and_each_priority_is_fifo(store: Store) -> None:
+    low = [(await store.submit_job(new(), capacity=100)).job.id for _ in range(50)]
+    urgent = (await store.submit_job(new(priority=10), capacity=100)).job.id
+    later = (await store.submit_job(new(priority=-5), capacity=100)).job.id
+    events = await _drain(store, "q", slots=1, per_key=0)
+    starts = [e.split()[1] for e in events if e.startswith("start")]
+    assert starts == [urgent, *low, later]
+
+
+@pytest.mark.anyio
+async def test_a_delayed_job_is_claimed_once_due_in_its_priority_place(store: Store) -> None:
+    delayed = (await store.submit_job(new(delay=0.05, priority=1), capacity=100)).job.id
+    first = (await store.submit_job(new(), capacity=100)).job.id
+    second = (await store.submit_job(new(), capacity=100)).job.id
+    [claimed] = await store.claim_jobs("q", "w", 1, LEASE)
+    assert claimed.id == first  # the delayed one is not due yet
+    run_at = (await store.get_job(delayed)).run_at
+    deadline = time.monotonic() + 10  # a guard: the job is due within 0.05 s
+    while time.time() <= run_at:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    # Due now: its priority puts it before the job that waited longer.
+    assert [j.id for j in await store.claim_jobs("q", "w", 1, LEASE)] == [delayed]
+    assert [j.id for j in await store.claim_jobs("q", "w", 1, LEASE)] == [second]
+
+
+def _order(runs: Path) -> list[str]:
+    path = runs / "order"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _check_fair(events: list[str], per_key: int) -> None:
+    """Tenant b's and c's jobs all end before a's 10th starts; no key runs beyond its limit."""
+    running: dict[str, int] = {}
+    a_started = 0
+    b_and_c_ended = 0
+    for event in events:
+        what, tag = event.split()
+        tenant = tag.split("-")[0]
+        running[tenant] = running.get(tenant, 0) + (1 if what == "start" else -1)
+        assert running[tenant] <= per_key, events
+        if what == "start" and tenant == "a":
+            a_started += 1
+            if a_started == 10:
+                assert b_and_c_ended == 10, events
+        if what == "end" and tenant in ("b", "c"):
+            b_and_c_ended += 1
+
+
+def _submit_tenants(server: ServerProcess) -> list[str]:
+    ids = []
+    for tenant, count in (("a", 100), ("b", 5), ("c", 5)):
+        for n in range(count):
+            body = {"tag": f"{tenant}-{n}", "ms": 10}
+            ids.append(submit(server, "ordered", input=body, concurrency_key=tenant)["id"])
+    return ids
+
+
+FAIR_ENV = {
+    "OUTLAST_QUEUES__DEFAULT__CONCURRENCY": "2",
+    "OUTLAST_QUEUES__DEFAULT__PER_KEY_CONCURRENCY": "1",
+}
+
+
+@pytest.mark.parametrize("backend", backend_params("sqlite"), indirect=True)
+def test_a_tenant_with_many_jobs_does_not_hold_back_the_others(
+    jobs_server_factory: Callable[..., ServerProcess], runs: Path
+) -> None:
+    server = jobs_server_factory(env=FAIR_ENV).start()
+    # Paused while submitting, so that every job waits when the first one may start.
+    httpx.post(f"{server.url}/v1/queues/default/pause", timeout=10)
+    ids = _submit_tenants(server)
+    httpx.post(f"{server.url}/v1/queues/default/resume", timeout=10)
+    for job_id in ids:
+        assert finished(server, job_id)["state"] == "succeeded"
+    _check_fair(_order(runs), per_key=1)
+
+
+@pytest.mark.parametrize("backend", backend_params("redis"), indirect=True)
+def test_tenants_are_served_in_turn_by_two_nodes_sharing_redis(
+    jobs_server_factory: Callable[..., ServerProcess], runs: Path
+) -> None:
+    first = jobs_server_factory(env=FAIR_ENV).start()
+    second = jobs_server_factory(env=FAIR_ENV, store=first.store).start()
+    httpx.post(f"{first.url}/v1/queues/default/pause", timeout=10)
+    ids = _submit_tenants(first)
+    httpx.post(f"{second.url}/v1/queues/default/resume", timeout=10)
+    for job_id in ids:
+        assert finished(second, job_id)["state"] == "succeeded"
+    _check_fair(_order(runs), per_key=1)
+
+
+def test_with_the_queue_busy_a_higher_priority_job_submitted_last_starts_first(
+    jobs_server_factory: Callable[..., ServerProcess], runs: Path
+) -> None:
+    server = jobs_server_factory(env={"OUTLAST_QUEUES__DEFAULT__CONCURRENCY": "1"}).start()
+    busy = submit(server, "ordered", input={"tag": "busy", "gate": "go"})
+    wait_for(lambda: get_job(server, busy["id"])["state"] == "running")
+    low = [submit(server, "ordered", input={"tag": f"low-{n}"})["id"] for n in range(50)]
+    urgent = submit(server, "ordered", input={"tag": "urgent"}, priority=10)["id"]
+    (runs / "gate-go").touch()
+    for job_id in [*low, urgent]:
+        assert finished(server, job_id)["state"] == "succeeded"
+    starts = [e.split()[1] for e in _order(runs) if e.startswith("start")]
+    assert starts == ["busy", "urgent", *(f"low-{n}" for n in range(50))]

@@ -229,8 +229,12 @@ class JobStore(abc.ABC):
         """A page of jobs, newest first; pass ``next_cursor`` back for the next page."""
 
     @abc.abstractmethod
-    async def claim_jobs(self, queue: str, owner: str, limit: int, lease: float) -> list[JobRecord]:
-        """Up to *limit* due jobs of *queue*, now running under *owner*'s lease."""
+    async def claim_jobs(
+        self, queue: str, owner: str, limit: int, lease: float, per_key: int = 0
+    ) -> list[JobRecord]:
+        """Up to *limit* due jobs of *queue*, now running under *owner*'s lease: highest
+        priority first, keys served in turn, and no more than *per_key* jobs of one
+        concurrency key running at once (0: no limit)."""
 
     @abc.abstractmethod
     async def reserve_jobs(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -57,7 +58,30 @@ class JobTx(streams.Tx):
         jobs from *old* to *new* (``None``: from or to nowhere)."""
 
     @abc.abstractmethod
-    def claimable(self, queue: str, now: float, limit: int) -> list[JobRecord]: ...
+    def ready(self, queue: str, now: float, keyed: bool) -> Iterator[JobRecord]:
+        """The due jobs of *queue* in the order they start: priority (highest first), then
+        turn, then id. Read lazily: a claim stops when it has what it needs. With *keyed*, the
+        running counts of the keys met will be asked for (a backend may fetch them ahead)."""
+
+    # Turns: round-robin across concurrency keys (see _take_turn).
+    @abc.abstractmethod
+    def queue_turn(self, queue: str) -> int:
+        """The turn of the job started last in *queue* (its virtual time)."""
+
+    @abc.abstractmethod
+    def advance_queue_turn(self, queue: str, turn: int) -> None:
+        """Move the queue's turn to *turn* (a backend may keep the larger of the two)."""
+
+    @abc.abstractmethod
+    def key_turn(self, queue: str, key: str | None) -> int:
+        """The turn given last to a job of *key* (``None``: jobs without a key)."""
+
+    @abc.abstractmethod
+    def set_key_turn(self, queue: str, key: str | None, turn: int) -> None: ...
+    @abc.abstractmethod
+    def key_running(self, queue: str, key: str) -> int: ...
+    @abc.abstractmethod
+    def move_key_running(self, queue: str, key: str, delta: int) -> None: ...
     @abc.abstractmethod
     def expired_leases(self, now: float) -> list[JobRecord]: ...
     @abc.abstractmethod
@@ -129,6 +153,8 @@ def _transition(tx: JobTx, job: JobRecord, new: JobState, now: float, **fields: 
     done = _set_state(tx, job, new, fields)
     if new != job.state:
         tx.move_count(job.queue, job.state, new)
+        if job.state == JobState.RUNNING and job.concurrency_key is not None:
+            tx.move_key_running(job.queue, job.concurrency_key, -1)
     return done
 
 
@@ -154,6 +180,7 @@ def submit(tx: JobTx, new: NewJob, capacity: int, now: float) -> Changed[SubmitR
             return Changed(SubmitResult(existing, created=False), ())
     if tx.count_waiting(new.queue) >= capacity:
         raise QueueFull(new.queue, capacity)
+    turn = _take_turn(tx, new.queue, new.concurrency_key)
     job = JobRecord(
         id=new_job_id(now),
         task=new.task,
@@ -169,6 +196,7 @@ def submit(tx: JobTx, new: NewJob, capacity: int, now: float) -> Changed[SubmitR
         priority=new.priority,
         concurrency_key=new.concurrency_key,
         retry_of=new.retry_of,
+        turn=turn,
     )
     tx.insert_job(job)
     tx.move_count(job.queue, None, JobState.QUEUED)
@@ -176,6 +204,53 @@ def submit(tx: JobTx, new: NewJob, capacity: int, now: float) -> Changed[SubmitR
     first = _state(JobState.QUEUED, 0)
     streams.create(tx, job.stream, CreateSpec(content_type=JSON, units=[(first, 1)]), now)
     return Changed(SubmitResult(job, created=True), (job.stream, queue_key(job.queue)))
+
+
+# -- fair order: priorities, turns and per-key limits ---------------------------------------
+#
+# Within a queue, jobs start by priority (highest first), then by *turn*, then by id (creation
+# order). A job's turn is given at submission: one more than the later of the queue's turn (the
+# turn of the job started last) and the turn its key gave its previous job. So each key (and
+# the jobs without a key, as one more lane) has one job per turn: a tenant with 1,000 waiting
+# jobs and one with 5 alternate, and a key that was idle starts at the front. Jobs without a
+# key keep their order among themselves (first come, first served within a priority).
+
+# How many due jobs a claim looks at, at most, past jobs it may not start (their key is at its
+# limit): a claim stays cheap whatever the backlog of one key.
+SCAN_LIMIT = 1024
+
+
+def _take_turn(tx: JobTx, queue: str, key: str | None) -> int:
+    turn = max(tx.queue_turn(queue), tx.key_turn(queue, key)) + 1
+    tx.set_key_turn(queue, key, turn)
+    return turn
+
+
+def _startable(tx: JobTx, queue: str, now: float, limit: int, per_key: int) -> list[JobRecord]:
+    """Up to *limit* due jobs of *queue* in start order, leaving out jobs whose key already
+    runs *per_key* jobs (0: no limit), counting those picked here."""
+    picked: list[JobRecord] = []
+    if limit <= 0:
+        return picked
+    running: dict[str, int] = {}
+    seen = 0
+    for job in tx.ready(queue, now, per_key > 0):
+        key = job.concurrency_key
+        if per_key > 0 and key is not None:
+            count = running.get(key)
+            if count is None:
+                count = tx.key_running(queue, key)
+            running[key] = count
+            if count >= per_key:
+                seen += 1
+                if seen >= SCAN_LIMIT:
+                    break
+                continue
+            running[key] = count + 1
+        picked.append(job)
+        if len(picked) >= limit:
+            break
+    return picked
 
 
 # -- claim, heartbeat, emit -----------------------------------------------------------------
@@ -191,18 +266,22 @@ def _begin(tx: JobTx, job: JobRecord, owner: str, lease: float, now: float) -> J
         "lease_expires": now + lease,
     }
     running = _set_state(tx, job, JobState.RUNNING, fields)
+    if job.concurrency_key is not None:
+        tx.move_key_running(job.queue, job.concurrency_key, 1)
     _emit(tx, running, now, _state(JobState.RUNNING, attempt))
     return running
 
 
 def claim(
-    tx: JobTx, queue: str, owner: str, limit: int, lease: float, now: float
+    tx: JobTx, queue: str, owner: str, limit: int, lease: float, now: float, per_key: int = 0
 ) -> Changed[list[JobRecord]]:
     if tx.queue_paused(queue):
         return Changed([], ())
-    claimed = [_begin(tx, job, owner, lease, now) for job in tx.claimable(queue, now, limit)]
+    startable = _startable(tx, queue, now, limit, per_key)
+    claimed = [_begin(tx, job, owner, lease, now) for job in startable]
     if claimed:  # every claimable job is queued in this queue: counted at once
         tx.move_count(queue, JobState.QUEUED, JobState.RUNNING, len(claimed))
+        tx.advance_queue_turn(queue, max(job.turn for job in startable))
     return Changed(claimed, tuple(job.stream for job in claimed))
 
 
@@ -219,10 +298,11 @@ def reserve(
     tx: JobTx, queue: str, owner: str, limit: int, hold: float, now: float
 ) -> Changed[list[JobRecord]]:
     """Hold up to *limit* due jobs of *queue* for *owner* for *hold* seconds. Returns them as
-    they were (``run_at`` is still when they became due)."""
+    they were (``run_at`` is still when they became due). Per-key limits are not checked here:
+    workers do not reserve on queues that have one."""
     if tx.queue_paused(queue):
         return Changed([], ())
-    held = tx.claimable(queue, now, limit)
+    held = _startable(tx, queue, now, limit, 0)
     for job in held:
         tx.update_job(job.id, run_at=now + hold, lease_owner=owner, lease_expires=now + hold)
     return Changed(held, ())
@@ -243,6 +323,7 @@ def start(tx: JobTx, job_id: str, owner: str, lease: float, now: float) -> Chang
         raise LeaseLost(job_id)
     running = _begin(tx, job, owner, lease, now)
     tx.move_count(job.queue, JobState.QUEUED, JobState.RUNNING)
+    tx.advance_queue_turn(job.queue, job.turn)
     return Changed(running, (running.stream,))
 
 
@@ -344,6 +425,8 @@ def finish(
         names += (queue_key(job.queue),)
     else:  # pragma: no cover - a programming error
         raise ValueError(outcome.kind)
+    if job.concurrency_key is not None and queue_key(job.queue) not in names:
+        names += (queue_key(job.queue),)  # its key's next job may start now
     return Changed(done, names)
 
 

@@ -37,7 +37,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from outlast.errors import NotFound, StoreError, StoreUnavailable
-from outlast.models import JobRecord
+from outlast.models import JobRecord, NewJob
 from outlast.store import streams_logic as logic
 from outlast.store.base import ReadResult, StreamInfo, Unit
 from outlast.store.jobs_logic import JobTx
@@ -59,7 +59,7 @@ from outlast.store.redis_setup import (
     parse_url,
     text,
 )
-from outlast.store.redis_tx import Due, Prefetch, RedisTx
+from outlast.store.redis_tx import Due, Field, Prefetch, RedisTx
 from outlast.store.streams_logic import Changed
 from outlast.store.template import JobFilter, Rule, RuleStore
 
@@ -177,8 +177,11 @@ class RedisStore(RuleStore[Prefetch]):
         # here: they read from the client, faster (see below).
         return self.engine.write(lambda tx, now: query(tx))
 
-    def _prefetch_counts(self, queue: str) -> Sequence[Prefetch]:
-        return [self.keys.counts(queue)]
+    def _prefetch_submit(self, new: NewJob) -> Sequence[Prefetch]:
+        found: list[Prefetch] = [self.keys.counts(new.queue), self.keys.turns(new.queue)]
+        if new.concurrency_key is not None:
+            found.append(Field(self.keys.key_turns(new.queue), new.concurrency_key))
+        return found
 
     def _prefetch_due(self, queue: str, limit: int) -> Sequence[Prefetch]:
         return [Due(queue, limit), self.keys.paused]
@@ -366,10 +369,13 @@ class RedisStore(RuleStore[Prefetch]):
     async def next_due(self, queue: str) -> float | None:
         pipe = self.client.pipeline(transaction=False)
         pipe.hexists(self.keys.paused, queue)
+        pipe.zcard(self.keys.ready(queue))
         pipe.zrange(self.keys.due(queue), 0, 0, withscores=True)
-        paused, first = await self._redis(pipe.execute())
+        paused, ready, first = await self._redis(pipe.execute())
         if paused:
             return None  # nothing becomes due until it is resumed
+        if ready:
+            return time.time()  # due already (waiting for a slot of its key, say)
         return float(first[0][1]) if first else None
 
     async def close(self) -> None:

@@ -86,7 +86,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested  INTEGER NOT NULL DEFAULT 0,
     priority          INTEGER NOT NULL DEFAULT 0,
     concurrency_key   TEXT,
-    retry_of          TEXT
+    retry_of          TEXT,
+    turn              INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(queue, state, run_at);
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(state, lease_expires);
@@ -97,9 +98,21 @@ CREATE TABLE IF NOT EXISTS job_counts (
     n      INTEGER NOT NULL,
     PRIMARY KEY (queue, state)
 ) WITHOUT ROWID;
+-- Per queue: paused or not; the turn of the job started last, and the last turn given to a
+-- job without a concurrency key (fair order: see store.jobs_logic).
 CREATE TABLE IF NOT EXISTS queue_flags (
     queue   TEXT PRIMARY KEY,
-    paused  INTEGER NOT NULL DEFAULT 0
+    paused  INTEGER NOT NULL DEFAULT 0,
+    turn    INTEGER NOT NULL DEFAULT 0,
+    lane    INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+-- Per queue and concurrency key: the last turn given to one of its jobs, and how many run.
+CREATE TABLE IF NOT EXISTS key_flows (
+    queue    TEXT NOT NULL,
+    key      TEXT NOT NULL,
+    turn     INTEGER NOT NULL DEFAULT 0,
+    running  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS producers (
     stream_id    INTEGER NOT NULL,
@@ -155,6 +168,11 @@ ADDED_COLUMNS = (
     ("jobs", "priority", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "concurrency_key", "TEXT"),
     ("jobs", "retry_of", "TEXT"),
+    ("jobs", "turn", "INTEGER NOT NULL DEFAULT 0"),
+)
+# Indexes on added columns: made once the columns exist.
+ADDED_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(queue, state, priority DESC, turn, id)",
 )
 
 
@@ -163,6 +181,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
         present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if column not in present:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    for statement in ADDED_INDEXES:
+        conn.execute(statement)
 
 
 class SQLiteStore(RuleStore[Never]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 from outlast.models import JobRecord, JobState
@@ -14,7 +15,7 @@ from outlast.store.jobs_logic import JobTx
 JOB_COLUMNS = (
     "id, task, queue, state, input, result, error, attempt, max_attempts, timeout, created_at,"
     " run_at, started_at, finished_at, key, lease_owner, lease_expires, cancel_requested,"
-    " priority, concurrency_key, retry_of"
+    " priority, concurrency_key, retry_of, turn"
 )
 _JSON_FIELDS = frozenset({"input", "result", "error"})
 
@@ -46,6 +47,7 @@ def job_from_row(row: tuple[Any, ...]) -> JobRecord:
         priority=row[18],
         concurrency_key=row[19],
         retry_of=row[20],
+        turn=row[21],
     )
 
 
@@ -174,7 +176,7 @@ class SQLiteTx(JobTx):
 
     def insert_job(self, job: JobRecord) -> None:
         self.conn.execute(
-            f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 21)})",
+            f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 22)})",
             (
                 job.id,
                 job.task,
@@ -197,6 +199,7 @@ class SQLiteTx(JobTx):
                 job.priority,
                 job.concurrency_key,
                 job.retry_of,
+                job.turn,
             ),
         )
 
@@ -241,13 +244,19 @@ class SQLiteTx(JobTx):
             [v for row in rows for v in row],
         )
 
-    def claimable(self, queue: str, now: float, limit: int) -> list[JobRecord]:
-        rows = self.conn.execute(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue = ? AND state = 'queued' AND run_at <= ?"
-            " ORDER BY run_at, id LIMIT ?",
-            (queue, now, limit),
-        ).fetchall()
-        return [job_from_row(r) for r in rows]
+    def ready(self, queue: str, now: float, keyed: bool) -> Iterator[JobRecord]:
+        # The index holds the order: the claim reads as far as it needs, no sort.
+        cur = self.conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs INDEXED BY jobs_ready"
+            " WHERE queue = ? AND state = 'queued' AND run_at <= ?"
+            " ORDER BY priority DESC, turn, id",
+            (queue, now),
+        )
+        try:
+            for row in cur:
+                yield job_from_row(row)
+        finally:
+            cur.close()
 
     def expired_leases(self, now: float) -> list[JobRecord]:
         rows = self.conn.execute(
@@ -266,17 +275,61 @@ class SQLiteTx(JobTx):
     def delete_job(self, job_id: str) -> None:
         self.conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    def queue_paused(self, queue: str) -> bool:
+    def _queue_flag(self, queue: str, column: str) -> int:
         row = self.conn.execute(
-            "SELECT paused FROM queue_flags WHERE queue = ?", (queue,)
+            f"SELECT {column} FROM queue_flags WHERE queue = ?", (queue,)
         ).fetchone()
-        return row is not None and bool(row[0])
+        return 0 if row is None else int(row[0])
+
+    def _set_queue_flag(self, queue: str, column: str, value: int, keep_max: bool = False) -> None:
+        update = f"max({column}, excluded.{column})" if keep_max else f"excluded.{column}"
+        self.conn.execute(
+            f"INSERT INTO queue_flags (queue, {column}) VALUES (?, ?)"
+            f" ON CONFLICT (queue) DO UPDATE SET {column} = {update}",
+            (queue, value),
+        )
+
+    def queue_paused(self, queue: str) -> bool:
+        return bool(self._queue_flag(queue, "paused"))
 
     def set_queue_paused(self, queue: str, paused: bool) -> None:
+        self._set_queue_flag(queue, "paused", int(paused))
+
+    def queue_turn(self, queue: str) -> int:
+        return self._queue_flag(queue, "turn")
+
+    def advance_queue_turn(self, queue: str, turn: int) -> None:
+        self._set_queue_flag(queue, "turn", turn, keep_max=True)
+
+    def _key_flow(self, queue: str, key: str, column: str) -> int:
+        row = self.conn.execute(
+            f"SELECT {column} FROM key_flows WHERE queue = ? AND key = ?", (queue, key)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def key_turn(self, queue: str, key: str | None) -> int:
+        if key is None:
+            return self._queue_flag(queue, "lane")
+        return self._key_flow(queue, key, "turn")
+
+    def set_key_turn(self, queue: str, key: str | None, turn: int) -> None:
+        if key is None:
+            self._set_queue_flag(queue, "lane", turn)
+            return
         self.conn.execute(
-            "INSERT INTO queue_flags (queue, paused) VALUES (?, ?)"
-            " ON CONFLICT (queue) DO UPDATE SET paused = excluded.paused",
-            (queue, int(paused)),
+            "INSERT INTO key_flows (queue, key, turn) VALUES (?, ?, ?)"
+            " ON CONFLICT (queue, key) DO UPDATE SET turn = excluded.turn",
+            (queue, key, turn),
+        )
+
+    def key_running(self, queue: str, key: str) -> int:
+        return self._key_flow(queue, key, "running")
+
+    def move_key_running(self, queue: str, key: str, delta: int) -> None:
+        self.conn.execute(
+            "INSERT INTO key_flows (queue, key, running) VALUES (?, ?, ?)"
+            " ON CONFLICT (queue, key) DO UPDATE SET running = running + excluded.running",
+            (queue, key, delta),
         )
 
     def paused_queues(self) -> set[str]:

@@ -101,8 +101,8 @@ class RuleStore(Store, Generic[P]):
 
     # What each kind of operation reads, for a backend that fetches it ahead; none by default.
 
-    def _prefetch_counts(self, queue: str) -> Sequence[P]:
-        """Admission: the queue's counts."""
+    def _prefetch_submit(self, new: NewJob) -> Sequence[P]:
+        """Admission: the queue's counts and turns."""
         return ()
 
     def _prefetch_due(self, queue: str, limit: int) -> Sequence[P]:
@@ -196,7 +196,7 @@ class RuleStore(Store, Generic[P]):
 
     async def submit_job(self, new: NewJob, capacity: int) -> SubmitResult:
         changed = await self._change(
-            lambda tx, now: jobs.submit(tx, new, capacity, now), self._prefetch_counts(new.queue)
+            lambda tx, now: jobs.submit(tx, new, capacity, now), self._prefetch_submit(new)
         )
         return changed.value
 
@@ -221,9 +221,11 @@ class RuleStore(Store, Generic[P]):
         page = found[:limit]
         return JobPage(page, page[-1].id if len(found) > limit else None)
 
-    async def claim_jobs(self, queue: str, owner: str, limit: int, lease: float) -> list[JobRecord]:
+    async def claim_jobs(
+        self, queue: str, owner: str, limit: int, lease: float, per_key: int = 0
+    ) -> list[JobRecord]:
         changed = await self._change(
-            lambda tx, now: jobs.claim(tx, queue, owner, limit, lease, now),
+            lambda tx, now: jobs.claim(tx, queue, owner, limit, lease, now, per_key),
             self._prefetch_due(queue, limit),
         )
         return changed.value
