@@ -11,7 +11,8 @@ Routes (query parameters in brackets):
   header), ending with ``data: [DONE]``; otherwise one ``chat.completion`` JSON answer. Header
   ``x-fake-key`` names the counters, ``x-fake-status`` answers that error status instead,
   ``x-fake-gate`` holds the answer until the test opens that gate, ``x-fake-cut-after`` cuts
-  the stream after that many words (ids are never sent, so it cannot be resumed).
+  the stream after that many words (ids are never sent, so it cannot be resumed),
+  ``x-fake-hold`` sends the first chunk and then holds the rest until that gate opens.
 - ``/status/{code}``: that status with a JSON error body.
 - ``/hang``: waits ``seconds`` before answering (never, by default).
 - ``/stall`` [after=3, n=6, ids=1]: ``after`` events, then silence (the first time per key;
@@ -202,6 +203,8 @@ class FakeUpstream:
 
         async def body() -> AsyncIterator[bytes]:
             yield chunk({"role": "assistant", "content": ""})
+            if "x-fake-hold" in request.headers:
+                await self._wait_gate(request.headers["x-fake-hold"])
             for i, word in enumerate(words):
                 if i == cut_after:
                     raise ConnectionResetError("the fake upstream cuts the connection")

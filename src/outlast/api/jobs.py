@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from outlast.api.capability import sign, signing_key
 from outlast.api.sse_response import SSEResponse, sse_comment, sse_event
-from outlast.config import Settings
+from outlast.config import Settings, UpstreamSettings
 from outlast.errors import (
     BadRequest,
     NotFound,
@@ -29,7 +29,7 @@ from outlast.errors import (
     StoreError,
     Unprocessable,
 )
-from outlast.executors.registry import Registry
+from outlast.executors.registry import Registry, TaskSpec
 from outlast.lifecycle import Lifecycle
 from outlast.metrics import Metrics
 from outlast.models import JOB_ID_PATTERN, JobRecord, JobState, NewJob
@@ -185,14 +185,15 @@ class JobsAPI:
             raise Unprocessable(
                 f"task: unknown task {task!r}", code="unknown_task", extra={"field": "task"}
             )
-        queue = body.get("queue", spec.queue)
+        value = body.get("input", {})
+        upstream = self.upstream_of(task, value)
+        queue = body.get("queue", spec.queue if upstream is None else upstream.queue)
         if not isinstance(queue, str):
             raise _field_error("queue", "must be a string")
         if queue not in self.settings.queues:
             raise Unprocessable(
                 f"queue: unknown queue {queue!r}", code="unknown_queue", extra={"field": "queue"}
             )
-        value = body.get("input", {})
         await spec.validate(value)
         timeout = _number(body, "timeout", 0.001, MAX_TIMEOUT)
         retries = _number(body, "retries", 0, MAX_RETRIES)
@@ -218,13 +219,26 @@ class JobsAPI:
             task=task,
             queue=queue,
             input=value,
-            max_attempts=1 + int(spec.retries if retries is None else retries),
+            max_attempts=1 + int(self.task_retries(spec, upstream) if retries is None else retries),
             timeout=spec.timeout if timeout is None else timeout,
             delay=delay,
             key=key,
             priority=0 if priority is None else int(priority),
             concurrency_key=concurrency_key,
         )
+
+    def upstream_of(self, task: str, value: Any) -> UpstreamSettings | None:
+        """The named upstream a relay job calls (``None``: another task, or a raw URL)."""
+        if task != "relay" or not isinstance(value, dict):
+            return None
+        name = value.get("upstream")
+        return self.settings.upstreams.get(name) if isinstance(name, str) else None
+
+    @staticmethod
+    def task_retries(spec: TaskSpec, upstream: UpstreamSettings | None) -> int:
+        if upstream is not None and upstream.retries is not None:
+            return upstream.retries
+        return spec.retries
 
     async def admit(self, new: NewJob) -> tuple[JobRecord, bool]:
         """Admit *new* (503 while draining, 429 when full). Returns (job, created)."""

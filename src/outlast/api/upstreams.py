@@ -27,9 +27,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from outlast.api.capability import sign
-from outlast.api.jobs import JobsAPI
+from outlast.api.jobs import MAX_CONCURRENCY_KEY_BYTES, MAX_PRIORITY, JobsAPI
 from outlast.api.sse_response import SSEResponse, sse_comment, sse_event
-from outlast.errors import BadRequest, NotFound, PayloadTooLarge, RequestError
+from outlast.errors import BadRequest, NotFound, PayloadTooLarge, RequestError, Unprocessable
 from outlast.models import JobRecord, JobState, NewJob
 from outlast.store.base import format_offset, parse_offset
 
@@ -69,6 +69,31 @@ def _forwarded_headers(request: Request) -> dict[str, str]:
     return out
 
 
+def _flow_headers(request: Request) -> tuple[int, str | None]:
+    """``Outlast-Priority`` and ``Outlast-Concurrency-Key``, checked like the job fields."""
+    priority = 0
+    raw = request.headers.get("outlast-priority")
+    if raw is not None:
+        text = raw.strip()
+        digits = text[1:] if text[:1] in "+-" else text
+        if (
+            not (digits.isascii() and digits.isdigit())
+            or not -MAX_PRIORITY <= int(text) <= MAX_PRIORITY
+        ):
+            raise Unprocessable(
+                f"Outlast-Priority: must be a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}",
+                extra={"field": "Outlast-Priority"},
+            )
+        priority = int(text)
+    key = request.headers.get("outlast-concurrency-key")
+    if key is not None and not 0 < len(key.encode()) <= MAX_CONCURRENCY_KEY_BYTES:
+        raise Unprocessable(
+            f"Outlast-Concurrency-Key: must be 1 to {MAX_CONCURRENCY_KEY_BYTES} bytes",
+            extra={"field": "Outlast-Concurrency-Key"},
+        )
+    return priority, key
+
+
 def _messages(data: bytes) -> list[dict[str, Any]]:
     parsed: list[dict[str, Any]] = json.loads(b"[" + data + b"]")
     return parsed
@@ -86,17 +111,33 @@ class UpstreamsAPI:
             Route("/v1/proxy", self.proxy, methods=["POST"]),
         ]
 
-    async def _relay_job(self, value: dict[str, Any], key: str | None) -> tuple[JobRecord, bool]:
+    async def _relay_job(
+        self,
+        request: Request,
+        value: dict[str, Any],
+        key: str | None,
+        *,
+        pass_through: bool = False,
+    ) -> tuple[JobRecord, bool]:
         spec = self.jobs.registry.get("relay")
         assert spec is not None
         await spec.validate(value)
+        upstream = self.jobs.upstream_of("relay", value)
+        retries = self.jobs.task_retries(spec, upstream)
+        if pass_through and (upstream is None or not upstream.limited):
+            # Its client retries by itself (the openai SDK does): one upstream call per request,
+            # or the retries multiply. With limits configured, outlast waits for them instead.
+            retries = 0
+        priority, concurrency_key = _flow_headers(request)
         new = NewJob(
             task="relay",
-            queue=spec.queue,
+            queue=spec.queue if upstream is None else upstream.queue,
             input=value,
-            max_attempts=1 + spec.retries,
+            max_attempts=1 + retries,
             timeout=spec.timeout,
             key=key,
+            priority=priority,
+            concurrency_key=concurrency_key,
         )
         return await self.jobs.admit(new)
 
@@ -120,7 +161,7 @@ class UpstreamsAPI:
             "headers": _forwarded_headers(request),
             "body": raw,
         }
-        job, _ = await self._relay_job(value, key)
+        job, _ = await self._relay_job(request, value, key, pass_through=True)
         headers = {"Outlast-Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"}
         if streaming:
             return await self._stream_answer(job, headers, self._resume_from(request, job))
@@ -260,7 +301,8 @@ class UpstreamsAPI:
             value["path"] = request.headers.get("upstream-path", "/")
         else:
             value["url"] = url
-        job, created = await self._relay_job(value, request.headers.get("idempotency-key"))
+        idem = request.headers.get("idempotency-key")
+        job, created = await self._relay_job(request, value, idem)
         # Answered now: the upstream is called by a worker, after this response has gone.
         location = f"/v1/stream/{job.stream}"
         if self.jobs.link_key is not None:
