@@ -76,6 +76,9 @@ class JobSettings(_Section):
     threads: int = Field(default=0, ge=0)
     # How long GET /v1/jobs/<id>?wait= may wait at most.
     max_wait: float = Field(default=60.0, gt=0)
+    # Seconds a job may wait in all for upstream rate limits (429/503 with Retry-After, an
+    # upstream's rpm/tpm/max_concurrency) before it fails instead.
+    rate_limit_wait_max: float = Field(default=600.0, ge=0)
 
 
 class QueueSettings(_Section):

@@ -131,6 +131,10 @@ class JobRecord:
     retry_of: str | None = None
     # Its place among the keys of its queue (fair order: see store.jobs_logic); internal.
     turn: int = 0
+    # Waiting for an upstream's limits (queued, not an attempt): {"reason", "until"}; and the
+    # seconds it waited so for in all (bounded by [jobs] rate_limit_wait_max).
+    waiting: dict[str, Any] | None = None
+    waited: float = 0.0
 
     @property
     def stream(self) -> str:
@@ -160,6 +164,8 @@ class JobRecord:
         body["concurrency_key"] = self.concurrency_key
         if self.retry_of is not None:
             body["retry_of"] = self.retry_of
+        if self.waiting is not None:
+            body["waiting"] = self.waiting
         if links:
             body.update(links)
         return body

@@ -16,7 +16,7 @@ import pytest
 from outlast.errors import Conflict, NotFound
 from outlast.models import JobState, NewJob
 from outlast.store import Store
-from outlast.store.base import Outcome
+from outlast.store.base import Outcome, UpstreamLimits
 from tests.conftest import InProcessServer, ServerProcess, wait_for
 from tests.jobs import test_store_contract as contract
 from tests.jobs.helpers import finished, get_job, submit
@@ -347,3 +347,30 @@ def test_with_the_queue_busy_a_higher_priority_job_submitted_last_starts_first(
         assert finished(server, job_id)["state"] == "succeeded"
     starts = [e.split()[1] for e in _order(runs) if e.startswith("start")]
     assert starts == ["busy", "urgent", *(f"low-{n}" for n in range(50))]
+
+
+@pytest.mark.anyio
+async def test_upstream_limits_are_taken_and_given_back_in_the_store(store: Store) -> None:
+    two = UpstreamLimits(max_concurrency=2)
+    assert await store.acquire_upstream("llm", "j1", two, 60) is None
+    assert await store.acquire_upstream("llm", "j2", two, 60) is None
+    refused = await store.acquire_upstream("llm", "j3", two, 60)
+    assert refused is not None and refused[1] == "upstream_concurrency"
+    assert refused[0] > time.time()
+    await store.release_upstream("llm", "j1", 0)
+    assert await store.acquire_upstream("llm", "j3", two, 60) is None
+    # A hold that ends (its worker vanished) gives its turn back.
+    assert await store.acquire_upstream("other", "gone", UpstreamLimits(1), 0) is None
+    assert await store.acquire_upstream("other", "next", UpstreamLimits(1), 60) is None
+    # rpm: the next request waits its turn.
+    once = UpstreamLimits(rpm=1)
+    assert await store.acquire_upstream("slow", "a", once, 60) is None
+    waits = await store.acquire_upstream("slow", "b", once, 60)
+    assert waits is not None and waits[1] == "upstream_rate_limited"
+    assert waits[0] >= time.time() + 59
+    # tpm: reported usage empties the bucket.
+    tokens = UpstreamLimits(tpm=100)
+    assert await store.acquire_upstream("tok", "a", tokens, 60) is None
+    await store.release_upstream("tok", "a", 150)
+    empty = await store.acquire_upstream("tok", "b", tokens, 60)
+    assert empty is not None and empty[1] == "upstream_rate_limited"

@@ -30,6 +30,7 @@ from outlast.api.capability import sign
 from outlast.api.jobs import MAX_CONCURRENCY_KEY_BYTES, MAX_PRIORITY, JobsAPI
 from outlast.api.sse_response import SSEResponse, sse_comment, sse_event
 from outlast.errors import BadRequest, NotFound, PayloadTooLarge, RequestError, Unprocessable
+from outlast.executors.relay import is_unasked_usage
 from outlast.models import JobRecord, JobState, NewJob
 from outlast.store.base import format_offset, parse_offset
 
@@ -121,13 +122,15 @@ class UpstreamsAPI:
     ) -> tuple[JobRecord, bool]:
         spec = self.jobs.registry.get("relay")
         assert spec is not None
-        await spec.validate(value)
         upstream = self.jobs.upstream_of("relay", value)
         retries = self.jobs.task_retries(spec, upstream)
         if pass_through and (upstream is None or not upstream.limited):
             # Its client retries by itself (the openai SDK does): one upstream call per request,
-            # or the retries multiply. With limits configured, outlast waits for them instead.
+            # and the upstream's 429 straight back, or the retries multiply. With limits
+            # configured, outlast waits for them instead (docs/flow-control.md).
             retries = 0
+            value = {**value, "wait_rate_limits": False}
+        await spec.validate(value)
         priority, concurrency_key = _flow_headers(request)
         new = NewJob(
             task="relay",
@@ -164,7 +167,8 @@ class UpstreamsAPI:
         job, _ = await self._relay_job(request, value, key, pass_through=True)
         headers = {"Outlast-Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"}
         if streaming:
-            return await self._stream_answer(job, headers, self._resume_from(request, job))
+            resume = self._resume_from(request, job)
+            return await self._stream_answer(job, headers, resume, raw)
         job = await self.jobs._wait_terminal(job, job.timeout + 5)
         return self._final_answer(job, headers)
 
@@ -178,7 +182,7 @@ class UpstreamsAPI:
         return position
 
     async def _stream_answer(
-        self, job: JobRecord, headers: dict[str, str], resume: int | None
+        self, job: JobRecord, headers: dict[str, str], resume: int | None, body: Any
     ) -> Response | SSEResponse:
         """Wait for the first upstream event (or the end), then answer like the upstream."""
         first = await self._first_event_or_end(job)
@@ -187,7 +191,7 @@ class UpstreamsAPI:
             return self._final_answer(job, headers)
         position = first if resume is None else max(first, resume)
         return SSEResponse(
-            self._upstream_events(job.id, position),
+            self._upstream_events(job.id, position, body),
             headers={**headers, "Cache-Control": "no-cache"},
         )
 
@@ -206,9 +210,10 @@ class UpstreamsAPI:
                 raise RequestError("shutting down", code="draining")
             await self.jobs._wait(stream, position, self.settings.sse.keepalive)
 
-    async def _upstream_events(self, job_id: str, position: int) -> AsyncIterator[bytes]:
+    async def _upstream_events(self, job_id: str, position: int, body: Any) -> AsyncIterator[bytes]:
         """The upstream's own events, as it sent them (ids are outlast offsets, for resuming),
-        then an error event if the relay failed after them."""
+        then an error event if the relay failed after them. The usage chunk outlast asked for
+        on the client's behalf is left out (it stays in the job's stream)."""
         stream = f"jobs/{job_id}"
         keepalive = self.settings.sse.keepalive
         while True:
@@ -221,7 +226,9 @@ class UpstreamsAPI:
             out = []
             for unit in result.units:
                 for message in _messages(unit.data):
-                    if message.get("type") == "event":
+                    if message.get("type") == "event" and not is_unasked_usage(
+                        str(message.get("data", "")), body
+                    ):
                         event = message.get("event")
                         out.append(
                             sse_event(

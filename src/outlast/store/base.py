@@ -199,6 +199,17 @@ class Outcome:
     result: Any = None
     error: dict[str, Any] | None = None
     retry_at: float | None = None  # failed with attempts left: when to try again
+    # Released to wait for an upstream's limits: {"reason", "until" (seconds since the epoch)}.
+    waiting: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamLimits:
+    """An upstream's limits (0: none): calls at once, requests and tokens per minute."""
+
+    max_concurrency: int = 0
+    rpm: float = 0.0
+    tpm: int = 0
 
 
 class JobStore(abc.ABC):
@@ -280,6 +291,18 @@ class JobStore(abc.ABC):
     async def retry_job(self, job_id: str, capacity: int) -> SubmitResult:
         """Submit a new job repeating a failed or cancelled one (``Conflict`` otherwise), with
         ``retry_of`` naming it; admitted like any submission (``QueueFull``)."""
+
+    @abc.abstractmethod
+    async def acquire_upstream(
+        self, name: str, holder: str, limits: UpstreamLimits, hold: float
+    ) -> tuple[float, str] | None:
+        """Take a turn to call upstream *name* within its *limits*, shared by every process:
+        ``None`` when taken (*holder* counts as running for at most *hold* seconds, until
+        :meth:`release_upstream`), else (when to ask again, why)."""
+
+    @abc.abstractmethod
+    async def release_upstream(self, name: str, holder: str, tokens: int) -> None:
+        """*holder*'s call ended, having used *tokens* (reported usage; 0 when unknown)."""
 
     @abc.abstractmethod
     async def pause_queue(self, queue: str, paused: bool) -> None:

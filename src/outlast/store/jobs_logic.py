@@ -23,10 +23,11 @@ from outlast.models import (
     can_transition,
     evolve_job,
     new_job_id,
+    rfc3339,
     state_message,
 )
 from outlast.store import streams_logic as streams
-from outlast.store.base import CreateSpec, Outcome, SubmitResult, Unit
+from outlast.store.base import CreateSpec, Outcome, SubmitResult, Unit, UpstreamLimits
 from outlast.store.streams_logic import Changed
 
 JSON = "application/json"
@@ -88,6 +89,12 @@ class JobTx(streams.Tx):
     def finished_before(self, ts: float, limit: int) -> list[str]: ...
     @abc.abstractmethod
     def delete_job(self, job_id: str) -> None: ...
+    @abc.abstractmethod
+    def upstream_state(self, name: str) -> dict[str, Any] | None:
+        """What the limiter keeps of upstream *name* (see acquire_upstream)."""
+
+    @abc.abstractmethod
+    def set_upstream_state(self, name: str, state: dict[str, Any]) -> None: ...
     @abc.abstractmethod
     def queue_paused(self, queue: str) -> bool: ...
     @abc.abstractmethod
@@ -265,6 +272,8 @@ def _begin(tx: JobTx, job: JobRecord, owner: str, lease: float, now: float) -> J
         "lease_owner": owner,
         "lease_expires": now + lease,
     }
+    if job.waiting is not None:
+        fields["waiting"] = None
     running = _set_state(tx, job, JobState.RUNNING, fields)
     if job.concurrency_key is not None:
         tx.move_key_running(job.queue, job.concurrency_key, 1)
@@ -416,12 +425,21 @@ def finish(
     elif outcome.kind == "cancelled":
         done = _cancel_now(tx, job, now)
     elif outcome.kind == "release":
-        # Handed back (shutdown, or a node that lacks the task): the attempt does not count.
+        # Handed back (shutdown, a node that lacks the task, or waiting for an upstream's
+        # limits): the attempt does not count.
         run_at = outcome.retry_at if outcome.retry_at is not None else now
+        reason = "handed_back"
+        if outcome.waiting is not None:
+            reason = str(outcome.waiting["reason"])
+            released["waiting"] = {"reason": reason, "until": rfc3339(run_at)}
+            released["waited"] = job.waited + max(0.0, run_at - now)
         done = _transition(
             tx, job, JobState.QUEUED, now, attempt=attempt - 1, run_at=run_at, **released
         )
-        _emit(tx, done, now, state_message(JobState.QUEUED, attempt - 1, reason="handed_back"))
+        extra: dict[str, Any] = {"reason": reason}
+        if outcome.waiting is not None:
+            extra["retry_in"] = round(max(0.0, run_at - now), 3)
+        _emit(tx, done, now, state_message(JobState.QUEUED, attempt - 1, **extra))
         names += (queue_key(job.queue),)
     else:  # pragma: no cover - a programming error
         raise ValueError(outcome.kind)
@@ -483,6 +501,61 @@ def retry(tx: JobTx, job_id: str, capacity: int, now: float) -> Changed[SubmitRe
         retry_of=job.id,
     )
     return submit(tx, again, capacity, now)
+
+
+# -- upstream limits ------------------------------------------------------------------------
+#
+# One state per named upstream, shared by every process: the calls running now (holder -> when
+# its hold ends, so that a crashed worker's turn comes back), the earliest time of the next
+# request (rpm: one every 60/rpm s), and a token bucket refilled at tpm/60 per second, spent
+# by the usage each call reports.
+
+# rpm spaces requests a little more than 60/rpm apart (this share of it, at most
+# RPM_MARGIN_MAX s): the time a request takes to reach the upstream varies, and two requests
+# must not arrive closer than the limit.
+RPM_MARGIN = 0.1
+RPM_MARGIN_MAX = 0.1
+# A call refused for max_concurrency asks again after this long (a call ending does not wake
+# it: it waits in its queue, not in a worker slot).
+CONCURRENCY_RECHECK = 0.5
+
+
+def acquire_upstream(
+    tx: JobTx, name: str, holder: str, limits: UpstreamLimits, hold: float, now: float
+) -> Changed[tuple[float, str] | None]:
+    state = tx.upstream_state(name) or {}
+    holders = {h: t for h, t in state.get("holders", {}).items() if t > now and h != holder}
+    if limits.max_concurrency and len(holders) >= limits.max_concurrency:
+        soonest = min(holders.values())
+        return Changed((min(soonest, now + CONCURRENCY_RECHECK), "upstream_concurrency"), ())
+    tokens = float(state.get("tokens", limits.tpm))
+    if limits.tpm:
+        elapsed = max(0.0, now - float(state.get("at", now)))
+        tokens = min(float(limits.tpm), tokens + elapsed * limits.tpm / 60)
+        if tokens <= 0:
+            return Changed((now + (1 - tokens) * 60 / limits.tpm, "upstream_rate_limited"), ())
+    next_at = float(state.get("next_at", 0.0))
+    if limits.rpm:
+        if next_at > now:
+            return Changed((next_at, "upstream_rate_limited"), ())
+        interval = 60 / limits.rpm
+        next_at = now + interval + min(RPM_MARGIN * interval, RPM_MARGIN_MAX)
+    if limits.max_concurrency:
+        holders[holder] = now + hold
+    tx.set_upstream_state(
+        name, {"holders": holders, "next_at": next_at, "tokens": tokens, "at": now}
+    )
+    return Changed(None, ())
+
+
+def release_upstream(tx: JobTx, name: str, holder: str, tokens: int, now: float) -> Changed[None]:
+    state = tx.upstream_state(name)
+    if state is None:
+        return Changed(None, ())
+    holders = {h: t for h, t in state.get("holders", {}).items() if t > now and h != holder}
+    left = float(state.get("tokens", 0.0)) - tokens
+    tx.set_upstream_state(name, {**state, "holders": holders, "tokens": left})
+    return Changed(None, ())
 
 
 # -- queues ---------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ The data model (every key starts with the store's prefix, ``outlast:`` by defaul
                            given to a job without a concurrency key (fair order: jobs_logic)
     kt:<queue>      hash   concurrency key -> the last turn given to one of its jobs
     kr:<queue>      hash   concurrency key -> jobs of it running
+    up:<name>       hash   state -> a named upstream's limiter state (JSON; jobs_logic)
     changes:<db>    channel  stream names and queue keys that changed (pub/sub channels are
                              server-wide, so the database number is part of the name)
 """
@@ -177,6 +178,9 @@ class Keys:
 
     def key_running(self, queue: str) -> str:
         return f"{self.prefix}kr:{queue}"
+
+    def upstream(self, name: str) -> str:
+        return f"{self.prefix}up:{name}"
 
 
 # A ready job's score: priority first (highest first), then turn. A double holds 53 bits

@@ -46,8 +46,10 @@ from outlast.store.redis_data import (
     decode_job_reply,
     decode_row,
     decode_row_reply,
+    dumps,
     encode_fields,
     job_fields,
+    loads,
     pack_unit,
     pairs,
     ready_score,
@@ -643,6 +645,13 @@ class RedisTx(JobTx):
             self.zrem(key, member)
         if old.key is not None:
             self.hset(self.k.jkeys, {old.key: None})
+
+    def upstream_state(self, name: str) -> dict[str, Any] | None:
+        raw = self.hget(self.k.upstream(name), "state")
+        return None if raw is None else dict(loads(raw))
+
+    def set_upstream_state(self, name: str, state: dict[str, Any]) -> None:
+        self.hset(self.k.upstream(name), {"state": dumps(state)})
 
     def queue_paused(self, queue: str) -> bool:
         return self.hget(self.k.paused, queue) is not None

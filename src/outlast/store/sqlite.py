@@ -87,7 +87,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     priority          INTEGER NOT NULL DEFAULT 0,
     concurrency_key   TEXT,
     retry_of          TEXT,
-    turn              INTEGER NOT NULL DEFAULT 0
+    turn              INTEGER NOT NULL DEFAULT 0,
+    waiting           TEXT,
+    waited            REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(queue, state, run_at);
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(state, lease_expires);
@@ -113,6 +115,11 @@ CREATE TABLE IF NOT EXISTS key_flows (
     turn     INTEGER NOT NULL DEFAULT 0,
     running  INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (queue, key)
+) WITHOUT ROWID;
+-- Per named upstream: what its limiter keeps (JSON; see store.jobs_logic.acquire_upstream).
+CREATE TABLE IF NOT EXISTS upstream_limits (
+    name   TEXT PRIMARY KEY,
+    state  TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS producers (
     stream_id    INTEGER NOT NULL,
@@ -169,6 +176,8 @@ ADDED_COLUMNS = (
     ("jobs", "concurrency_key", "TEXT"),
     ("jobs", "retry_of", "TEXT"),
     ("jobs", "turn", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "waiting", "TEXT"),
+    ("jobs", "waited", "REAL NOT NULL DEFAULT 0"),
 )
 # Indexes on added columns: made once the columns exist.
 ADDED_INDEXES = (

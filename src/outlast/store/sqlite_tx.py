@@ -15,9 +15,9 @@ from outlast.store.jobs_logic import JobTx
 JOB_COLUMNS = (
     "id, task, queue, state, input, result, error, attempt, max_attempts, timeout, created_at,"
     " run_at, started_at, finished_at, key, lease_owner, lease_expires, cancel_requested,"
-    " priority, concurrency_key, retry_of, turn"
+    " priority, concurrency_key, retry_of, turn, waiting, waited"
 )
-_JSON_FIELDS = frozenset({"input", "result", "error"})
+_JSON_FIELDS = frozenset({"input", "result", "error", "waiting"})
 
 
 def _dumps(value: Any) -> str:
@@ -48,6 +48,8 @@ def job_from_row(row: tuple[Any, ...]) -> JobRecord:
         concurrency_key=row[19],
         retry_of=row[20],
         turn=row[21],
+        waiting=None if row[22] is None else json.loads(row[22]),
+        waited=row[23],
     )
 
 
@@ -176,7 +178,7 @@ class SQLiteTx(JobTx):
 
     def insert_job(self, job: JobRecord) -> None:
         self.conn.execute(
-            f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 22)})",
+            f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 24)})",
             (
                 job.id,
                 job.task,
@@ -200,6 +202,8 @@ class SQLiteTx(JobTx):
                 job.concurrency_key,
                 job.retry_of,
                 job.turn,
+                None if job.waiting is None else _dumps(job.waiting),
+                job.waited,
             ),
         )
 
@@ -287,6 +291,19 @@ class SQLiteTx(JobTx):
             f"INSERT INTO queue_flags (queue, {column}) VALUES (?, ?)"
             f" ON CONFLICT (queue) DO UPDATE SET {column} = {update}",
             (queue, value),
+        )
+
+    def upstream_state(self, name: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT state FROM upstream_limits WHERE name = ?", (name,)
+        ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def set_upstream_state(self, name: str, state: dict[str, Any]) -> None:
+        self.conn.execute(
+            "INSERT INTO upstream_limits (name, state) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET state = excluded.state",
+            (name, _dumps(state)),
         )
 
     def queue_paused(self, queue: str) -> bool:

@@ -37,6 +37,7 @@ from outlast.store.base import (
     Store,
     StreamInfo,
     SubmitResult,
+    UpstreamLimits,
 )
 from outlast.store.jobs_logic import JobTx
 from outlast.store.notify import Notifier
@@ -287,6 +288,17 @@ class RuleStore(Store, Generic[P]):
     async def retry_job(self, job_id: str, capacity: int) -> SubmitResult:
         changed = await self._change(lambda tx, now: jobs.retry(tx, job_id, capacity, now))
         return changed.value
+
+    async def acquire_upstream(
+        self, name: str, holder: str, limits: UpstreamLimits, hold: float
+    ) -> tuple[float, str] | None:
+        changed = await self._change(
+            lambda tx, now: jobs.acquire_upstream(tx, name, holder, limits, hold, now)
+        )
+        return changed.value
+
+    async def release_upstream(self, name: str, holder: str, tokens: int) -> None:
+        await self._change(lambda tx, now: jobs.release_upstream(tx, name, holder, tokens, now))
 
     async def pause_queue(self, queue: str, paused: bool) -> None:
         await self._change(lambda tx, now: jobs.pause(tx, queue, paused, now))
