@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from outlast.models import JobRecord, JobState, NewJob
+    from outlast.models import JobRecord, JobState, NewJob, OutcomeKind
 
 # Offsets look like the reference server's: "<16 digits>_<16 digits>", fixed width so that
 # lexicographic order is stream order. The first part is reserved (always zero here).
@@ -195,7 +195,7 @@ class SubmitResult:
 class Outcome:
     """How an attempt ended, as the worker reports it."""
 
-    kind: str  # "succeeded" | "failed" | "cancelled" | "release"
+    kind: OutcomeKind
     result: Any = None
     error: dict[str, Any] | None = None
     retry_at: float | None = None  # failed with attempts left: when to try again
