@@ -109,13 +109,13 @@ def sqlite_version(conn: sqlite3.Connection) -> int:
     return version
 
 
-def too_new(what: str, found: int, known: int) -> StoreTooNew:
+def too_new(what: str, kind: str, found: int, known: int) -> StoreTooNew:
     try:
         release = f"outlast {metadata.version('outlast')}"
     except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
         release = "this outlast"
     return StoreTooNew(
-        f"{what} has layout version {found}, newer than {release} knows (version {known}): "
+        f"{what} has {kind} version {found}, newer than {release} knows (up to {known}): "
         "run the outlast that wrote it, or a newer one"
     )
 
@@ -130,7 +130,7 @@ def migrate_sqlite(conn: sqlite3.Connection, where: str) -> int:
     try:
         found = sqlite_version(conn)
         if found > SQLITE_SCHEMA_VERSION:
-            raise too_new(f"the sqlite store {where}", found, SQLITE_SCHEMA_VERSION)
+            raise too_new(f"the sqlite store {where}", "schema", found, SQLITE_SCHEMA_VERSION)
         if found == 0:
             for statement in _statements(SQLITE_SCHEMA):
                 conn.execute(statement)
