@@ -59,8 +59,10 @@ WAL_MAX_BYTES = 64 << 20
 JOURNAL_SIZE_LIMIT = 4 << 20
 # After this long without a commit (from any process), the WAL file is truncated to zero.
 IDLE_TRUNCATE = 2.0
-# How long a RESTART or TRUNCATE checkpoint waits for open transactions before trying later.
-CHECKPOINT_WAIT_MS = 1000
+# How long a RESTART or TRUNCATE checkpoint waits for open transactions (holding writes
+# meanwhile) before trying later; a long reader (a backup) pins the WAL: retries back off.
+CHECKPOINT_WAIT_MS = 200
+RESTART_BACKOFF_MAX = 8.0
 # When another process holds the write lock, the inline engine retries after this long
 # (never blocking the event loop on the lock).
 BUSY_RETRY = 0.002
@@ -138,7 +140,8 @@ class Checkpointer(threading.Thread):
         self.writes_open = threading.Event()
         self.writes_open.set()
         self.stopping = False
-        self.retry = False
+        self.restart_after = 0.0
+        self.backoff = CHECKPOINT_INTERVAL
         self.data_version: int | None = None
         self.changed_at = time.monotonic()
         self.start()
@@ -160,9 +163,7 @@ class Checkpointer(threading.Thread):
                 except sqlite3.Error as exc:
                     log.warning("wal checkpoint failed: %s", exc)
                 # Pokes made while this step ran saw the WAL before it restarted.
-                if not self.retry:
-                    self.wake.clear()
-                self.retry = False
+                self.wake.clear()
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
@@ -175,7 +176,7 @@ class Checkpointer(threading.Thread):
         if version != self.data_version:
             self.data_version, self.changed_at = version, now
         size = wal_size(self.path)
-        if size > WAL_RESTART_BYTES:
+        if size > WAL_RESTART_BYTES and now >= self.restart_after:
             # Copy what can be copied while writers go on, then finish with writers held off
             # and readers out of the WAL, so that the next commit starts it again.
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -185,8 +186,11 @@ class Checkpointer(threading.Thread):
             finally:
                 self.writes_open.set()
             if busy:
-                log.warning("wal checkpoint waited in vain for open transactions; will retry")
-                self.retry = True
+                log.info("a long read transaction keeps the WAL (%d bytes) from restarting", size)
+                self.restart_after = now + self.backoff
+                self.backoff = min(self.backoff * 2, RESTART_BACKOFF_MAX)
+            else:
+                self.backoff = CHECKPOINT_INTERVAL
         elif size > 0 and now - self.changed_at >= IDLE_TRUNCATE:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         elif self.passive:
