@@ -339,9 +339,9 @@ class InlineEngine:
             self.conn.execute("COMMIT")
 
     async def close(self) -> None:
+        await asyncio.to_thread(self.checkpointer.stop)  # also reopens writes it was holding
         if self.pending:
             self._flush()  # whatever was submitted is committed before closing
-        await asyncio.to_thread(self.checkpointer.stop)
         self.conn.close()
 
 
