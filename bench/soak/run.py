@@ -167,6 +167,7 @@ def render(data: dict[str, Any]) -> str:
     s, c = data["summary"], data["config"]
     mib = lambda n: f"{n / MIB:,.1f} MiB"  # noqa: E731
     bounded = "yes" if s["wal_max"] <= s["wal_bound"] else "**no**"
+    errors = ", ".join(f"{n} × {kind}" for kind, n in s["errors"].items()) or "none"
     lines = [
         f"<!-- bench:{SECTION} -->",
         "## Soak",
@@ -181,7 +182,8 @@ def render(data: dict[str, Any]) -> str:
         "| Figure | Value |",
         "|---|---|",
         f"| relay jobs finished | {s['jobs']:,} ({s['jobs_per_s']:,} /s), "
-        f"errors: {sum(s['errors'].values())} |",
+        f"{s['finished'].get('succeeded', 0):,} succeeded |",
+        f"| client errors | {errors} |",
         f"| WAL, largest sample | {mib(s['wal_max'])} (bound {mib(s['wal_bound'])}: {bounded}) |",
         f"| WAL index (`-shm`), largest | {mib(s['shm_max'])} |",
         f"| database at the end | {mib(s['db_end'])} |",
