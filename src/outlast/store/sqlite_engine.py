@@ -16,7 +16,8 @@ writes are undone.
 
 The WAL stays bounded (:class:`Checkpointer`): a background thread copies it back into the
 database, and once it passes :data:`WAL_RESTART_BYTES` makes the next commit write it from its
-start again (a RESTART checkpoint, which waits for the few milliseconds no transaction is open).
+start again (a RESTART checkpoint, which holds this process's writes for the few milliseconds
+the last of the copy takes).
 A PASSIVE checkpoint alone never catches up under a steady stream of commits, as every commit
 adds frames after the ones it copied. When no commit came for :data:`IDLE_TRUNCATE` seconds,
 the WAL file is truncated to zero bytes.
