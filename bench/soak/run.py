@@ -59,9 +59,11 @@ class Load:
         self.events = events
         self.finished: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.resent = 0
+        self.run = time.time_ns()  # keys of one run never meet another's
         self.stop = asyncio.Event()
 
-    async def client(self, http: httpx.AsyncClient) -> None:
+    async def client(self, http: httpx.AsyncClient, index: int) -> None:
         body = {
             "model": "bench",
             "stream": True,
@@ -74,16 +76,19 @@ class Load:
             | {"body": body},
             "timeout": JOB_TIMEOUT,
         }
+        n = 0
         while not self.stop.is_set():
+            n += 1
+            submit = {**job, "key": f"soak-{self.run}-{index}-{n}"}
             try:
-                answer = await http.post(f"{self.base}/v1/jobs", json=job)
-                if answer.status_code != 202:
+                answer = await self.call(http, "POST", "/v1/jobs", json=submit)
+                if answer.status_code not in (200, 202):
                     self.errors[f"submit {answer.status_code}"] += 1
                     await asyncio.sleep(0.5)  # a refusal: do not spin on it
                     continue
                 job_id = answer.json()["id"]
                 while True:
-                    got = await http.get(f"{self.base}/v1/jobs/{job_id}", params={"wait": 30})
+                    got = await self.call(http, "GET", f"/v1/jobs/{job_id}", params={"wait": 30})
                     state = got.json().get("state")
                     if state in ("succeeded", "failed", "cancelled"):
                         self.finished[state] += 1
@@ -91,6 +96,15 @@ class Load:
             except (httpx.HTTPError, ValueError) as exc:
                 self.errors[type(exc).__name__] += 1
                 await asyncio.sleep(0.5)
+
+    async def call(self, http: httpx.AsyncClient, method: str, path: str, **kw: Any) -> Any:
+        """One request, sent again once when a kept-alive connection turns out closed (the
+        server closes idle ones; a submit carries an idempotency key, so a resend is safe)."""
+        try:
+            return await http.request(method, self.base + path, **kw)
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            self.resent += 1
+            return await http.request(method, self.base + path, **kw)
 
 
 def sample(server: Server, db: Path, load: Load, t0: float) -> dict[str, Any]:
@@ -121,7 +135,7 @@ async def soak(args: argparse.Namespace, server: Server, db: Path, console: Cons
     t0 = time.monotonic()
     limits = httpx.Limits(max_connections=args.clients + 10)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-        clients = [asyncio.create_task(load.client(http)) for _ in range(args.clients)]
+        clients = [asyncio.create_task(load.client(http, i)) for i in range(args.clients)]
         try:
             while time.monotonic() - t0 < args.minutes * 60:
                 await asyncio.sleep(args.every)
@@ -160,6 +174,7 @@ def summarize(args: argparse.Namespace, samples: list[dict[str, Any]], load: Loa
         "jobs_per_s": round(end["jobs"] / end["t"], 1),
         "finished": dict(load.finished),
         "errors": dict(load.errors),
+        "resent": load.resent,
     }
 
 
@@ -183,7 +198,8 @@ def render(data: dict[str, Any]) -> str:
         "|---|---|",
         f"| relay jobs finished | {s['jobs']:,} ({s['jobs_per_s']:,} /s), "
         f"{s['finished'].get('succeeded', 0):,} succeeded |",
-        f"| client errors | {errors} |",
+        f"| client errors | {errors} (and {s['resent']} requests sent again on a new "
+        "connection after a kept-alive one was closed) |",
         f"| WAL, largest sample | {mib(s['wal_max'])} (bound {mib(s['wal_bound'])}: {bounded}) |",
         f"| WAL index (`-shm`), largest | {mib(s['shm_max'])} |",
         f"| database at the end | {mib(s['db_end'])} |",
