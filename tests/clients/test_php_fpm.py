@@ -71,7 +71,8 @@ class PhpFpmSite:
 
     def log(self) -> str:
         return "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(self.logs.glob("*.log"))
+            f"--- {p.name}\n{p.read_text(errors='replace')}"
+            for p in sorted(self.logs.glob("*.log"))
         )
 
 
@@ -148,13 +149,27 @@ http {{
         )
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OUTLAST_URL": outlast.url}
         fpm = subprocess.Popen(
-            [fpm_bins[-1], "--nodaemonize", "--allow-to-run-as-root", "-y", str(prefix / "php-fpm.conf")],
+            [
+                fpm_bins[-1],
+                "--nodaemonize",
+                "--allow-to-run-as-root",
+                "-y",
+                str(prefix / "php-fpm.conf"),
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
         nginx = subprocess.Popen(
-            [nginx_bin, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "logs/nginx-error.log")],
+            [
+                nginx_bin,
+                "-p",
+                str(prefix),
+                "-c",
+                str(prefix / "nginx.conf"),
+                "-e",
+                str(prefix / "logs/nginx-error.log"),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
@@ -165,9 +180,7 @@ http {{
             for proc in (fpm, nginx):
                 if proc.poll() is not None:
                     raise AssertionError(f"exited with {proc.returncode}:\n{site.log()}")
-            return (
-                port_open(fpm_port) and port_open(http_port) and len(site.fpm_workers()) == 3
-            )
+            return port_open(fpm_port) and port_open(http_port) and len(site.fpm_workers()) == 3
 
         wait_for(listening, timeout=20)
         return site
