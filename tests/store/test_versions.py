@@ -83,6 +83,7 @@ async def test_migrations_run_from_the_recorded_version(
     assert columns.count("note") == 1
 
 
+@pytest.mark.slow  # a real `outlast serve` process
 def test_a_sqlite_store_newer_than_this_outlast_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     with sqlite3.connect(path) as conn:
