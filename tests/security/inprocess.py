@@ -36,9 +36,9 @@ class Running:
 @contextlib.asynccontextmanager
 async def running(store: str, overrides: dict[str, Any] | None = None) -> AsyncIterator[Running]:
     """One node (API and worker) on *store*, reached through an in-process client."""
-    settings = load_settings(
-        environ={}, overrides={"server": {"store": store}, **(overrides or {})}
-    )
+    overrides = dict(overrides or {})
+    overrides["server"] = {**overrides.get("server", {}), "store": store}
+    settings = load_settings(environ={}, overrides=overrides)
     async with open_node(settings, workers=True) as node:
         app = create_app(
             settings, node.store, node.lifecycle, node.metrics, node.registry, node.worker
