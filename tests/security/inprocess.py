@@ -71,9 +71,11 @@ def upstream_overrides(fake: Any, name: str = "fake") -> dict[str, Any]:
     }
 
 
-async def finished(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+async def finished(
+    client: httpx.AsyncClient, job_id: str, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The job once it has ended (a long-poll with a guard: it fails if the job does not end)."""
-    resp = await client.get(f"/v1/jobs/{job_id}", params={"wait": "20"})
+    resp = await client.get(f"/v1/jobs/{job_id}", params={"wait": "20"}, headers=headers)
     assert resp.status_code == 200, resp.text
     job: dict[str, Any] = resp.json()
     assert job["state"] in ("succeeded", "failed", "cancelled"), job
