@@ -28,8 +28,9 @@ MAX_DEPTH = 64
 # can read back exactly.
 MIN_INT = -(2**63)
 MAX_INT = 2**64 - 1
-# A run of this many digits may be an integer past 64 bits (orjson reads those as floats).
-_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+# A run of this many digits may be an integer past 64 bits (orjson reads those as floats):
+# 2**64 has 20 digits, -(2**63) - 1 has 19.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 # Whole numbers in headers and parameters: ASCII digits, no sign, no leading zeros, and at most
 # 18 of them (any such number fits in 63 bits).
 _WHOLE = re.compile(r"0|[1-9][0-9]{0,17}")
