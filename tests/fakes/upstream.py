@@ -331,9 +331,7 @@ class FakeUpstream:
         self.cookies_seen.append((name, request.headers.get("cookie")))
         headers = {"Set-Cookie": f"session={name}; Path=/"}
         if "text/event-stream" in request.headers.get("accept", ""):
-            return Response(
-                "data: [DONE]\n\n", headers=headers, media_type="text/event-stream"
-            )
+            return Response("data: [DONE]\n\n", headers=headers, media_type="text/event-stream")
         return JSONResponse({"name": name}, headers=headers)
 
     async def echo(self, request: Request) -> Response:

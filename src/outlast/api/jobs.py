@@ -281,12 +281,15 @@ class JobsAPI:
         limit = whole_number(raw_limit)
         if limit is None or not 1 <= limit <= MAX_PAGE:
             raise _field_error("limit", f"must be a whole number from 1 to {MAX_PAGE}")
+        cursor = params.get("cursor")
+        if cursor is not None and not _JOB_ID.fullmatch(cursor):
+            raise BadRequest("malformed cursor: it is the id of a job", code="invalid_cursor")
         page = await self.store.list_jobs(
             state=JobState(state) if state else None,
             queue=params.get("queue"),
             task=params.get("task"),
             limit=limit,
-            cursor=params.get("cursor"),
+            cursor=cursor,
         )
         return JSONResponse({"jobs": [self.render(j) for j in page.jobs], "next": page.next_cursor})
 
