@@ -52,6 +52,7 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # A named upstream's path: no control characters, spaces or backslashes anywhere (a CR or LF
 # would split the request line; a backslash is a separator to some servers).
 _PATH_REFUSED = re.compile(r"[\x00-\x20\x7f\\]")
+_URL_REFUSED = re.compile(r"[\x00-\x20\x7f]")
 # Percent-decoding rounds looked through for a hidden dot segment (%252e%252e is %2e%2e).
 _DECODE_ROUNDS = 3
 
@@ -118,6 +119,9 @@ def _host_allowed(host: str, allowed: list[str]) -> bool:
 
 def check_url(url: str, egress: EgressSettings, *, field: str = "url") -> Target:
     """Validate a raw URL against the allow-list (no DNS yet): 422 or 403 when refused."""
+    if _URL_REFUSED.search(url):
+        # urlsplit drops CR, LF and tabs silently; the URL sent would not be the one checked.
+        raise Unprocessable(f"{field} holds a control character or space", extra={"field": field})
     try:
         parts = urlsplit(url)
         host = parts.hostname

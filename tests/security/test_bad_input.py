@@ -160,7 +160,14 @@ BAD_HEADER_INTEGERS = [
 
 @pytest.mark.parametrize("raw", BAD_HEADER_INTEGERS)
 @pytest.mark.parametrize(
-    "header", ["Stream-TTL", "Producer-Epoch", "Producer-Seq", "Stream-Fork-Sub-Offset"]
+    "header",
+    [
+        "Stream-TTL",
+        "Producer-Epoch",
+        "Producer-Seq",
+        "Stream-Fork-Offset",
+        "Stream-Fork-Sub-Offset",
+    ],
 )
 def test_integer_headers_take_ascii_digits_only(tmp_path: Path, header: str, raw: bytes) -> None:
     async def check(node: Running) -> None:
@@ -169,7 +176,7 @@ def test_integer_headers_take_ascii_digits_only(tmp_path: Path, header: str, raw
         await client.put("/v1/stream/src", content=b"abc", headers=text)
         if header == "Stream-TTL":
             resp = await client.put("/v1/stream/t", headers={header: raw})
-        elif header == "Stream-Fork-Sub-Offset":
+        elif header.startswith("Stream-Fork-"):
             fork = {"Stream-Forked-From": "/v1/stream/src", header: raw}
             resp = await client.put("/v1/stream/t", headers={**text, **fork})
         else:

@@ -151,3 +151,21 @@ def test_paths_inside_the_base_still_work(tmp_path: Path, upstream: Any) -> None
             await check(n)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("task", ["relay", "http"])
+@pytest.mark.parametrize(
+    "tail", ["/echo\r\nX-Injected: 1", "/echo\n", "/ec\tho", "/echo x", "/\x00"]
+)
+def test_raw_urls_with_control_characters_are_422(
+    tmp_path: Path, upstream: Any, task: str, tail: str
+) -> None:
+    """``urlsplit`` drops CR, LF and tabs: the URL checked would not be the URL sent."""
+
+    async def check(node: Running) -> None:
+        value = {"url": upstream.url + tail}
+        resp = await node.client.post("/v1/jobs", json={"task": task, "input": value})
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["error"]["field"] == "input.url"
+
+    _run(tmp_path, upstream, check)
