@@ -157,9 +157,9 @@ def check_upstream_path(path: str, *, field: str = "input.path") -> str:
             )
         decoded = unquote(route)
         if decoded == route:
-            break
+            return path
         route = decoded
-    return path
+    raise Unprocessable(f"{field} is percent-encoded too many times", extra={"field": field})
 
 
 def upstream_target(upstream: UpstreamSettings, path: str) -> Target:

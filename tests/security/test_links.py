@@ -37,6 +37,7 @@ def _settings(signing_key: str = "") -> dict[str, Any]:
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
+@pytest.mark.slow  # a redis-server process for the Redis store
 def test_meta_setdefault_keeps_the_first_value(store_url: str) -> None:
     """The store method the key lives in (both stores): the first value stored wins, for every
     caller, including callers racing each other."""
@@ -113,6 +114,7 @@ def test_links_handed_out_expire_within_24_hours(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.slow  # a redis-server process
 def test_nodes_on_one_redis_share_the_generated_key(
     redis_factory: Callable[[], RedisProcess],
 ) -> None:

@@ -64,11 +64,6 @@ def _number(body: dict[str, Any], field: str, low: float, high: float) -> float 
     return float(value)
 
 
-def _reject_constant(name: str) -> Any:
-    # Python's parser accepts NaN and Infinity; JSON does not, and neither can our answers.
-    raise ValueError(f"{name} is not JSON")
-
-
 def render_event(message: dict[str, Any], offset: str) -> bytes:
     """One job-stream message as a native SSE event whose id is the offset after it."""
     if message.get("type") == "event":

@@ -25,7 +25,6 @@ from outlast.store.base import (
     parse_offset,
 )
 
-INTEGER_RE = re.compile(r"0|[1-9][0-9]*")
 _RFC3339_RE = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
     r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
