@@ -11,6 +11,9 @@ import pytest
 from tests.conftest import ServerProcess
 from tests.jobs.helpers import finished, submit
 
+# Job submissions are JSON bodies; any other type is refused (415).
+JSON = {"Content-Type": "application/json"}
+
 pytestmark = pytest.mark.slow
 
 
@@ -62,7 +65,7 @@ def test_invalid_fields_are_422_naming_the_field(jobs_server: ServerProcess) -> 
         assert error["field"] == field, (body, error)
         assert field.split(".")[-1] in error["message"], (body, error)
     # A number too large for a float is still a number, and out of range.
-    resp = httpx.post(url, content=b'{"task": "echo", "timeout": 1e999}')
+    resp = httpx.post(url, content=b'{"task": "echo", "timeout": 1e999}', headers=JSON)
     assert _error(resp, 422)["field"] == "timeout"
     assert httpx.get(url).json()["jobs"] == []  # nothing was admitted
 
@@ -101,7 +104,7 @@ def test_malformed_json_is_400(jobs_server: ServerProcess, raw: bytes) -> None:
 
 def test_a_body_that_is_not_an_object_is_422(jobs_server: ServerProcess) -> None:
     for raw in (b"[]", b"5", b'"echo"', b"null"):
-        resp = httpx.post(f"{jobs_server.url}/v1/jobs", content=raw)
+        resp = httpx.post(f"{jobs_server.url}/v1/jobs", content=raw, headers=JSON)
         error = _error(resp, 422)
         assert error["field"] == "body"
 
@@ -119,7 +122,7 @@ def test_huge_bodies_are_413(jobs_server: ServerProcess) -> None:
             yield b"y" * 65536
         yield b'"}}'
 
-    error = _error(httpx.post(url, content=chunks()), 413)
+    error = _error(httpx.post(url, content=chunks(), headers=JSON), 413)
     assert error["code"] == "payload_too_large"
     # Just under the limit is fine.
     ok = {"task": "echo", "input": {"blob": "z" * ((1 << 20) - 100)}}
