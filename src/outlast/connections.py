@@ -197,6 +197,8 @@ def _error_response(status: int, code: str, message: str) -> bytes:
         STATUS_LINE[status],
         b"content-type: application/json\r\n",
         b"content-length: %d\r\n" % len(body),
+        # Too many connections is a moment's overload: a client may come back soon.
+        b"retry-after: 1\r\n" if status == 503 else b"",
         b"connection: close\r\n\r\n",
     ]
     return b"".join(head) + body
