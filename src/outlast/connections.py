@@ -104,7 +104,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 if room <= 0:
                     self._refuse_head_too_large()
                     return
-                piece, data = data[:room], data[room:]
+                if len(data) > room:
+                    piece, data = data[:room], data[room:]
+                else:
+                    piece, data = data, b""  # the usual case: no copy
                 self._head_bytes += len(piece)
             else:
                 piece, data = data, b""

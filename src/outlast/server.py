@@ -211,7 +211,8 @@ async def serve(settings: Settings) -> None:
     check_binding(settings)
     if not settings.auth_enabled:
         log.warning(
-            "no auth tokens configured: every request is trusted (bound to %s)",
+            "no auth tokens configured: every request is trusted (bound to %s); only requests "
+            "to a loopback Host name or one in [server] allowed_hosts are served",
             settings.server.host,
         )
     async with open_node(settings, workers=settings.server.workers) as node:

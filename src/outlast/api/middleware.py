@@ -141,6 +141,8 @@ class _CorsOrigins:
         return self.any or origin.decode("latin-1").lower() in self.listed
 
 
+# Host values whose verdict is kept (the cache is emptied when full).
+HOSTS_REMEMBERED = 256
 # Ports a browser leaves out of an origin and a Host header.
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 
@@ -167,6 +169,7 @@ class BrowserGuard:
         self.check_host = not settings.auth_enabled and "*" not in allowed
         self.allowed_hosts = frozenset(allowed)
         self.origins = _CorsOrigins(settings.cors)
+        self._hosts_seen: dict[bytes, bool] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -201,6 +204,15 @@ class BrowserGuard:
         await self.app(scope, receive, send)
 
     def _host_allowed(self, raw: bytes) -> bool:
+        # Clients send the same few Host values again and again: decide each once.
+        known = self._hosts_seen.get(raw)
+        if known is None:
+            if len(self._hosts_seen) >= HOSTS_REMEMBERED:
+                self._hosts_seen.clear()
+            known = self._hosts_seen[raw] = self._decide_host(raw)
+        return known
+
+    def _decide_host(self, raw: bytes) -> bool:
         value = raw.decode("latin-1").strip().lower()
         name, port = _split_host(value)
         if name == "localhost" or _is_loopback(name):
