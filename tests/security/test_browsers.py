@@ -77,14 +77,25 @@ def test_json_endpoints_take_only_json_bodies(
         for path in ("/v1/jobs", "/v1/upstreams/llm/chat/completions", "/v1/jobs/job_x/cancel"):
             resp = httpx.post(f"{server.url}{path}", content=body, headers=headers)
             _refused(resp, 415, "unsupported_media_type")
+    # Chunked: the declared type decides too.
+    chunked = httpx.post(
+        f"{server.url}/v1/jobs",
+        content=iter([body.encode()]),
+        headers={"Content-Type": "text/plain"},
+    )
+    _refused(chunked, 415, "unsupported_media_type")
     assert _job_count(server) == 0
     # JSON still goes through, with parameters or as a +json type.
-    for content_type in ("application/json", "application/json; charset=utf-8"):
+    for content_type in (
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/x+json",
+    ):
         resp = httpx.post(
             f"{server.url}/v1/jobs", content=body, headers={"Content-Type": content_type}
         )
         assert resp.status_code == 202, resp.text
-    assert _job_count(server) == 2
+    assert _job_count(server) == 3
     # Stream appends carry their own content types and keep working.
     url = f"{server.url}/v1/stream/plain"
     assert httpx.put(url, headers={"Content-Type": "text/plain"}).status_code == 201
