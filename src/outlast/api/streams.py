@@ -475,6 +475,11 @@ class StreamsEndpoint:
         client_cursor = request.query_params.get("cursor")
         first = True
         while True:
+            if self.lifecycle.stop_readers.is_set() and not first:
+                # Shutting down: the client resumes from the last control event it got. (A
+                # reader whose connection was aborted would otherwise read the rest of a big
+                # stream into nowhere: reads served from memory never yield to the loop.)
+                return
             try:
                 result = await self.store.read(name, position, settings.streams.max_read_bytes)
             except NotFound:
