@@ -10,12 +10,12 @@ import json
 import re
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.types import Scope
 
+from outlast.api.body import parse_json
 from outlast.errors import BadRequest
 from outlast.store.base import (
     Producer,
@@ -106,10 +106,6 @@ def parse_producer(headers: dict[bytes, bytes]) -> Producer | None:
     return Producer(pid, values[0], values[1])
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def json_messages(body: bytes, *, allow_empty: bool) -> list[bytes]:
     """The messages a JSON body holds: one level of a top-level array is flattened.
 
@@ -127,10 +123,7 @@ def json_messages(body: bytes, *, allow_empty: bool) -> list[bytes]:
             pass
         else:
             return [stripped]
-    try:
-        value = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
+    value = parse_json(body)
     if not isinstance(value, list):
         return [body.strip()]
     if not value and not allow_empty:
