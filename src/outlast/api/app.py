@@ -7,7 +7,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from outlast.api.error_response import HANDLED, handle_error
-from outlast.api.jobs import JobsAPI
+from outlast.api.jobs import JobsAPI, LocalCanceller
 from outlast.api.middleware import AuthMiddleware, HeadersMiddleware
 from outlast.api.openapi import openapi_endpoint
 from outlast.api.ops import ops_routes
@@ -19,7 +19,6 @@ from outlast.lifecycle import Lifecycle
 from outlast.logs import AccessLog
 from outlast.metrics import Metrics, MetricsMiddleware
 from outlast.store.base import Store
-from outlast.worker import Worker
 
 
 def create_app(
@@ -28,7 +27,7 @@ def create_app(
     lifecycle: Lifecycle,
     metrics: Metrics,
     registry: Registry,
-    worker: Worker | None,
+    worker: LocalCanceller | None,
 ) -> ASGIApp:
     streams = StreamsEndpoint(settings, store, lifecycle, metrics)
     jobs = JobsAPI(settings, store, registry, lifecycle, metrics, worker)
