@@ -37,6 +37,7 @@ from typing import Any
 
 import httpx
 
+from outlast.boundary import check_headers
 from outlast.config import RelaySettings, Settings
 from outlast.egress import (
     EgressRefused,
@@ -48,6 +49,8 @@ from outlast.egress import (
 )
 from outlast.errors import Forbidden, Unprocessable
 from outlast.executors import TaskFailure, TaskWait
+from outlast.follow import Follow
+from outlast.models import job_stream_name
 from outlast.sse import SSEDecoder, SSEEvent, SSELimitError
 from outlast.store.base import Store, UpstreamLimits
 from outlast.tasks import Job
@@ -112,6 +115,7 @@ async def validate_input(value: Any, settings: Settings) -> None:
         raise Unprocessable(
             "input.headers must map names to strings", extra={"field": "input.headers"}
         )
+    check_headers(headers, "input.headers")
 
 
 def resolve_target(value: dict[str, Any], settings: Settings) -> Target:
@@ -244,10 +248,8 @@ def _delta_content(chunk: Any) -> str | None:
 
 async def _stored_progress(store: Store, job: Job, max_bytes: int) -> _Progress:
     progress = _Progress()
-    position = 0
-    while True:
-        result = await store.read(f"jobs/{job.id}", position, max_bytes)
-        for unit in result.units:
+    async for result in Follow(store, job_stream_name(job.id), 0, max_bytes):
+        for unit in result.units if result is not None else ():
             for message in json.loads(b"[" + unit.data + b"]"):
                 if message.get("type") == "event":
                     progress.add(
@@ -257,9 +259,7 @@ async def _stored_progress(store: Store, job: Job, max_bytes: int) -> _Progress:
                             id=message.get("id"),
                         )
                     )
-        position = result.next
-        if result.up_to_date:
-            return progress
+    return progress
 
 
 def _request_body(value: Any) -> tuple[bytes | None, dict[str, str]]:

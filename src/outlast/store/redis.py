@@ -37,7 +37,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from outlast.errors import NotFound, StoreError, StoreUnavailable
-from outlast.models import JobRecord, NewJob
+from outlast.models import JobRecord, NewJob, job_stream_name
 from outlast.store import streams_logic as logic
 from outlast.store.base import ReadResult, StreamInfo, Unit
 from outlast.store.jobs_logic import JobTx
@@ -55,6 +55,7 @@ from outlast.store.redis_setup import (
     COMMAND_TIMEOUT,
     RedisURL,
     check_durability,
+    check_layout,
     check_version,
     parse_url,
     text,
@@ -134,6 +135,7 @@ class RedisStore(RuleStore[Prefetch]):
             raise StoreError(f"cannot reach redis at {parsed.display}: {exc}") from exc
         try:
             check_version(info, parsed.display)
+            await check_layout(client, parsed.prefix, parsed.display)
         except StoreError:
             await client.aclose()
             raise
@@ -193,7 +195,7 @@ class RedisStore(RuleStore[Prefetch]):
         return [self.keys.job(job_id) for job_id, _ in held]
 
     def _prefetch_running(self, job_id: str) -> Sequence[Prefetch]:
-        return [self.keys.job(job_id), self.keys.stream(f"jobs/{job_id}")]
+        return [self.keys.job(job_id), self.keys.stream(job_stream_name(job_id))]
 
     # -- following other nodes ----------------------------------------------------------------
 
@@ -386,6 +388,14 @@ class RedisStore(RuleStore[Prefetch]):
                 await task
         await self.engine.close()
         await self.client.aclose()
+
+    # -- settings shared by every node ------------------------------------------------------
+
+    async def meta_setdefault(self, key: str, value: str) -> str:
+        name = f"{self.keys.prefix}meta:{key}"
+        await self._redis(self.client.set(name, value, nx=True))
+        stored = await self._redis(self.client.get(name))
+        return text(stored)
 
 
 def _texts(flat: dict[Any, Any]) -> dict[str, str]:

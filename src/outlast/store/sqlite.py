@@ -25,110 +25,19 @@ from pathlib import Path
 from typing import Never, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from outlast.errors import ConfigError, StoreError
+from outlast.errors import ConfigError
 from outlast.models import JobRecord
 from outlast.store import streams_logic as logic
 from outlast.store.base import AppendResult, AppendSpec
 from outlast.store.jobs_logic import JobTx
 from outlast.store.notify import Notifier
 from outlast.store.recent import RecentUnits
-from outlast.store.sqlite_engine import InlineEngine, ThreadEngine, connect
+from outlast.store.sqlite_engine import InlineEngine, ThreadEngine, prepare
 from outlast.store.sqlite_tx import JOB_COLUMNS, SQLiteTx, job_from_row
 from outlast.store.streams_logic import Changed
 from outlast.store.template import JobFilter, Rule, RuleStore
 
 T = TypeVar("T")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS streams (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    name          TEXT NOT NULL UNIQUE,
-    content_type  TEXT NOT NULL,
-    tail          INTEGER NOT NULL DEFAULT 0,
-    closed        INTEGER NOT NULL DEFAULT 0,
-    created_at    REAL NOT NULL,
-    touched_at    REAL NOT NULL,
-    ttl           INTEGER,
-    expires_at    REAL,
-    last_seq      TEXT,
-    parent_id     INTEGER,
-    fork_key      TEXT,
-    deleted       INTEGER NOT NULL DEFAULT 0,
-    closed_by     TEXT
-);
-CREATE INDEX IF NOT EXISTS streams_parent ON streams(parent_id);
-CREATE TABLE IF NOT EXISTS units (
-    stream_id  INTEGER NOT NULL,
-    start      INTEGER NOT NULL,
-    end        INTEGER NOT NULL,
-    count      INTEGER NOT NULL,
-    data       BLOB NOT NULL,
-    PRIMARY KEY (stream_id, start)
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    id                TEXT PRIMARY KEY,
-    task              TEXT NOT NULL,
-    queue             TEXT NOT NULL,
-    state             TEXT NOT NULL,
-    input             TEXT NOT NULL,
-    result            TEXT,
-    error             TEXT,
-    attempt           INTEGER NOT NULL,
-    max_attempts      INTEGER NOT NULL,
-    timeout           REAL NOT NULL,
-    created_at        REAL NOT NULL,
-    run_at            REAL NOT NULL,
-    started_at        REAL,
-    finished_at       REAL,
-    key               TEXT UNIQUE,
-    lease_owner       TEXT,
-    lease_expires     REAL,
-    cancel_requested  INTEGER NOT NULL DEFAULT 0,
-    priority          INTEGER NOT NULL DEFAULT 0,
-    concurrency_key   TEXT,
-    retry_of          TEXT,
-    turn              INTEGER NOT NULL DEFAULT 0,
-    waiting           TEXT,
-    waited            REAL NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs(queue, state, run_at);
-CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(state, lease_expires);
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS job_counts (
-    queue  TEXT NOT NULL,
-    state  TEXT NOT NULL,
-    n      INTEGER NOT NULL,
-    PRIMARY KEY (queue, state)
-) WITHOUT ROWID;
--- Per queue: paused or not; the turn of the job started last, and the last turn given to a
--- job without a concurrency key (fair order: see store.jobs_logic).
-CREATE TABLE IF NOT EXISTS queue_flags (
-    queue   TEXT PRIMARY KEY,
-    paused  INTEGER NOT NULL DEFAULT 0,
-    turn    INTEGER NOT NULL DEFAULT 0,
-    lane    INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
--- Per queue and concurrency key: the last turn given to one of its jobs, and how many run.
-CREATE TABLE IF NOT EXISTS key_flows (
-    queue    TEXT NOT NULL,
-    key      TEXT NOT NULL,
-    turn     INTEGER NOT NULL DEFAULT 0,
-    running  INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (queue, key)
-) WITHOUT ROWID;
--- Per named upstream: what its limiter keeps (JSON; see store.jobs_logic.acquire_upstream).
-CREATE TABLE IF NOT EXISTS upstream_limits (
-    name   TEXT PRIMARY KEY,
-    state  TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS producers (
-    stream_id    INTEGER NOT NULL,
-    producer_id  TEXT NOT NULL,
-    epoch        INTEGER NOT NULL,
-    last_seq     INTEGER NOT NULL,
-    PRIMARY KEY (stream_id, producer_id)
-) WITHOUT ROWID;
-"""
 
 
 class _Appended:
@@ -169,31 +78,6 @@ def _path_from_url(url: str) -> str:
     return path
 
 
-# Columns added to a table after its first release: (table, column, its definition). A store
-# made by an older release gains them when opened.
-ADDED_COLUMNS = (
-    ("jobs", "priority", "INTEGER NOT NULL DEFAULT 0"),
-    ("jobs", "concurrency_key", "TEXT"),
-    ("jobs", "retry_of", "TEXT"),
-    ("jobs", "turn", "INTEGER NOT NULL DEFAULT 0"),
-    ("jobs", "waiting", "TEXT"),
-    ("jobs", "waited", "REAL NOT NULL DEFAULT 0"),
-)
-# Indexes on added columns: made once the columns exist.
-ADDED_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(queue, state, priority DESC, turn, id)",
-)
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    for table, column, definition in ADDED_COLUMNS:
-        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-        if column not in present:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
-    for statement in ADDED_INDEXES:
-        conn.execute(statement)
-
-
 class SQLiteStore(RuleStore[Never]):
     """The rules run on one connection per engine; reads run on the engine too (between
     transactions, never blocked by the writer in WAL mode)."""
@@ -211,15 +95,7 @@ class SQLiteStore(RuleStore[Never]):
         parent = Path(path).parent
         if not parent.exists():
             raise ConfigError(f"directory for the sqlite store does not exist: {parent}")
-        try:
-            setup = connect(path, fsync=fsync, busy_timeout_ms=30_000)
-            try:
-                setup.executescript(SCHEMA)
-                _migrate(setup)
-            finally:
-                setup.close()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open sqlite store {path}: {exc}") from exc
+        await asyncio.to_thread(prepare, path, fsync=fsync)
         notifier = Notifier()
         engine: InlineEngine | ThreadEngine = (
             ThreadEngine(path, notifier) if fsync else InlineEngine(path, notifier)
@@ -294,3 +170,16 @@ class SQLiteStore(RuleStore[Never]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self.engine.close()
+
+    # -- settings shared by every node ------------------------------------------------------
+
+    async def meta_setdefault(self, key: str, value: str) -> str:
+        def op(conn: sqlite3.Connection) -> str:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return str(row[0])
+
+        return await self.engine.write(op)
