@@ -451,6 +451,8 @@ def finish(
 
 def _cancel_now(tx: JobTx, job: JobRecord, now: float) -> JobRecord:
     error = {"code": ErrorCode.CANCELLED.value, "message": "cancelled on request"}
+    # A job cancelled while it waited for an upstream waits no more.
+    waiting: dict[str, Any] = {} if job.waiting is None else {"waiting": None}
     done = _transition(
         tx,
         job,
@@ -460,6 +462,7 @@ def _cancel_now(tx: JobTx, job: JobRecord, now: float) -> JobRecord:
         finished_at=now,
         lease_owner=None,
         lease_expires=None,
+        **waiting,
     )
     _emit(tx, done, now, _state(JobState.CANCELLED, job.attempt), close=True)
     return done
