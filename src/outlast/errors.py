@@ -7,6 +7,7 @@
     ├── StoreError               the store failed or cannot be reached
     │   └── StoreUnavailable     transient: retry later (HTTP 503 + Retry-After)
     ├── LeaseLost                a worker no longer owns the job it was running
+    ├── WebhookVerificationError a webhook's signature or timestamp does not verify
     └── RequestError             a request that cannot be served as asked (HTTP 4xx)
         ├── BadRequest           400  malformed header, offset, body
         ├── Unauthorized         401
@@ -52,6 +53,11 @@ class StoreUnavailable(StoreError):
 
 class LeaseLost(OutlastError):
     """The worker no longer owns the job: its lease expired and the job moved on without it."""
+
+
+class WebhookVerificationError(OutlastError):
+    """A webhook request does not verify (:func:`outlast.webhooks.verify`): missing headers, a
+    timestamp too far from now, or no signature made with the secret."""
 
 
 class RequestError(OutlastError):

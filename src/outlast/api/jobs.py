@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from outlast.api.capability import sign, signing_key
 from outlast.api.sse_response import SSEResponse, sse_comment, sse_event
+from outlast.callbacks import parse_callback, refresh_gauge
 from outlast.config import Settings
 from outlast.errors import (
     BadRequest,
@@ -34,7 +35,9 @@ from outlast.metrics import Metrics
 from outlast.models import JOB_ID_PATTERN, JobRecord, JobState, NewJob
 from outlast.store.base import Store, format_offset, parse_offset
 
-SUBMIT_FIELDS = frozenset({"task", "input", "queue", "timeout", "retries", "delay", "key"})
+SUBMIT_FIELDS = frozenset(
+    {"task", "input", "queue", "timeout", "retries", "delay", "key", "callback"}
+)
 MAX_RETRIES = 100
 MAX_TIMEOUT = 7 * 86400.0
 MAX_DELAY = 30 * 86400.0
@@ -103,6 +106,7 @@ class JobsAPI:
         self.worker = worker
         self.link_key = signing_key(settings.auth) if settings.auth_enabled else None
         metrics.on_scrape(self.refresh_gauges)
+        metrics.on_scrape(lambda: refresh_gauge(store, metrics))
 
     async def refresh_gauges(self) -> None:
         """Job counts from the store (shared by every node), read when /metrics is scraped."""
@@ -131,6 +135,7 @@ class JobsAPI:
             Route("/v1/jobs", self.list, methods=["GET"]),
             Route("/v1/jobs/{job_id}", self.get, methods=["GET"]),
             Route("/v1/jobs/{job_id}/cancel", self.cancel, methods=["POST"]),
+            Route("/v1/jobs/{job_id}/callback/retry", self.retry_callback, methods=["POST"]),
             Route("/v1/jobs/{job_id}/events", self.events, methods=["GET"]),
             Route("/v1/queues", self.queues, methods=["GET"]),
         ]
@@ -186,6 +191,7 @@ class JobsAPI:
         key = body.get("key")
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH):
             raise _field_error("key", f"must be a string of 1 to {MAX_KEY_LENGTH} characters")
+        callback = await self.parse_callback(body.get("callback"))
         return NewJob(
             task=task,
             queue=queue,
@@ -194,7 +200,13 @@ class JobsAPI:
             timeout=spec.timeout if timeout is None else timeout,
             delay=delay,
             key=key,
+            callback=callback,
         )
+
+    async def parse_callback(self, value: Any) -> dict[str, Any] | None:
+        """A completion webhook asked for (the ``callback`` field or the ``Outlast-Callback``
+        header): None, or checked against ``[webhooks]`` (422 naming ``callback``)."""
+        return None if value is None else await parse_callback(value, self.settings)
 
     async def admit(self, new: NewJob) -> tuple[JobRecord, bool]:
         """Admit *new* (503 while draining, 429 when full). Returns (job, created)."""
@@ -306,6 +318,11 @@ class JobsAPI:
                 max(0.0, job.finished_at - job.created_at)
             )
         return JSONResponse(self.render(job), 202)
+
+    async def retry_callback(self, request: Request) -> Response:
+        """Send the job's webhook event again (same ``webhook-id``), whatever its state."""
+        job = await self._job(request)
+        return JSONResponse(self.render(await self.store.retry_delivery(job.id)), 202)
 
     async def queues(self, request: Request) -> Response:
         counts = await self.store.queue_counts()

@@ -104,6 +104,30 @@ CREATE TABLE IF NOT EXISTS producers (
 """
 
 
+# Schema changes made to a store created by an earlier release, in order. Each step checks
+# what is there, so it is safe to run on every open and whatever else tracks versions.
+# 1. Completion webhooks: the job's callback (JSON) and when its event is next due (indexed).
+def _add_callback_columns(conn: sqlite3.Connection) -> None:
+    # In one write transaction: two processes opening an older store at once add them once.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        if "callback" not in columns:
+            conn.execute("ALTER TABLE jobs ADD COLUMN callback TEXT")
+        if "hook_due" not in columns:
+            conn.execute("ALTER TABLE jobs ADD COLUMN hook_due REAL")
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS jobs_hook_due ON jobs(hook_due) WHERE hook_due IS NOT NULL"
+        )
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+MIGRATIONS = (_add_callback_columns,)
+
+
 class _Appended:
     """An append's result as it comes back from the engine. At commit (before readers are
     woken) it records the new unit in the recent-units cache."""
@@ -163,6 +187,8 @@ class SQLiteStore(RuleStore[Never]):
             setup = connect(path, fsync=fsync, busy_timeout_ms=30_000)
             try:
                 setup.executescript(SCHEMA)
+                for step in MIGRATIONS:
+                    step(setup)
             finally:
                 setup.close()
         except sqlite3.Error as exc:
