@@ -12,8 +12,7 @@ import pytest
 
 from tests.cluster.conftest import Cluster, submit
 from tests.conftest import wait_for
-from tests.fakes.receiver import Answer, Received, Receiver
-from tests.jobs.test_webhooks import SECRET
+from tests.fakes.receiver import SECRET, Answer, Received, Receiver
 
 pytestmark = pytest.mark.slow
 

@@ -3,6 +3,7 @@ and answers as the test's script says."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -10,6 +11,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+# The secret the test servers sign with, and settings that let them call this receiver.
+SECRET = "whsec_" + base64.b64encode(b"outlast webhook test secret 0123").decode()
+
+
+def hook_env(**extra: str) -> dict[str, str]:
+    """Webhook settings for a test server: the secret, loopback allowed, a fast schedule
+    (``backoff_scale`` 0.1: about 0.5 s, then 3 s, between attempts)."""
+    env = {
+        "OUTLAST_WEBHOOKS__SECRET": SECRET,
+        "OUTLAST_WEBHOOKS__ALLOWED_HOSTS": '["127.0.0.1"]',
+        "OUTLAST_WEBHOOKS__ALLOW_PRIVATE": "true",
+        "OUTLAST_WEBHOOKS__BACKOFF_SCALE": "0.1",
+        "OUTLAST_WEBHOOKS__TIMEOUT": "5",
+    }
+    env.update(extra)
+    return env
 
 
 @dataclass

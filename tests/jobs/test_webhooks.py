@@ -6,7 +6,6 @@ knob): about 0.5 s, then 3 s, between attempts."""
 
 from __future__ import annotations
 
-import base64
 import json
 import signal
 import threading
@@ -18,12 +17,10 @@ import pytest
 from standardwebhooks import Webhook
 
 from tests.conftest import ServerProcess, wait_for
-from tests.fakes.receiver import Answer, Received, Receiver, Script
+from tests.fakes.receiver import SECRET, Answer, Received, Receiver, Script, hook_env
 from tests.jobs.helpers import finished, get_job, metric, submit
 
 pytestmark = pytest.mark.slow
-
-SECRET = "whsec_" + base64.b64encode(b"outlast webhook test secret 0123").decode()
 
 
 @pytest.fixture
@@ -31,18 +28,6 @@ def receiver() -> Iterator[Receiver]:
     made = Receiver().start()
     yield made
     made.stop()
-
-
-def hook_env(**extra: str) -> dict[str, str]:
-    env = {
-        "OUTLAST_WEBHOOKS__SECRET": SECRET,
-        "OUTLAST_WEBHOOKS__ALLOWED_HOSTS": '["127.0.0.1"]',
-        "OUTLAST_WEBHOOKS__ALLOW_PRIVATE": "true",
-        "OUTLAST_WEBHOOKS__BACKOFF_SCALE": "0.1",
-        "OUTLAST_WEBHOOKS__TIMEOUT": "5",
-    }
-    env.update(extra)
-    return env
 
 
 def callback_state(server: ServerProcess, job_id: str, state: str) -> dict[str, Any]:
