@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from outlast.models import JOB_ID_PATTERN, ErrorCode, JobState
+from outlast.store.webhooks_logic import ALL_EVENTS as WEBHOOK_EVENTS
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -66,6 +67,42 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Seconds before the first attempt",
             },
             "key": {"type": "string", "maxLength": 255, "description": "Idempotency key"},
+            "callback": {
+                "description": "A completion webhook (docs/webhooks.md): a URL, or url + events",
+                "oneOf": [
+                    {"type": "string", "format": "uri"},
+                    {
+                        "type": "object",
+                        "required": ["url"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "url": {"type": "string", "format": "uri"},
+                            "events": {
+                                "type": "array",
+                                "items": {"type": "string", "enum": list(WEBHOOK_EVENTS)},
+                                "default": list(WEBHOOK_EVENTS),
+                            },
+                        },
+                    },
+                ],
+            },
+        },
+    },
+    "Callback": {
+        "type": "object",
+        "description": "The completion webhook asked for, and its delivery",
+        "properties": {
+            "url": {"type": "string"},
+            "events": {"type": "array", "items": {"type": "string"}},
+            "state": {
+                "type": ["string", "null"],
+                "enum": ["pending", "delivered", "failed", None],
+                "description": "null until the job ends with an event asked for",
+            },
+            "attempts": {"type": "integer"},
+            "last_status": {"type": ["integer", "null"]},
+            "last_error": {"type": ["string", "null"]},
+            "next_attempt_at": {"type": ["string", "null"], "format": "date-time"},
         },
     },
     "Job": {
@@ -98,6 +135,7 @@ SCHEMAS: dict[str, Any] = {
             "key": {"type": "string", "description": "The idempotency key, when given"},
             "stream": {"type": "string", "description": "The job's durable stream (JSON mode)"},
             "events": {"type": "string", "description": "The job's events as native SSE"},
+            "callback": _ref("Callback"),
         },
     },
     "JobPage": {
@@ -190,6 +228,17 @@ PATHS: dict[str, Any] = {
             "responses": {"202": _json(_ref("Job"), "The job"), "404": _error("No such job")},
         }
     },
+    "/v1/jobs/{job_id}/callback/retry": {
+        "post": {
+            "summary": "Send the job's webhook event again (same webhook-id), whatever its state",
+            "parameters": [JOB_ID],
+            "responses": {
+                "202": _json(_ref("Job"), "The job, its callback pending"),
+                "404": _error("No such job, or it has no callback"),
+                "409": _error("The job has not ended with an event its callback asked for"),
+            },
+        }
+    },
     "/v1/jobs/{job_id}/events": {
         "get": {
             "summary": "The job's events as native Server-Sent Events",
@@ -230,6 +279,12 @@ PATHS: dict[str, Any] = {
                 {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
                 {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
                 {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
+                {
+                    "name": "Outlast-Callback",
+                    "in": "header",
+                    "schema": {"type": "string"},
+                    "description": "A completion webhook URL (docs/webhooks.md)",
+                },
             ],
             "responses": {
                 "200": {
@@ -251,6 +306,7 @@ PATHS: dict[str, Any] = {
                     "Upstream-Path",
                     "Upstream-Method",
                     "Upstream-Authorization",
+                    "Outlast-Callback",
                 )
             ],
             "responses": {"201": {"description": "Created; Location is the job's stream"}},
