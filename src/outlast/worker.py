@@ -75,6 +75,9 @@ class _Running:
     # job was claimed (written before it ran).
     begun: asyncio.Future[JobRecord] | None = None
     stop_reason: StopReason | None = None
+    # Set by the job's task at its first step. A task cancelled before that never runs its
+    # body (nor its `finally`), so a stop that comes first is left for the task to read.
+    entered: bool = False
     # Set once the attempt is over and its outcome is being written: stopping the job then
     # would lose an outcome that is already decided.
     finishing: bool = False
@@ -169,7 +172,7 @@ class Worker:
         if running.stop_reason is None:
             running.stop_reason = reason
         running.cancelled.set()
-        if running.task is not None and not running.task.done():
+        if running.entered and running.task is not None and not running.task.done():
             running.task.cancel()
 
     # -- starting jobs ----------------------------------------------------------------------
@@ -248,6 +251,7 @@ class Worker:
     # -- running --------------------------------------------------------------------------
 
     async def _run(self, running: _Running) -> None:
+        running.entered = True
         record = running.record
         slot_held = True
         try:
@@ -297,6 +301,8 @@ class Worker:
                 record.id,
             )
             return Outcome("release", retry_at=time.time() + UNKNOWN_TASK_DELAY)
+        if running.stop_reason is not None:
+            return self._stopped(running)  # stopped before it began
         try:
             async with asyncio.timeout(record.timeout):
                 result = await spec.run(running.handle, record.input)

@@ -18,9 +18,9 @@ from outlast.errors import LeaseLost, QueueFull
 from outlast.models import JobState, NewJob
 from outlast.store import Store, open_store
 from outlast.store.base import AppendSpec, CreateSpec, Outcome
-from tests.conftest import RedisProcess
+from tests.conftest import RedisProcess, backend_params
 
-SHARED_BACKENDS = ["sqlite", "redis"]
+SHARED_BACKENDS = backend_params("sqlite", "redis")
 
 pytestmark = pytest.mark.anyio
 

@@ -25,107 +25,19 @@ from pathlib import Path
 from typing import Never, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from outlast.errors import ConfigError, StoreError
+from outlast.errors import ConfigError
 from outlast.models import JobRecord
 from outlast.store import streams_logic as logic
 from outlast.store.base import AppendResult, AppendSpec
 from outlast.store.jobs_logic import JobTx
 from outlast.store.notify import Notifier
 from outlast.store.recent import RecentUnits
-from outlast.store.sqlite_engine import InlineEngine, ThreadEngine, connect
+from outlast.store.sqlite_engine import InlineEngine, ThreadEngine, prepare
 from outlast.store.sqlite_tx import JOB_COLUMNS, SQLiteTx, job_from_row
 from outlast.store.streams_logic import Changed
 from outlast.store.template import JobFilter, Rule, RuleStore
 
 T = TypeVar("T")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS streams (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    name          TEXT NOT NULL UNIQUE,
-    content_type  TEXT NOT NULL,
-    tail          INTEGER NOT NULL DEFAULT 0,
-    closed        INTEGER NOT NULL DEFAULT 0,
-    created_at    REAL NOT NULL,
-    touched_at    REAL NOT NULL,
-    ttl           INTEGER,
-    expires_at    REAL,
-    last_seq      TEXT,
-    parent_id     INTEGER,
-    fork_key      TEXT,
-    deleted       INTEGER NOT NULL DEFAULT 0,
-    closed_by     TEXT
-);
-CREATE INDEX IF NOT EXISTS streams_parent ON streams(parent_id);
-CREATE TABLE IF NOT EXISTS units (
-    stream_id  INTEGER NOT NULL,
-    start      INTEGER NOT NULL,
-    end        INTEGER NOT NULL,
-    count      INTEGER NOT NULL,
-    data       BLOB NOT NULL,
-    PRIMARY KEY (stream_id, start)
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    id                TEXT PRIMARY KEY,
-    task              TEXT NOT NULL,
-    queue             TEXT NOT NULL,
-    state             TEXT NOT NULL,
-    input             TEXT NOT NULL,
-    result            TEXT,
-    error             TEXT,
-    attempt           INTEGER NOT NULL,
-    max_attempts      INTEGER NOT NULL,
-    timeout           REAL NOT NULL,
-    created_at        REAL NOT NULL,
-    run_at            REAL NOT NULL,
-    started_at        REAL,
-    finished_at       REAL,
-    key               TEXT UNIQUE,
-    lease_owner       TEXT,
-    lease_expires     REAL,
-    cancel_requested  INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs(queue, state, run_at);
-CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(state, lease_expires);
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS job_counts (
-    queue  TEXT NOT NULL,
-    state  TEXT NOT NULL,
-    n      INTEGER NOT NULL,
-    PRIMARY KEY (queue, state)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS producers (
-    stream_id    INTEGER NOT NULL,
-    producer_id  TEXT NOT NULL,
-    epoch        INTEGER NOT NULL,
-    last_seq     INTEGER NOT NULL,
-    PRIMARY KEY (stream_id, producer_id)
-) WITHOUT ROWID;
-"""
-
-
-# Schema changes made to a store created by an earlier release, in order. Each step checks
-# what is there, so it is safe to run on every open and whatever else tracks versions.
-# 1. Completion webhooks: the job's callback (JSON) and when its event is next due (indexed).
-def _add_callback_columns(conn: sqlite3.Connection) -> None:
-    # In one write transaction: two processes opening an older store at once add them once.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-        if "callback" not in columns:
-            conn.execute("ALTER TABLE jobs ADD COLUMN callback TEXT")
-        if "hook_due" not in columns:
-            conn.execute("ALTER TABLE jobs ADD COLUMN hook_due REAL")
-        conn.execute(
-            "CREATE INDEX IF NOT EXISTS jobs_hook_due ON jobs(hook_due) WHERE hook_due IS NOT NULL"
-        )
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-MIGRATIONS = (_add_callback_columns,)
 
 
 class _Appended:
@@ -183,16 +95,8 @@ class SQLiteStore(RuleStore[Never]):
         parent = Path(path).parent
         if not parent.exists():
             raise ConfigError(f"directory for the sqlite store does not exist: {parent}")
-        try:
-            setup = connect(path, fsync=fsync, busy_timeout_ms=30_000)
-            try:
-                setup.executescript(SCHEMA)
-                for step in MIGRATIONS:
-                    step(setup)
-            finally:
-                setup.close()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open sqlite store {path}: {exc}") from exc
+        # The schema, created or brought up to date (store/versions.py).
+        await asyncio.to_thread(prepare, path, fsync=fsync)
         notifier = Notifier()
         engine: InlineEngine | ThreadEngine = (
             ThreadEngine(path, notifier) if fsync else InlineEngine(path, notifier)
