@@ -8,7 +8,8 @@ On SIGTERM or SIGINT the phases run in this order (SPEC §4):
 3. readers    live readers (SSE, long-poll, job events) end within a second, cleanly, so that
               they resume from their offset elsewhere or after the restart.
 4. jobs       running jobs get ``grace`` seconds to finish; the rest are stopped and handed back
-              to their queue without spending an attempt.
+              to their queue without spending an attempt. Webhook attempts in flight get the
+              same grace; the rest are cut and handed back, due again at once.
 5. store      closed; every acknowledged write is already durable. The process exits 0.
 
 A second signal stops at once (phase 4 with no grace). Uvicorn's own signal capture is replaced:
