@@ -309,13 +309,15 @@ def render(results: dict[str, Any]) -> str:
         p99 = statistics.median(run[store]["steady"]["p99_ms"] for run in runs)
         verdict = "**met**" if p99 <= 50 else "**not met**"
         lines.append(f"- {labels[store]}, steady: p99 {p99:.1f} ms — {verdict}")
-    burst_p99 = {s: statistics.median(r[s]["burst"]["p99_ms"] for r in runs) for s in cfg["stores"]}
-    lines.append(
-        "- Burst: p99 "
-        + ", ".join(f"{labels[s]} {v:,.0f} ms" for s, v in burst_p99.items())
-        + " — a thousand events at one instant queue behind each other (at most 64 attempts "
-        "in flight per node), so their p99 is the time to drain them, not one event's latency."
-    )
+    for store in cfg["stores"]:
+        p99 = statistics.median(run[store]["burst"]["p99_ms"] for run in runs)
+        verdict = "**met**" if p99 <= 50 else "**not met**"
+        lines.append(
+            f"- {labels[store]}, burst of {cfg['jobs']:,}: p99 {p99:,.0f} ms — {verdict}: the "
+            "events of jobs that end at one instant wait for each other (at most 64 attempts in "
+            "flight per node, each a signed HTTP request and two store writes), so the p99 "
+            "of a burst is the time to drain it: jobs / deliveries/s."
+        )
     return "\n".join(lines) + "\n"
 
 
