@@ -50,8 +50,11 @@ MAX_URL_LENGTH = 2048
 # then every hour until retry_for has passed. Each wait is jittered by +-20 %.
 SCHEDULE = (5.0, 30.0, 120.0, 600.0, 3600.0)
 JITTER = 0.2
-# Attempts made at once by one node; more due events wait for a free slot.
+# Attempts made at once by one node; more due events wait for a free slot. While attempts are in
+# flight, due events are claimed once this many slots are free: one claim for a batch of them
+# rather than a store write per attempt ended.
 MAX_IN_FLIGHT = 64
+CLAIM_BATCH = 16
 # A lease outlives its attempt's timeout by this much, and is renewed while the attempt runs.
 LEASE_MARGIN = 10.0
 # How often the store is re-checked with nothing heard: events of other SQLite processes and
@@ -234,6 +237,8 @@ class Deliverer:
             woken = self.store.watch_deliveries()  # before claiming: a commit during it wakes
             self._slot_freed.clear()
             free = MAX_IN_FLIGHT - len(self.in_flight)
+            if self.in_flight and free < CLAIM_BATCH:
+                free = 0  # claim when a batch of slots is free (woken as each one frees)
             claimed: list[JobRecord] = []
             wait = RECHECK_INTERVAL
             try:
