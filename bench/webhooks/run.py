@@ -315,7 +315,7 @@ def render(results: dict[str, Any]) -> str:
         lines.append(
             f"- {labels[store]}, burst of {cfg['jobs']:,}: p99 {p99:,.0f} ms — {verdict}: the "
             "events of jobs that end at one instant wait for each other (at most 64 attempts in "
-            "flight per node, each a signed HTTP request and two store writes), so the p99 "
+            "flight per node, each a signed HTTP request and a store write), so the p99 "
             "of a burst is the time to drain it: jobs / deliveries/s."
         )
     return "\n".join(lines) + "\n"
