@@ -13,7 +13,7 @@ import pytest
 from outlast.errors import BadRequest, Conflict, LeaseLost, NotFound, QueueFull
 from outlast.models import JobState, NewJob, job_stream_name
 from outlast.store import Store, open_store
-from outlast.store.jobs_logic import Outcome
+from outlast.store.base import Outcome
 
 pytestmark = pytest.mark.anyio
 

@@ -1,5 +1,13 @@
 """One optimistic Redis transaction, as the stream and job rules see it (:class:`RedisTx`).
 
+Where it stands (the whole map is in :mod:`outlast.store`)::
+
+    rules (streams_logic, jobs_logic)  ->  JobTx  ->  RedisTx (here)  ->  redis_engine (runs
+    groups of rules in one RedisTx, commits)  ->  template.RuleStore / redis.RedisStore
+
+Operations may name what they will read (:data:`Prefetch`: hashes, a queue's due jobs): the
+engine reads it for the whole group in one round trip before the rules run.
+
 The rules (:mod:`~outlast.store.streams_logic`, :mod:`~outlast.store.jobs_logic`) are synchronous
 functions of a transaction. Here they run on the engine's thread against Redis like this:
 
