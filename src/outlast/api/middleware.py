@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from outlast.api.capability import readable_with_link, signing_key, verify
+from outlast.api.scopes import allows, describe, required_scopes
 from outlast.config import AuthSettings, CorsSettings, TokenSettings
 
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
@@ -147,22 +148,6 @@ def scopes_for(tokens: Iterable[TokenSettings], presented: str) -> frozenset[str
     return found
 
 
-def required_scope(method: str, path: str) -> str | None:
-    """The scope a request needs, or ``None`` for public endpoints."""
-    if path in ("/healthz", "/readyz", "/openapi.json"):
-        return None
-    if path == "/metrics":
-        return "admin"
-    reading = method in ("GET", "HEAD")
-    if path.startswith("/v1/stream/"):
-        return "streams:read" if reading else "streams:write"
-    if path.startswith("/v1/jobs"):
-        return "jobs:read" if reading else "jobs:write"
-    if path.startswith("/v1/upstreams/") or path == "/v1/proxy":
-        return "jobs:write"
-    return "admin"
-
-
 class AuthMiddleware:
     """Bearer tokens with scopes. Installed only when tokens are configured.
 
@@ -179,7 +164,7 @@ class AuthMiddleware:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        needed = required_scope(scope["method"], scope["path"])
+        needed = required_scopes(scope["method"], scope["path"])
         raw = _header(scope, b"authorization")
         granted: frozenset[str] | None = None
         if raw is not None:
@@ -190,12 +175,8 @@ class AuthMiddleware:
                 await _reject(send, 401, "unauthorized", "invalid bearer token")
                 return
         scope["outlast.auth"] = granted
-        if (
-            needed is not None
-            and granted is not None
-            and not (needed in granted or "admin" in granted)
-        ):
-            await _reject(send, 403, "forbidden", f"this token lacks the '{needed}' scope")
+        if needed is not None and granted is not None and not allows(granted, needed):
+            await _reject(send, 403, "forbidden", f"this token lacks the {describe(needed)} scope")
             return
         if needed is not None and granted is None and not self._signed_read(scope):
             await _reject(
