@@ -13,8 +13,8 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from outlast.api import scopes
 from outlast.api.capability import readable_with_link, signing_key, verify
-from outlast.api.scopes import allows, describe, required_scopes
 from outlast.config import AuthSettings, CorsSettings, TokenSettings
 
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
@@ -164,7 +164,7 @@ class AuthMiddleware:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        needed = required_scopes(scope["method"], scope["path"])
+        needed = scopes.required_scopes(scope["method"], scope["path"])
         raw = _header(scope, b"authorization")
         granted: frozenset[str] | None = None
         if raw is not None:
@@ -175,8 +175,9 @@ class AuthMiddleware:
                 await _reject(send, 401, "unauthorized", "invalid bearer token")
                 return
         scope["outlast.auth"] = granted
-        if needed is not None and granted is not None and not allows(granted, needed):
-            await _reject(send, 403, "forbidden", f"this token lacks the {describe(needed)} scope")
+        if needed is not None and granted is not None and not scopes.allows(granted, needed):
+            lacking = scopes.describe(needed)
+            await _reject(send, 403, "forbidden", f"this token lacks the {lacking} scope")
             return
         if needed is not None and granted is None and not self._signed_read(scope):
             await _reject(
