@@ -119,17 +119,19 @@ def _run(
     main: Callable[[Settings], Coroutine[Any, Any, None]],
     **flags: Any,
 ) -> None:
-    from outlast.logs import configure_logging
+    from outlast.logs import configure_logging, use_log_format
     from outlast.server import run
 
+    configure_logging(log_level)
     # The flag's format (or auto) until the settings are read: a bad config file is reported.
-    configure_logging(log_level, log_format or "auto")
+    use_log_format(log_format or "auto")
     # The current directory is importable, as for `python -m`: --app names the user's module.
     sys.path.insert(0, os.getcwd())
     try:
         settings = load_settings(config_path, overrides=_overrides(log_format, **flags))
-        if settings.logs.format != (log_format or "auto"):
-            configure_logging(log_level, settings.logs.format)  # from outlast.toml or the env
+        if settings.logs.format != (log_format or "auto"):  # from outlast.toml or the env
+            configure_logging(log_level)
+            use_log_format(settings.logs.format)
         run(main(settings))
     except ConfigError as exc:
         logging.getLogger("outlast").error("%s", exc)

@@ -256,48 +256,23 @@ def job_id_of(path: str) -> str | None:
     return None
 
 
-def resolve_log_format(log_format: str, stream: IO[str]) -> str:
-    """``text`` or ``json``: ``auto`` is text on a terminal, JSON anywhere else."""
-    if log_format not in LOG_FORMATS:
-        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}: {log_format!r}")
-    if log_format != "auto":
-        return log_format
-    try:
-        return "text" if stream.isatty() else "json"
-    except (AttributeError, ValueError):  # a closed or unusual stream
-        return "json"
-
-
-def configure_logging(level: str = "info", log_format: str = "auto") -> None:
-    """Log to stderr in *log_format* (``auto``, ``text`` or ``json``)."""
-    stream = sys.stderr
-    text = resolve_log_format(log_format, stream) == "text"
-    formatter: logging.Formatter = JSONFormatter()
-    if text:
-        formatter = TextFormatter(colour=stream.isatty())
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter)
+def configure_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # uvicorn's own error logger is useful; its access log is replaced by ours.
     logging.getLogger("uvicorn.access").disabled = True
     access = logging.getLogger(ACCESS_LOGGER)
-    jobs = logging.getLogger(JOBS_LOGGER)
-    if text:
-        # For people reading a terminal: plain records, each written as it comes.
-        access.handlers[:] = [handler]
-        jobs.handlers[:] = [handler]
-    else:
-        # Access and job lines get handlers of their own on the same stream, which batch them
-        # (see BufferedLineHandler). Whether an application logs requests at all is its
-        # setting ([server] access_log).
-        buffered = BufferedLineHandler(stream)
-        buffered.setFormatter(formatter)
-        access.handlers[:] = [buffered]
-        configure_job_log(stream)
+    buffered = BufferedLineHandler(sys.stderr)
+    buffered.setFormatter(JSONFormatter())
+    # Its own handler, on the same stream: lines are batched (see BufferedLineHandler). Whether
+    # an application logs requests at all is its setting ([server] access_log).
+    access.handlers[:] = [buffered]
     access.propagate = False
-    jobs.propagate = False
+    # Job transitions (one line each) are batched the same way, by a handler of their own.
+    configure_job_log(sys.stderr)
 
 
 JOBS_LOGGER = "outlast.jobs"
@@ -355,3 +330,28 @@ def configure_job_log(stream: IO[str]) -> None:
     buffered.setFormatter(JSONFormatter())
     jobs.handlers[:] = [buffered]
     jobs.propagate = False
+
+
+def resolve_log_format(log_format: str, stream: IO[str]) -> str:
+    """``text`` or ``json``: ``auto`` is text on a terminal, JSON anywhere else."""
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}: {log_format!r}")
+    if log_format != "auto":
+        return log_format
+    try:
+        return "text" if stream.isatty() else "json"
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return "json"
+
+
+def use_log_format(log_format: str) -> None:
+    """Write what :func:`configure_logging` set up in *log_format* (``auto``, ``text`` or
+    ``json``, which it already is). Text lines are for people on a terminal: plain records,
+    each written as it comes, on one handler for every logger."""
+    stream = sys.stderr
+    if resolve_log_format(log_format, stream) == "json":
+        return
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter(colour=stream.isatty()))
+    for name in ("", ACCESS_LOGGER, JOBS_LOGGER):
+        logging.getLogger(name).handlers[:] = [handler]
