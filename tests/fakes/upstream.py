@@ -62,12 +62,12 @@ class FakeUpstream:
         self.requests: Counter[str] = Counter()  # requests, per path
         self.last_headers: dict[str, dict[str, str]] = {}
         self.dropped: set[str] = set()
+        self.ended: set[str] = set()  # chat keys whose answer was ended early once
         self.completed: Counter[str] = Counter()  # streams sent to their end, per key
         self.opened: set[str] = set()  # gates the test opened
         self._gate_events: dict[str, asyncio.Event] = {}  # gates answers wait on (fake's loop)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stalled: set[str] = set()
-        self.ended: set[str] = set()  # chat keys whose answer was ended early once
         self.port = _free_port()
         self.app = Starlette(
             routes=[
