@@ -1,5 +1,5 @@
-"""Which scope each endpoint needs (docs/operations.md#scopes): the documented table is the
-server's table, and the documented ``php-app`` token can do what the docs say it can."""
+"""Which scope each endpoint needs (docs/configuration.md#tokens-and-scopes): the documented
+table is the server's table, and the documented ``php-app`` token can do what the docs say."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ EXAMPLE = {"<id>": "job_06h0g7pdxg0008jt4d7bev374w9qvk88", "<name>": "chat-42", 
 
 
 def documented_table() -> list[tuple[str, str, frozenset[str] | None]]:
-    """(method, path, scopes) for every request the scope table of docs/operations.md lists."""
-    text = (DOCS / "operations.md").read_text()
+    """(method, path, scopes) for every request the scope table of docs/configuration.md lists."""
+    text = (DOCS / "configuration.md").read_text()
     table = text.split("<!-- scope-table")[1].split("<!-- /scope-table -->")[0]
     rows = []
     for line in table.splitlines():

@@ -1,5 +1,5 @@
 """Which scope each endpoint needs when tokens are configured: one table, read by the auth
-middleware and printed in docs/operations.md.
+middleware and printed in docs/configuration.md.
 
 A token with ``admin`` may do everything. A row names the scopes any one of which suffices:
 a job's own stream (``/v1/stream/jobs/<id>``) is one more view of the job, so ``jobs:read``
