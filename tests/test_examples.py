@@ -106,6 +106,20 @@ def test_documented_code_is_the_code_of_examples() -> None:
     assert ("jobs.md", "myapp.py") in checked
     assert ("cli.md", "client.py") in checked
     assert ("cli.md", "client_async.py") in checked
+    assert ("cli.md", "client_testing.py") in checked
+
+
+def test_the_client_test_double_example_runs() -> None:
+    # No server: the example answers for it with httpx.MockTransport.
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "client_testing.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok\n"
 
 
 def test_the_readme_first_example_runs_as_written(example_server: ServerProcess) -> None:
