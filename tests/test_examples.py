@@ -109,6 +109,7 @@ def test_documented_code_is_the_code_of_examples() -> None:
     assert ("cli.md", "client_testing.py") in checked
 
 
+@pytest.mark.slow
 def test_the_client_test_double_example_runs() -> None:
     # No server: the example answers for it with httpx.MockTransport.
     result = subprocess.run(
@@ -240,6 +241,7 @@ def test_the_client_library_examples_run(example_server: ServerProcess, script: 
         assert sum(line.startswith("output") for line in lines) == 3
 
 
+@pytest.mark.slow
 def test_scripts_serve_runs_in_the_callers_directory(tmp_path: Path) -> None:
     # A newcomer's own module next to them, served with the documented command.
     shutil.copy(ROOT / "examples" / "myapp.py", tmp_path / "myapp.py")

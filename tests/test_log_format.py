@@ -19,6 +19,9 @@ import pytest
 
 from tests.conftest import free_port, wait_for
 
+# Every test here starts `outlast` processes.
+pytestmark = pytest.mark.slow
+
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
