@@ -36,6 +36,19 @@ class ServerSettings(_Section):
     workers: bool = True  # run workers in `serve` (false: API only)
     # One JSON line per request on the `outlast.access` logger.
     access_log: bool = True
+    # Without tokens, only requests whose Host is a loopback name or address are served (a web
+    # page cannot reach outlast through DNS rebinding); these host names are served too (a
+    # local reverse proxy's name, with or without a port). "*" serves any.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Request headers beyond either limit answer 431 and close the connection.
+    max_header_bytes: int = Field(default=64 << 10, gt=0)
+    max_header_count: int = Field(default=100, gt=0)
+    # A request's headers must arrive within this; a connection that sends nothing is closed.
+    header_timeout: float = Field(default=10.0, gt=0)
+    # An idle connection between two requests is closed after this.
+    keep_alive_timeout: float = Field(default=5.0, gt=0)
+    # Open connections at most (live readers included); more are answered 503 and closed.
+    max_connections: int = Field(default=20_000, gt=0)
 
 
 class StoreSettings(_Section):
@@ -133,7 +146,9 @@ class LogSettings(_Section):
 
 
 class CorsSettings(_Section):
-    origins: list[str] = Field(default_factory=lambda: ["*"])
+    # Origins (scheme://host[:port]) whose pages may call outlast; "*" allows any. Requests
+    # from any other origin are refused.
+    origins: list[str] = Field(default_factory=list)
 
 
 def _default_queues() -> dict[str, QueueSettings]:

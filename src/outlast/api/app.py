@@ -12,7 +12,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from outlast.api.jobs import JobsAPI, LocalCanceller
-from outlast.api.middleware import AuthMiddleware, HeadersMiddleware
+from outlast.api.middleware import AuthMiddleware, BrowserGuard, HeadersMiddleware
 from outlast.api.openapi import openapi_endpoint
 from outlast.api.ops import ops_routes
 from outlast.api.streams import StreamsEndpoint
@@ -88,8 +88,9 @@ def create_app(
     app.state.lifecycle = lifecycle
     app.state.metrics = metrics
     wrapped: ASGIApp = _StreamsFirst(app, streams)
-    if settings.auth_enabled:
-        wrapped = AuthMiddleware(wrapped, settings.auth)
+    if jobs.links is not None:
+        wrapped = AuthMiddleware(wrapped, settings.auth, jobs.links)
+    wrapped = BrowserGuard(wrapped, settings)
     access_log = AccessLog() if settings.server.access_log else None
     wrapped = MetricsMiddleware(wrapped, metrics, access_log)
     return HeadersMiddleware(wrapped, settings.cors)

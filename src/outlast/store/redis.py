@@ -65,6 +65,7 @@ from outlast.store.redis_setup import (
     COMMAND_TIMEOUT,
     RedisURL,
     check_durability,
+    check_layout,
     check_version,
     parse_url,
     text,
@@ -144,6 +145,7 @@ class RedisStore(Store):
             raise StoreError(f"cannot reach redis at {parsed.display}: {exc}") from exc
         try:
             check_version(info, parsed.display)
+            await check_layout(client, parsed.prefix, parsed.display)
         except StoreError:
             await client.aclose()
             raise
@@ -500,6 +502,14 @@ class RedisStore(Store):
                 await task
         await self.engine.close()
         await self.client.aclose()
+
+    # -- settings shared by every node ------------------------------------------------------
+
+    async def meta_setdefault(self, key: str, value: str) -> str:
+        name = f"{self.keys.prefix}meta:{key}"
+        await self._redis(self.client.set(name, value, nx=True))
+        stored = await self._redis(self.client.get(name))
+        return text(stored)
 
 
 def _touch(tx: RedisTx, name: str, stream_id: int, now: float) -> logic.Changed:
