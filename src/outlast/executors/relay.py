@@ -49,6 +49,8 @@ from outlast.egress import (
 )
 from outlast.errors import Forbidden, Unprocessable
 from outlast.executors import TaskFailure
+from outlast.follow import Follow
+from outlast.models import job_stream_name
 from outlast.sse import SSEDecoder, SSEEvent, SSELimitError
 from outlast.store.base import Store
 from outlast.tasks import Job
@@ -209,10 +211,8 @@ def _delta_content(chunk: Any) -> str | None:
 
 async def _stored_progress(store: Store, job: Job, max_bytes: int) -> _Progress:
     progress = _Progress()
-    position = 0
-    while True:
-        result = await store.read(f"jobs/{job.id}", position, max_bytes)
-        for unit in result.units:
+    async for result in Follow(store, job_stream_name(job.id), 0, max_bytes):
+        for unit in result.units if result is not None else ():
             for message in json.loads(b"[" + unit.data + b"]"):
                 if message.get("type") == "event":
                     progress.add(
@@ -222,9 +222,7 @@ async def _stored_progress(store: Store, job: Job, max_bytes: int) -> _Progress:
                             id=message.get("id"),
                         )
                     )
-        position = result.next
-        if result.up_to_date:
-            return progress
+    return progress
 
 
 def _request_body(value: Any) -> tuple[bytes | None, dict[str, str]]:

@@ -37,7 +37,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from outlast.errors import BadRequest, NotFound, StoreError, StoreUnavailable
-from outlast.models import JobRecord, JobState, NewJob
+from outlast.models import JobRecord, JobState, NewJob, job_stream_name
 from outlast.store import jobs_logic as jobs
 from outlast.store import streams_logic as logic
 from outlast.store.base import (
@@ -187,7 +187,9 @@ class RedisStore(Store):
 
     def _job_keys(self, job_ids: list[str]) -> list[str]:
         """A job's hash and its stream's: what operations on running jobs read."""
-        return [k for j in job_ids for k in (self.keys.job(j), self.keys.stream(f"jobs/{j}"))]
+        return [
+            k for j in job_ids for k in (self.keys.job(j), self.keys.stream(job_stream_name(j)))
+        ]
 
     async def _listen(self) -> None:
         """Follow other processes' commits; reconnect after a drop and wake every waiter."""
