@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from outlast.logs import AccessLog
+from outlast.logs import AccessLog, job_id_of
 
 log = logging.getLogger("outlast.metrics")
 
@@ -311,7 +311,12 @@ class MetricsMiddleware:
 
 
 def _job_id_header(message: Message) -> str | None:
+    """The job an answer names: its ``Outlast-Job-Id``, else its ``Location`` (a submission's
+    ``202`` points at the new job that way)."""
+    located = None
     for name, value in message.get("headers", ()):
         if name == b"outlast-job-id":
             return bytes(value).decode("latin-1")
-    return None
+        if name == b"location":
+            located = job_id_of(bytes(value).decode("latin-1").split("?", 1)[0])
+    return located
