@@ -1,6 +1,6 @@
 """``serve()`` (API + workers) and ``work()`` (workers only), and the shutdown phases.
 
-On SIGTERM or SIGINT the phases run in this order (SPEC §4):
+On SIGTERM or SIGINT the phases run in this order (docs/operations.md#shutdown):
 
 1. drain      ``/readyz`` answers 503; new submissions answer 503 with ``Retry-After``; workers
               stop claiming.
