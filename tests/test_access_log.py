@@ -1,5 +1,5 @@
-"""The access log (SPEC §6): one JSON line per request on ``outlast.access``, buffered but never
-lost at a clean exit, and off with ``[server] access_log = false``."""
+"""The access log (docs/operations.md#logs): one JSON line per request on ``outlast.access``,
+buffered but never lost at a clean exit, and off with ``[server] access_log = false``."""
 
 from __future__ import annotations
 

@@ -287,7 +287,8 @@ JOBS_LOGGER = "outlast.jobs"
 
 
 class JobLog:
-    """One JSON line per job transition on the ``outlast.jobs`` logger (SPEC §6), with its job id.
+    """One JSON line per job transition on the ``outlast.jobs`` logger, with its job id (see
+    docs/operations.md#logs).
 
     Written like :class:`AccessLog`'s lines, as one runs per job on the worker's hot path: when
     the logger's only handler is a :class:`BufferedLineHandler` (what :func:`configure_logging`

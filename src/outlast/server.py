@@ -1,6 +1,6 @@
 """``serve()`` (API + workers) and ``work()`` (workers only), and the shutdown phases.
 
-On SIGTERM or SIGINT the phases run in this order (SPEC §4):
+On SIGTERM or SIGINT the phases run in this order (docs/operations.md#shutdown):
 
 1. drain      ``/readyz`` answers 503; new submissions answer 503 with ``Retry-After``; workers
               stop claiming.
@@ -64,8 +64,8 @@ SWITCH_INTERVAL = 0.0005
 # Python's default collector thresholds (700, 10, 10) run a young collection every 700 net
 # allocations and a full one every 100 young ones: a server holding thousands of live
 # connections, streams and jobs paid for full passes of 5-50 ms that showed up as latency
-# spikes for every reader. Rarer passes: relay p99 at 100 streams 2.46/2.29 -> 1.95/1.72 ms and
-# the events/s ceiling +5 % (bench.relay, SQLite, two runs each, same machine).
+# spikes for every reader. Rarer passes cut those spikes (measured: docs/operations.md,
+# "Running").
 GC_THRESHOLDS = (50_000, 20, 100)
 # Threads that run plain `def` tasks are named with this prefix.
 TASK_THREAD_PREFIX = "outlast-task"
