@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+from outlast import redact
+
 
 class JobState(StrEnum):
     QUEUED = "queued"
@@ -97,8 +99,13 @@ def rfc3339(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+# Where job streams live: only outlast writes under it.
+JOB_STREAMS = "jobs/"
+
+
 def job_stream_name(job_id: str) -> str:
-    return f"jobs/{job_id}"
+    """The name of the stream that holds a job's events."""
+    return JOB_STREAMS + job_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +145,8 @@ class JobRecord:
             "task": self.task,
             "queue": self.queue,
             "state": self.state.value,
-            "input": self.input,
+            # Upstream credentials stay in storage for the worker, never in what is shown.
+            "input": redact.job_input(self.task, self.input),
             "result": self.result,
             "error": self.error,
             "attempt": self.attempt,

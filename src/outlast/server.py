@@ -1,12 +1,14 @@
 """``serve()`` (API + workers) and ``work()`` (workers only), and the shutdown phases.
 
-On SIGTERM or SIGINT the phases run in this order (SPEC §4):
+On SIGTERM or SIGINT the phases run in this order (docs/operations.md#shutdown):
 
 1. drain      ``/readyz`` answers 503; new submissions answer 503 with ``Retry-After``; workers
               stop claiming.
 2. listener   uvicorn stops accepting connections; requests in flight complete.
 3. readers    live readers (SSE, long-poll, job events) end within a second, cleanly, so that
-              they resume from their offset elsewhere or after the restart.
+              they resume from their offset elsewhere or after the restart. A connection
+              whose written bytes have not drained by then (a reader that stopped reading
+              without closing) is aborted: it would hold the listener's drain forever.
 4. jobs       running jobs get ``grace`` seconds to finish; the rest are stopped and handed back
               to their queue without spending an attempt. Webhook attempts in flight get the
               same grace; the rest are cut and handed back, due again at once.
@@ -38,7 +40,8 @@ import uvicorn
 from outlast.api.app import create_app
 from outlast.callbacks import Deliverer, delivery_client
 from outlast.config import Settings
-from outlast.egress import guarded_transport
+from outlast.connections import ConnectionLimits, abort_stalled, limited_protocol
+from outlast.egress import NoCookies, guarded_transport
 from outlast.errors import ConfigError
 from outlast.executors.registry import Registry, build_registry
 from outlast.lifecycle import Lifecycle
@@ -56,12 +59,15 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 # How long uvicorn may wait for in-flight requests once the listener is closed. Live readers are
 # ended by phase 3, so what remains are ordinary requests that finish quickly.
 REQUEST_DRAIN_TIMEOUT = 10
+# Live readers are told to end at the signal; by then they have ended or their connection's
+# writes are not draining (the client stopped reading), and those connections are aborted.
+READERS_END_DEADLINE = 1.0
 SWITCH_INTERVAL = 0.0005
 # Python's default collector thresholds (700, 10, 10) run a young collection every 700 net
 # allocations and a full one every 100 young ones: a server holding thousands of live
 # connections, streams and jobs paid for full passes of 5-50 ms that showed up as latency
-# spikes for every reader. Rarer passes: relay p99 at 100 streams 2.46/2.29 -> 1.95/1.72 ms and
-# the events/s ceiling +5 % (bench.relay, SQLite, two runs each, same machine).
+# spikes for every reader. Rarer passes cut those spikes (measured: docs/operations.md,
+# "Running").
 GC_THRESHOLDS = (50_000, 20, 100)
 # Threads that run plain `def` tasks are named with this prefix.
 TASK_THREAD_PREFIX = "outlast-task"
@@ -118,6 +124,7 @@ async def open_node(settings: Settings, *, workers: bool) -> AsyncIterator[Node]
         transport=guarded_transport(limits=UPSTREAM_POOL),
         timeout=httpx.Timeout(None, connect=EGRESS_CONNECT_TIMEOUT),
         follow_redirects=False,
+        cookies=NoCookies(),  # jobs share the pool, never cookies
     )
     webhook_client = delivery_client()
     try:
@@ -199,7 +206,15 @@ class _Signals:
             self.server.should_exit = True
         # Phase 3: live readers end now; clients resume from their last offset.
         self.node.lifecycle.end_readers()
+        if self.server is not None:
+            asyncio.get_running_loop().call_later(READERS_END_DEADLINE, self._abort_stalled)
         self.first.set()
+
+    def _abort_stalled(self) -> None:
+        assert self.server is not None
+        aborted = abort_stalled(self.server.server_state.connections)
+        if aborted:
+            log.info("aborted %d connections whose readers stopped reading", aborted)
 
 
 async def _drain_jobs(node: Node, signals: _Signals) -> None:
@@ -230,19 +245,28 @@ async def serve(settings: Settings) -> None:
     check_binding(settings)
     if not settings.auth_enabled:
         log.warning(
-            "no auth tokens configured: every request is trusted (bound to %s)",
+            "no auth tokens configured: every request is trusted (bound to %s); only requests "
+            "to a loopback Host name or one in [server] allowed_hosts are served",
             settings.server.host,
         )
     async with open_node(settings, workers=settings.server.workers) as node:
         app = create_app(
             settings, node.store, node.lifecycle, node.metrics, node.registry, node.worker
         )
+        limits = ConnectionLimits(
+            max_header_bytes=settings.server.max_header_bytes,
+            max_header_count=settings.server.max_header_count,
+            header_timeout=settings.server.header_timeout,
+            max_connections=settings.server.max_connections,
+        )
         config = uvicorn.Config(
             app,
             host=settings.server.host,
             port=settings.server.port,
+            http=limited_protocol(limits),
             log_config=None,
             access_log=False,
+            timeout_keep_alive=settings.server.keep_alive_timeout,  # type: ignore[arg-type]
             timeout_graceful_shutdown=REQUEST_DRAIN_TIMEOUT,
             lifespan="off",
             server_header=False,

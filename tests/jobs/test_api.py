@@ -1,4 +1,4 @@
-"""The jobs API as SPEC §2 describes it, against a real server process: submit, fetch with
+"""The jobs API as docs/jobs.md describes it, against a real server process: submit, fetch with
 long-poll, list with filters and cursors, idempotency keys, the job's stream, OpenAPI."""
 
 from __future__ import annotations

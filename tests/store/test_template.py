@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from outlast.models import NewJob
+from outlast.models import NewJob, job_stream_name
 from outlast.store import Store, open_store
 from outlast.store.base import AppendSpec, CreateSpec, Outcome
 from outlast.store.redis import RedisStore
@@ -76,7 +76,7 @@ async def test_redis_prefetches_what_each_write_reads(
     keys = store.keys
     try:
         job_id = (await store.submit_job(new_job("q"), 10)).job.id
-        running = [keys.job(job_id), keys.stream(f"jobs/{job_id}")]
+        running = [keys.job(job_id), keys.stream(job_stream_name(job_id))]
         held = await store.reserve_jobs("q", "me", 3, 30)
         await store.unreserve_jobs("me", [(job_id, held[0].run_at)])
         await store.claim_jobs("q", "me", 2, 30)

@@ -3,7 +3,6 @@ long-poll, list, cancel, the native SSE view of a job's stream, and queue statis
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
@@ -15,24 +14,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from outlast.api.capability import sign, signing_key
-from outlast.api.sse_response import SSEResponse, sse_comment, sse_event
+from outlast.api.body import read_json
+from outlast.api.capability import LinkKey, sign
+from outlast.api.sse_response import PING, SSEResponse, sse_event
+from outlast.boundary import whole_number
 from outlast.callbacks import parse_callback, refresh_gauge
 from outlast.config import Settings
 from outlast.errors import (
     BadRequest,
     NotFound,
-    PayloadTooLarge,
     QueueFull,
-    RequestError,
     ServiceUnavailable,
-    StoreError,
     Unprocessable,
 )
 from outlast.executors.registry import Registry
+from outlast.follow import Readers
 from outlast.lifecycle import Lifecycle
 from outlast.metrics import Metrics
-from outlast.models import JOB_ID_PATTERN, JobRecord, JobState, NewJob
+from outlast.models import JOB_ID_PATTERN, JobRecord, JobState, NewJob, job_stream_name
 from outlast.store.base import Store, format_offset, parse_offset
 
 SUBMIT_FIELDS = frozenset(
@@ -46,6 +45,8 @@ MAX_PAGE = 500
 # Retry-After while draining: a restart or another node should be ready by then.
 DRAIN_RETRY_AFTER = "5"
 _JOB_ID = re.compile(JOB_ID_PATTERN)
+# A number of seconds in ASCII digits (float() also takes other scripts' digits, and 'inf').
+_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
 
 
 class LocalCanceller(Protocol):
@@ -69,11 +70,6 @@ def _number(body: dict[str, Any], field: str, low: float, high: float) -> float 
     if not low <= value <= high:
         raise _field_error(field, f"must be between {low:g} and {high:g}")
     return float(value)
-
-
-def _reject_constant(name: str) -> Any:
-    # Python's parser accepts NaN and Infinity; JSON does not, and neither can our answers.
-    raise ValueError(f"{name} is not JSON")
 
 
 def render_event(message: dict[str, Any], offset: str) -> bytes:
@@ -104,7 +100,9 @@ class JobsAPI:
         self.lifecycle = lifecycle
         self.metrics = metrics
         self.worker = worker
-        self.link_key = signing_key(settings.auth) if settings.auth_enabled else None
+        # With tokens on, read links are signed (the auth middleware loads the key first).
+        self.links = LinkKey(settings.auth, store) if settings.auth_enabled else None
+        self.readers = Readers(store, lifecycle.stop_readers, settings.streams.max_read_bytes)
         metrics.on_scrape(self.refresh_gauges)
         metrics.on_scrape(lambda: refresh_gauge(store, metrics))
 
@@ -118,6 +116,10 @@ class JobsAPI:
             self.metrics.queue_depth.labels(name).set(states.get(JobState.QUEUED.value, 0))
         for name, queue in self.settings.queues.items():
             self.metrics.queue_capacity.labels(name).set(queue.capacity)
+
+    @property
+    def link_key(self) -> bytes | None:
+        return None if self.links is None else self.links.key
 
     def render(self, job: JobRecord) -> dict[str, Any]:
         """The job as JSON; with tokens on, its read links are signed (for browsers)."""
@@ -141,24 +143,6 @@ class JobsAPI:
         ]
 
     # -- submit ---------------------------------------------------------------------------
-
-    async def _json_body(self, request: Request) -> Any:
-        limit = self.settings.limits.job_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"request body larger than {limit} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body larger than {limit} bytes")
-            chunks.append(chunk)
-        try:
-            return json.loads(b"".join(chunks), parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
-        except RecursionError as exc:
-            raise BadRequest("body is nested too deeply", code="invalid_json") from exc
 
     async def parse_submission(self, body: Any) -> NewJob:
         if not isinstance(body, dict):
@@ -228,7 +212,9 @@ class JobsAPI:
         return result.job, result.created
 
     async def submit(self, request: Request) -> Response | SSEResponse:
-        new = await self.parse_submission(await self._json_body(request))
+        new = await self.parse_submission(
+            await read_json(request, self.settings.limits.job_body_bytes)
+        )
         job, created = await self.admit(new)
         location = f"/v1/jobs/{job.id}"
         if "text/event-stream" in request.headers.get("accept", ""):
@@ -250,45 +236,26 @@ class JobsAPI:
         job = await self._job(request)
         raw_wait = request.query_params.get("wait")
         if raw_wait is not None:
-            try:
-                wait = float(raw_wait)
-            except ValueError as exc:
-                raise _field_error("wait", "must be a number of seconds") from exc
-            if not math.isfinite(wait) or wait < 0:
+            if not _SECONDS.fullmatch(raw_wait):
                 raise _field_error("wait", "must be a non-negative number of seconds")
+            wait = float(raw_wait)
             if not job.state.terminal:
-                job = await self._wait_terminal(job, min(wait, self.settings.jobs.max_wait))
+                job = await self.wait_terminal(job, min(wait, self.settings.jobs.max_wait))
         return JSONResponse(self.render(job))
 
-    async def _wait_terminal(self, job: JobRecord, wait: float) -> JobRecord:
+    async def wait_terminal(self, job: JobRecord, wait: float) -> JobRecord:
+        """*job* once it has ended, or as it is after *wait* seconds (or when readers stop)."""
         deadline = time.monotonic() + wait
-        while not job.state.terminal and not self.lifecycle.stop_readers.is_set():
+        while not job.state.terminal and not self.readers.stopped:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             info = await self.store.head(job.stream)
             if info.closed:
                 return await self.store.get_job(job.id)
-            await self._wait(job.stream, info.tail, remaining)
+            await self.readers.wait(job.stream, info.tail, remaining)
             job = await self.store.get_job(job.id)
         return job
-
-    async def _wait(self, stream: str, position: int, timeout: float) -> bool:
-        """Wait for the stream to grow; ends early when live readers are stopped."""
-        stop = self.lifecycle.stop_readers
-        waiter = asyncio.ensure_future(self.store.wait(stream, position, timeout))
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            stopper.cancel()
-        return (
-            waiter.done()
-            and not waiter.cancelled()
-            and waiter.exception() is None
-            and waiter.result()
-        )
 
     async def list(self, request: Request) -> Response:
         params = request.query_params
@@ -296,14 +263,18 @@ class JobsAPI:
         if state is not None and state not in JobState.__members__.values():
             raise _field_error("state", f"must be one of {', '.join(s.value for s in JobState)}")
         raw_limit = params.get("limit", "50")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        limit = whole_number(raw_limit)
+        if limit is None or not 1 <= limit <= MAX_PAGE:
             raise _field_error("limit", f"must be a whole number from 1 to {MAX_PAGE}")
+        cursor = params.get("cursor")
+        if cursor is not None and not _JOB_ID.fullmatch(cursor):
+            raise BadRequest("malformed cursor: it is the id of a job", code="invalid_cursor")
         page = await self.store.list_jobs(
             state=JobState(state) if state else None,
             queue=params.get("queue"),
             task=params.get("task"),
-            limit=int(raw_limit),
-            cursor=params.get("cursor"),
+            limit=limit,
+            cursor=cursor,
         )
         return JSONResponse({"jobs": [self.render(j) for j in page.jobs], "next": page.next_cursor})
 
@@ -364,38 +335,14 @@ class JobsAPI:
         )
 
     async def event_stream(self, job_id: str, position: int) -> AsyncIterator[bytes]:
-        stream = f"jobs/{job_id}"
-        keepalive = self.settings.sse.keepalive
-        reader_gauge = self.metrics.readers.labels("job-events")
-        reader_gauge.inc()
-        try:
-            while True:
-                try:
-                    result = await self.store.read(
-                        stream, position, self.settings.streams.max_read_bytes
+        follow = self.readers.follow(job_stream_name(job_id), position, self.settings.sse.keepalive)
+        with self.metrics.readers.labels("job-events").track_inprogress():
+            async for result in follow:
+                if result is None:
+                    yield PING
+                elif result.units:
+                    yield b"".join(
+                        render_event(message, format_offset(unit.end))
+                        for unit in result.units
+                        for message in json.loads(b"[" + unit.data + b"]")
                     )
-                except RequestError:
-                    return  # deleted (retention) while being read
-                except StoreError:
-                    return  # the store is unreachable: end cleanly, the client resumes
-                if result.units:
-                    out = []
-                    for unit in result.units:
-                        for message in json.loads(b"[" + unit.data + b"]"):
-                            out.append(render_event(message, format_offset(unit.end)))
-                    yield b"".join(out)
-                    position = result.next
-                    if position < result.info.tail:
-                        continue  # more is there already
-                # At the end as of this read: wait for more rather than read again (a read at
-                # the tail finds nothing, and costs a store round trip per event delivered).
-                if result.info.closed:
-                    return
-                if self.lifecycle.stop_readers.is_set():
-                    return
-                if not await self._wait(stream, position, keepalive):
-                    if self.lifecycle.stop_readers.is_set():
-                        return
-                    yield sse_comment("ping")
-        finally:
-            reader_gauge.dec()

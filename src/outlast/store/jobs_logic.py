@@ -21,6 +21,7 @@ from outlast.models import (
     NewJob,
     can_transition,
     evolve_job,
+    job_stream_name,
     new_job_id,
     state_message,
 )
@@ -427,7 +428,7 @@ def purge(tx: JobTx, before: float, limit: int, now: float) -> Changed[int]:
             continue
         tx.delete_job(job_id)
         tx.move_count(job.queue, job.state, None)
-        row = tx.get_stream(f"jobs/{job_id}")
+        row = tx.get_stream(job_stream_name(job_id))
         if row is not None:
             streams.delete(tx, row.name, now)
     return Changed(len(removed), ())

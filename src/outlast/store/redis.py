@@ -37,7 +37,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from outlast.errors import NotFound, StoreError, StoreUnavailable
-from outlast.models import JobRecord
+from outlast.models import JobRecord, job_stream_name
 from outlast.store import streams_logic as logic
 from outlast.store.base import ReadResult, StreamInfo, Unit
 from outlast.store.jobs_logic import JobTx
@@ -192,7 +192,7 @@ class RedisStore(RuleStore[Prefetch]):
         return [self.keys.job(job_id) for job_id, _ in held]
 
     def _prefetch_running(self, job_id: str) -> Sequence[Prefetch]:
-        return [self.keys.job(job_id), self.keys.stream(f"jobs/{job_id}")]
+        return [self.keys.job(job_id), self.keys.stream(job_stream_name(job_id))]
 
     # -- following other nodes ----------------------------------------------------------------
 
@@ -280,7 +280,7 @@ class RedisStore(RuleStore[Prefetch]):
         # The row and its units in one transaction, so that they agree. A unit's score is its
         # start offset, and offsets count bytes: the units that start within max_bytes of the
         # position hold what the read may return, and Redis sends them straight from the set
-        # (a script that gathered them returned 1 MiB at about 200 MB/s).
+        # (a script gathering them instead costs Redis time per byte; see docs/benchmarks.md).
         pipe = self.client.pipeline(transaction=True)
         pipe.hgetall(self.keys.stream(name))
         pipe.zrangebyscore(self.keys.units(name), position, position + max_bytes)
@@ -374,6 +374,14 @@ class RedisStore(RuleStore[Prefetch]):
                 await task
         await self.engine.close()
         await self.client.aclose()
+
+    # -- settings shared by every node ------------------------------------------------------
+
+    async def meta_setdefault(self, key: str, value: str) -> str:
+        name = f"{self.keys.prefix}meta:{key}"
+        await self._redis(self.client.set(name, value, nx=True))
+        stored = await self._redis(self.client.get(name))
+        return text(stored)
 
 
 def _texts(flat: dict[Any, Any]) -> dict[str, str]:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from outlast.models import JobRecord, JobState, evolve_job
+from outlast.models import JobRecord, JobState, evolve_job, job_stream_name
 from outlast.store import streams_logic as logic
 from outlast.store import webhooks_logic as webhooks
 from outlast.store.base import Unit
@@ -173,7 +173,7 @@ class RedisTx(JobTx):
     def prefetch_jobs(self, job_ids: list[str]) -> None:
         """A batch of jobs and their streams, in one round trip."""
         keys = [self.k.job(j) for j in job_ids]
-        self.prefetch(keys + [self.k.stream(f"jobs/{j}") for j in job_ids])
+        self.prefetch(keys + [self.k.stream(job_stream_name(j)) for j in job_ids])
 
     def _unwritten(self, key: str) -> bool:
         """Whether nothing was written to *key* here yet: Redis's reply is all there is."""
