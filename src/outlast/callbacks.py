@@ -25,14 +25,20 @@ import logging
 import random
 import time
 from email.utils import parsedate_to_datetime
-from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy
 from typing import Any
-from urllib.request import Request as CookieRequest
 
 import httpx
 
 from outlast.config import EgressSettings, Settings
-from outlast.egress import EgressRefused, Target, check_url, egress_scope, resolve_and_check
+from outlast.egress import (
+    EgressRefused,
+    NoCookies,
+    Target,
+    check_url,
+    egress_scope,
+    guarded_transport,
+    resolve_and_check,
+)
 from outlast.errors import Forbidden, LeaseLost, StoreError, Unprocessable
 from outlast.health import Retry, StoreHealth
 from outlast.metrics import Metrics
@@ -122,22 +128,13 @@ def _target(url: str, settings: Settings) -> Target:
 # -- delivery -----------------------------------------------------------------------------------
 
 
-class _NoCookies(DefaultCookiePolicy):
-    """A receiver's cookies are never kept: one receiver's must not reach another."""
-
-    def set_ok(self, cookie: Cookie, request: CookieRequest) -> bool:
-        return False
-
-
 def delivery_client() -> httpx.AsyncClient:
     """The client every attempt of the node goes through: no redirects followed, no cookie
     jar, and connections only to addresses the attempt's egress policy allows."""
-    from outlast.egress import guarded_transport
-
     return httpx.AsyncClient(
         transport=guarded_transport(),
         follow_redirects=False,
-        cookies=CookieJar(policy=_NoCookies()),
+        cookies=NoCookies(),  # one receiver's cookies must never reach another
         trust_env=False,
     )
 
