@@ -285,3 +285,23 @@ def test_sigterm_hands_back_attempts_and_the_restart_delivers_them(
     # The cut attempt was made again; it does not count as a failed attempt.
     assert get_job(server, slow["id"])["callback"]["attempts"] == 1
     assert len(receiver.requests(path="/slow")) == 2
+
+
+def test_an_attempt_cut_by_kill_9_is_made_again_after_its_lease(
+    jobs_server_factory: Callable[..., ServerProcess], receiver: Receiver
+) -> None:
+    held = threading.Event()
+    receiver.script = lambda request, earlier: Answer(200, hold=held if earlier == 0 else None)
+    # A lease is the attempt's timeout + 10 s: the restarted node takes the event after it.
+    server = jobs_server_factory(env=hook_env(OUTLAST_WEBHOOKS__TIMEOUT="1")).start()
+    job = submit(server, "echo", callback=f"{receiver.url}/hook")
+    wait_for(receiver.requests, timeout=30)  # the first attempt is in flight
+    server.kill()
+    held.set()
+    server.start()
+    callback = callback_state(server, job["id"], "delivered")
+    assert callback["attempts"] == 1  # the cut attempt was never recorded
+    first, second = receiver.requests()
+    assert first.webhook_id == second.webhook_id
+    # Not before the dead node's lease (11 s from its claim, just before the request) ran out.
+    assert second.start - first.start >= 10.0
