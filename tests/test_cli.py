@@ -348,6 +348,24 @@ def test_token_from_the_environment(server_factory: Callable[..., ServerProcess]
     assert flag.exit_code == 0 and "count" in flag.stdout
 
 
+def test_submit_with_a_callback(server_factory: Callable[..., ServerProcess]) -> None:
+    from tests.fakes.receiver import Receiver, hook_env
+
+    receiver = Receiver().start()
+    try:
+        server = server_factory(env=app_env(**hook_env()), args=["--app", APP]).start()
+        result = run(server, "submit", "echo", "--callback", f"{receiver.url}/done")
+        assert result.exit_code == 0, result.output
+        job = json.loads(result.output)
+        assert job["callback"]["url"] == f"{receiver.url}/done"
+        wait_for(lambda: receiver.requests(path="/done"), timeout=WAIT)
+        refused = run(server, "submit", "echo", "--callback", "http://elsewhere.example/")
+        assert refused.exit_code == EXIT_REFUSED and "callback" in refused.output
+        no_traceback(refused)
+    finally:
+        receiver.stop()
+
+
 def test_a_403_shows_the_servers_refusal_not_a_token_hint(
     server_factory: Callable[..., ServerProcess],
 ) -> None:

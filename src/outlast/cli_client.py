@@ -322,6 +322,7 @@ def _follow(client: Client, job: JobInfo, *, offset: str | None, as_json: bool) 
 @click.option("--retries", type=click.IntRange(min=0), help="Retries after a failed attempt.")
 @click.option("--delay", type=click.FloatRange(min=0), help="Seconds before the first attempt.")
 @click.option("--key", help="Idempotency key: the same key gives back the same job.")
+@click.option("--callback", metavar="URL", help="POST the job's end to URL (docs/webhooks.md).")
 @click.option("--follow", "-f", is_flag=True, help="Print live output until the job ends.")
 @click.option("--json", "as_json", is_flag=True, help="With --follow: every event as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="Without --follow: print only the job id.")
@@ -334,6 +335,7 @@ def submit(
     retries: int | None,
     delay: float | None,
     key: str | None,
+    callback: str | None,
     follow: bool,
     as_json: bool,
     quiet: bool,
@@ -344,7 +346,14 @@ def submit(
     value = _parse_input(input_)
     with _client(url, token) as client:
         job = client.submit(
-            task, value, queue=queue, timeout=timeout, retries=retries, delay=delay, key=key
+            task,
+            value,
+            queue=queue,
+            timeout=timeout,
+            retries=retries,
+            delay=delay,
+            key=key,
+            callback=callback,
         )
         if follow:
             _follow(client, job, offset=None, as_json=as_json)

@@ -186,6 +186,7 @@ def _submission(
     retries: int | None,
     delay: float | None,
     key: str | None,
+    callback: str | dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"task": task}
     optional = {
@@ -195,6 +196,7 @@ def _submission(
         "retries": retries,
         "delay": delay,
         "key": key,
+        "callback": callback,
     }
     body.update({name: value for name, value in optional.items() if value is not None})
     return body
@@ -284,10 +286,13 @@ class Client(_Base):
         retries: int | None = None,
         delay: float | None = None,
         key: str | None = None,
+        callback: str | dict[str, Any] | None = None,
     ) -> JobInfo:
         """Submit a job; returns it as accepted (``queued``). With a ``key`` used before, the
-        existing job comes back instead of a new one."""
-        body = _submission(task, input, queue, timeout, retries, delay, key)
+        existing job comes back instead of a new one. ``callback``: a URL the server posts the
+        job's end to (or ``{"url": ..., "events": [...]}``), signed; receivers check it with
+        :func:`outlast.webhooks.verify` (docs/webhooks.md)."""
+        body = _submission(task, input, queue, timeout, retries, delay, key, callback)
         return JobInfo.from_json(self._request("POST", "/v1/jobs", json=body))
 
     def get(self, job_id: str, *, wait: float | None = None) -> JobInfo:
@@ -439,9 +444,10 @@ class AsyncClient(_Base):
         retries: int | None = None,
         delay: float | None = None,
         key: str | None = None,
+        callback: str | dict[str, Any] | None = None,
     ) -> JobInfo:
         """See :meth:`Client.submit`."""
-        body = _submission(task, input, queue, timeout, retries, delay, key)
+        body = _submission(task, input, queue, timeout, retries, delay, key, callback)
         return JobInfo.from_json(await self._request("POST", "/v1/jobs", json=body))
 
     async def get(self, job_id: str, *, wait: float | None = None) -> JobInfo:

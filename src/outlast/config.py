@@ -100,6 +100,27 @@ class EgressSettings(_Section):
     allow_private: bool = False
 
 
+class WebhookSettings(_Section):
+    # Standard Webhooks secret: "whsec_" + base64 of the key. Callbacks are refused without one.
+    secret: str = ""
+    timeout: float = Field(default=10.0, gt=0)  # seconds per attempt
+    # Attempts go on this long after the event (or a manual retry); then the callback failed.
+    retry_for: float = Field(default=86400.0, gt=0)
+    allowed_hosts: list[str] = Field(default_factory=list)  # beside [egress] allowed_hosts
+    allow_private: bool = False  # loopback and private addresses (an app on the same host)
+    # A testing knob, not for production: multiplies the retry schedule (5 s, 30 s, ...).
+    backoff_scale: float = Field(default=1.0, gt=0)
+
+    @field_validator("secret")
+    @classmethod
+    def _standard_secret(cls, value: str) -> str:
+        if value:
+            from outlast.webhooks import secret_key
+
+            secret_key(value)  # raises ValueError naming what is wrong
+        return value
+
+
 class RelaySettings(_Section):
     connect_timeout: float = Field(default=10.0, gt=0)
     # Until the upstream's response headers (and so its status) arrive.
@@ -164,6 +185,7 @@ class Settings(_Section):
     queues: dict[str, QueueSettings] = Field(default_factory=_default_queues)
     upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
     egress: EgressSettings = Field(default_factory=EgressSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

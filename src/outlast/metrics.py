@@ -147,6 +147,23 @@ class Metrics:
         self.readers = Gauge(
             "outlast_stream_readers", "Live stream readers connected", ["mode"], registry=r
         )
+        self.webhook_attempts = Counter(
+            "outlast_webhook_attempts",
+            "Completion webhook attempts by outcome (delivered, retry, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhooks_pending = Gauge(
+            "outlast_webhooks_pending",
+            "Completion webhook events not yet delivered nor failed (every node sharing the store)",
+            registry=r,
+        )
+        self.webhook_latency = Histogram(
+            "outlast_webhook_delivery_seconds",
+            "Time from a job's end to its webhook event delivered (2xx)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
 
     def on_scrape(self, hook: ScrapeHook) -> None:
         self._scrape_hooks.append(hook)

@@ -131,6 +131,9 @@ class JobRecord:
     lease_expires: float | None = None
     cancel_requested: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # The completion webhook asked for and its delivery (store/webhooks_logic.py): None, or
+    # {url, events} until the job ends, then with the event's delivery state.
+    callback: dict[str, Any] | None = None
 
     @property
     def stream(self) -> str:
@@ -157,6 +160,8 @@ class JobRecord:
         }
         if self.key is not None:
             body["key"] = self.key
+        if self.callback is not None:
+            body["callback"] = callback_json(self.callback)
         if links:
             body.update(links)
         return body
@@ -184,6 +189,23 @@ class NewJob:
     timeout: float
     delay: float = 0.0
     key: str | None = None
+    callback: dict[str, Any] | None = None  # {"url", "events"}: a completion webhook
+
+
+def callback_json(callback: dict[str, Any]) -> dict[str, Any]:
+    """A job's callback as the API shows it: what was asked, and how its delivery goes (the
+    state is null until the job ends with an event it asked for)."""
+    return {
+        "url": callback["url"],
+        "events": callback["events"],
+        "state": callback.get("state"),
+        "attempts": callback.get("attempts", 0),
+        "last_status": callback.get("last_status"),
+        "last_error": callback.get("last_error"),
+        "next_attempt_at": (
+            rfc3339(callback.get("next_attempt_at")) if callback.get("state") == "pending" else None
+        ),
+    }
 
 
 def state_message(state: JobState, attempt: int, **extra: Any) -> dict[str, Any]:

@@ -224,6 +224,7 @@ def test_openapi_documents_the_jobs_api(jobs_server: ServerProcess) -> None:
         "/v1/jobs/{job_id}",
         "/v1/jobs/{job_id}/cancel",
         "/v1/jobs/{job_id}/events",
+        "/v1/jobs/{job_id}/callback/retry",
     ):
         assert path in paths, path
     assert {"post", "get"} <= set(paths["/v1/jobs"])
@@ -247,7 +248,7 @@ def test_openapi_documents_the_jobs_api(jobs_server: ServerProcess) -> None:
         assert isinstance(target, dict)
     # The submission schema lists exactly the fields the server accepts.
     fields = set(doc["components"]["schemas"]["Submission"]["properties"])
-    assert fields == {"task", "input", "queue", "timeout", "retries", "delay", "key"}
+    assert fields == {"task", "input", "queue", "timeout", "retries", "delay", "key", "callback"}
     json.dumps(doc)
 
 

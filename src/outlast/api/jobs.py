@@ -18,6 +18,7 @@ from outlast.api.body import read_json
 from outlast.api.capability import LinkKey, sign
 from outlast.api.sse_response import PING, SSEResponse, sse_event
 from outlast.boundary import whole_number
+from outlast.callbacks import parse_callback, refresh_gauge
 from outlast.config import Settings
 from outlast.errors import (
     BadRequest,
@@ -33,7 +34,9 @@ from outlast.metrics import Metrics
 from outlast.models import JOB_ID_PATTERN, JobRecord, JobState, NewJob, job_stream_name
 from outlast.store.base import Store, format_offset, parse_offset
 
-SUBMIT_FIELDS = frozenset({"task", "input", "queue", "timeout", "retries", "delay", "key"})
+SUBMIT_FIELDS = frozenset(
+    {"task", "input", "queue", "timeout", "retries", "delay", "key", "callback"}
+)
 MAX_RETRIES = 100
 MAX_TIMEOUT = 7 * 86400.0
 MAX_DELAY = 30 * 86400.0
@@ -101,6 +104,7 @@ class JobsAPI:
         self.links = LinkKey(settings.auth, store) if settings.auth_enabled else None
         self.readers = Readers(store, lifecycle.stop_readers, settings.streams.max_read_bytes)
         metrics.on_scrape(self.refresh_gauges)
+        metrics.on_scrape(lambda: refresh_gauge(store, metrics))
 
     async def refresh_gauges(self) -> None:
         """Job counts from the store (shared by every node), read when /metrics is scraped."""
@@ -133,6 +137,7 @@ class JobsAPI:
             Route("/v1/jobs", self.list, methods=["GET"]),
             Route("/v1/jobs/{job_id}", self.get, methods=["GET"]),
             Route("/v1/jobs/{job_id}/cancel", self.cancel, methods=["POST"]),
+            Route("/v1/jobs/{job_id}/callback/retry", self.retry_callback, methods=["POST"]),
             Route("/v1/jobs/{job_id}/events", self.events, methods=["GET"]),
             Route("/v1/queues", self.queues, methods=["GET"]),
         ]
@@ -170,6 +175,7 @@ class JobsAPI:
         key = body.get("key")
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH):
             raise _field_error("key", f"must be a string of 1 to {MAX_KEY_LENGTH} characters")
+        callback = await self.parse_callback(body.get("callback"))
         return NewJob(
             task=task,
             queue=queue,
@@ -178,7 +184,13 @@ class JobsAPI:
             timeout=spec.timeout if timeout is None else timeout,
             delay=delay,
             key=key,
+            callback=callback,
         )
+
+    async def parse_callback(self, value: Any) -> dict[str, Any] | None:
+        """A completion webhook asked for (the ``callback`` field or the ``Outlast-Callback``
+        header): None, or checked against ``[webhooks]`` (422 naming ``callback``)."""
+        return None if value is None else await parse_callback(value, self.settings)
 
     async def admit(self, new: NewJob) -> tuple[JobRecord, bool]:
         """Admit *new* (503 while draining, 429 when full). Returns (job, created)."""
@@ -277,6 +289,11 @@ class JobsAPI:
                 max(0.0, job.finished_at - job.created_at)
             )
         return JSONResponse(self.render(job), 202)
+
+    async def retry_callback(self, request: Request) -> Response:
+        """Send the job's webhook event again (same ``webhook-id``), whatever its state."""
+        job = await self._job(request)
+        return JSONResponse(self.render(await self.store.retry_delivery(job.id)), 202)
 
     async def queues(self, request: Request) -> Response:
         counts = await self.store.queue_counts()

@@ -47,6 +47,7 @@ CLIENT_ONLY_HEADERS = frozenset(
         "last-event-id",
         "transfer-encoding",
         "cookie",
+        "outlast-callback",
     }
 )
 FORWARDED_PREFIXES = ("openai-", "anthropic-", "x-")
@@ -88,10 +89,13 @@ class UpstreamsAPI:
             Route("/v1/proxy", self.proxy, methods=["POST"]),
         ]
 
-    async def _relay_job(self, value: dict[str, Any], key: str | None) -> tuple[JobRecord, bool]:
+    async def _relay_job(
+        self, value: dict[str, Any], key: str | None, request: Request
+    ) -> tuple[JobRecord, bool]:
         spec = self.jobs.registry.get("relay")
         assert spec is not None
         await spec.validate(value)
+        callback = await self.jobs.parse_callback(request.headers.get("outlast-callback"))
         new = NewJob(
             task="relay",
             queue=spec.queue,
@@ -99,6 +103,7 @@ class UpstreamsAPI:
             max_attempts=1 + spec.retries,
             timeout=spec.timeout,
             key=key,
+            callback=callback,
         )
         return await self.jobs.admit(new)
 
@@ -124,7 +129,7 @@ class UpstreamsAPI:
         }
         # Checked before the job exists: a refused request must not call the upstream.
         resume = self._resume_from(request)
-        job, _ = await self._relay_job(value, key)
+        job, _ = await self._relay_job(value, key, request)
         headers = {"Outlast-Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"}
         if streaming:
             return await self._stream_answer(job, headers, resume)
@@ -239,7 +244,7 @@ class UpstreamsAPI:
             value["path"] = request.headers.get("upstream-path", "/")
         else:
             value["url"] = url
-        job, created = await self._relay_job(value, request.headers.get("idempotency-key"))
+        job, created = await self._relay_job(value, request.headers.get("idempotency-key"), request)
         # Answered now: the upstream is called by a worker, after this response has gone.
         location = f"/v1/stream/{job.stream}"
         if self.jobs.link_key is not None:

@@ -13,6 +13,8 @@ The data model (every key starts with the store's prefix, ``outlast:`` by defaul
     c:<queue>       hash   state -> number of jobs      queues set     queues with counts
     due:<queue>     zset   queued jobs by run_at        leases zset    running jobs by expiry
     done            zset   terminal jobs by finished_at
+    hooks           zset   jobs whose webhook event is pending, by when it is next due
+                           (webhooks_logic.due_at: the next attempt, or the lease's end)
     changes:<db>    channel  stream names and queue keys that changed (pub/sub channels are
                              server-wide, so the database number is part of the name)
 """
@@ -138,6 +140,7 @@ class Keys:
         self.queues = prefix + "queues"
         self.leases = prefix + "leases"
         self.done = prefix + "done"
+        self.hooks = prefix + "hooks"
         self.changes = f"{prefix}changes:{db}"
 
     def stream(self, name: str) -> str:

@@ -8,14 +8,16 @@ from typing import Any
 
 from outlast.models import JobRecord, JobState
 from outlast.store import streams_logic as logic
+from outlast.store import webhooks_logic as webhooks
 from outlast.store.base import Unit
 from outlast.store.jobs_logic import JobTx
 
 JOB_COLUMNS = (
     "id, task, queue, state, input, result, error, attempt, max_attempts, timeout, created_at,"
-    " run_at, started_at, finished_at, key, lease_owner, lease_expires, cancel_requested"
+    " run_at, started_at, finished_at, key, lease_owner, lease_expires, cancel_requested,"
+    " callback"
 )
-_JSON_FIELDS = frozenset({"input", "result", "error"})
+_JSON_FIELDS = frozenset({"input", "result", "error", "callback"})
 
 
 def _dumps(value: Any) -> str:
@@ -42,6 +44,7 @@ def job_from_row(row: tuple[Any, ...]) -> JobRecord:
         lease_owner=row[15],
         lease_expires=row[16],
         cancel_requested=bool(row[17]),
+        callback=None if row[18] is None else json.loads(row[18]),
     )
 
 
@@ -170,7 +173,7 @@ class SQLiteTx(JobTx):
 
     def insert_job(self, job: JobRecord) -> None:
         self.conn.execute(
-            f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 18)})",
+            f"INSERT INTO jobs ({JOB_COLUMNS}, hook_due) VALUES ({', '.join('?' * 20)})",
             (
                 job.id,
                 job.task,
@@ -190,6 +193,8 @@ class SQLiteTx(JobTx):
                 job.lease_owner,
                 job.lease_expires,
                 int(job.cancel_requested),
+                None if job.callback is None else _dumps(job.callback),
+                webhooks.due_at(job.callback),
             ),
         )
 
@@ -200,6 +205,8 @@ class SQLiteTx(JobTx):
         return None if row is None else job_from_row(row)
 
     def update_job(self, job_id: str, **fields: Any) -> None:
+        if "callback" in fields:  # its event's place in the delivery index goes with it
+            fields["hook_due"] = webhooks.due_at(fields["callback"])
         cols = ", ".join(f"{key} = ?" for key in fields)
         values = []
         for key, value in fields.items():
@@ -258,3 +265,20 @@ class SQLiteTx(JobTx):
 
     def delete_job(self, job_id: str) -> None:
         self.conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    # -- completion webhooks ----------------------------------------------------------------
+
+    def due_deliveries(self, now: float, limit: int) -> list[JobRecord]:
+        rows = self.conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE hook_due <= ? ORDER BY hook_due LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [job_from_row(r) for r in rows]
+
+    def next_delivery_at(self) -> float | None:
+        row = self.conn.execute("SELECT MIN(hook_due) FROM jobs").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def pending_deliveries(self) -> int:
+        row = self.conn.execute("SELECT COUNT(*) FROM jobs WHERE hook_due IS NOT NULL").fetchone()
+        return int(row[0])

@@ -14,7 +14,7 @@ from importlib import metadata
 from outlast.errors import StoreError
 
 # Version 1 is the schema of the releases that did not record a version yet (user_version 0).
-SQLITE_SCHEMA_VERSION = 1
+SQLITE_SCHEMA_VERSION = 2
 REDIS_LAYOUT_VERSION = 1
 
 # The tables of the current version, for a new file.
@@ -62,11 +62,14 @@ CREATE TABLE jobs (
     key               TEXT UNIQUE,
     lease_owner       TEXT,
     lease_expires     REAL,
-    cancel_requested  INTEGER NOT NULL DEFAULT 0
+    cancel_requested  INTEGER NOT NULL DEFAULT 0,
+    callback          TEXT,
+    hook_due          REAL
 );
 CREATE INDEX jobs_due ON jobs(queue, state, run_at);
 CREATE INDEX jobs_lease ON jobs(state, lease_expires);
 CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX jobs_hook_due ON jobs(hook_due) WHERE hook_due IS NOT NULL;
 CREATE TABLE job_counts (
     queue  TEXT NOT NULL,
     state  TEXT NOT NULL,
@@ -85,7 +88,14 @@ CREATE TABLE producers (
 # SQLITE_MIGRATIONS[v]: the statements that take a store from version v to v + 1. Every
 # schema change adds one here and raises SQLITE_SCHEMA_VERSION; SQLITE_SCHEMA is then the
 # result of all of them, for new files.
-SQLITE_MIGRATIONS: dict[int, list[str]] = {}
+SQLITE_MIGRATIONS: dict[int, list[str]] = {
+    # 1 -> 2, completion webhooks: a job's callback (JSON) and when its event is next due.
+    1: [
+        "ALTER TABLE jobs ADD COLUMN callback TEXT",
+        "ALTER TABLE jobs ADD COLUMN hook_due REAL",
+        "CREATE INDEX jobs_hook_due ON jobs(hook_due) WHERE hook_due IS NOT NULL",
+    ],
+}
 
 
 class StoreTooNew(StoreError):
