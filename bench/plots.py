@@ -44,7 +44,7 @@ BENCHES = ("streams", "jobs", "relay", "shutdown")
 COLOURS = {"outlast-sqlite": ("#2563eb", "#93c5fd"), "outlast-redis": ("#ea580c", "#fdba74")}
 OTHER_OUTLAST = ("#7c3aed", "#c4b5fd")
 PEER = ("#94a3b8", "#cbd5e1")
-TEXT, MUTED, GRID, AXIS, SPEC = "#111827", "#6b7280", "#e5e7eb", "#9ca3af", "#dc2626"
+TEXT, MUTED, GRID, AXIS, TARGET = "#111827", "#6b7280", "#e5e7eb", "#9ca3af", "#dc2626"
 FONT = "system-ui, -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif"
 
 # Layout, in pixels.
@@ -81,7 +81,7 @@ class Rule:
     value: float  # a dashed vertical line at this value
     label: str
     group: int | None = None  # only across this group's bars; None: across the whole plot
-    colour: str = SPEC
+    colour: str = TARGET
 
 
 @dataclass(frozen=True)
@@ -417,7 +417,7 @@ def jobs_charts(data: dict[str, Any], source: str) -> list[Chart]:
                 "median of outlast ÷ that run's best peer."
             ],
             axis=Axis("jobs/s", _ms_tick),
-            rules=[Rule(2 * max(best_peer), "2× the best peer's median (SPEC: ≥ 2×)")]
+            rules=[Rule(2 * max(best_peer), "2× the best peer's median (target: ≥ 2×)")]
             if best_peer and outlasts
             else [],
         ),
@@ -428,7 +428,7 @@ def jobs_charts(data: dict[str, Any], source: str) -> list[Chart]:
             share,
             subtitle=[f"10 at once × 10 ms each: 1,000 jobs/s at most. Median of {runs} runs."],
             axis=Axis("% of 1,000 jobs/s", lambda v: f"{v:g} %"),
-            rules=[Rule(95.0, "SPEC: ≥ 95 %")],
+            rules=[Rule(95.0, "target: ≥ 95 %")],
         ),
         chart(
             "jobs-latency",
@@ -440,7 +440,7 @@ def jobs_charts(data: dict[str, Any], source: str) -> list[Chart]:
                 f"open loop. Median of {runs} runs."
             ],
             axis=Axis("enqueue→start p99, ms (log scale)", _ms_tick, log=True),
-            rules=[Rule(5.0, "SPEC: p99 ≤ 5 ms")],
+            rules=[Rule(5.0, "target: p99 ≤ 5 ms")],
         ),
     ]
 
@@ -465,7 +465,7 @@ def relay_charts(data: dict[str, Any], source: str) -> list[Chart]:
         streams = "stream" if level == 1 else "streams"
         groups.append(Group(f"{level:,} concurrent {streams}, {cfg['rate']:g} events/s each", bars))
         if level == 100:
-            rules.append(Rule(relay_report.TARGET_P99_ADDED_MS, "SPEC: p99 added ≤ 2 ms", i))
+            rules.append(Rule(relay_report.TARGET_P99_ADDED_MS, "target: p99 added ≤ 2 ms", i))
     partial = f" (partial: {data['meta']['partial']})" if data["meta"].get("partial") else ""
     legend = [
         (f"{labels[n]} {pct}", colour(n, pct == "p50")) for n in names for pct in ("p50", "p99")
@@ -514,7 +514,7 @@ def shutdown_charts(data: dict[str, Any], source: str) -> list[Chart]:
                 f"median of {runs} runs.",
                 f"Value column: seconds · jobs lost in all {runs} runs, "
                 + " / ".join(shutdown_report.SCENARIO_NAMES.get(k, k) for k in summary)
-                + " (SPEC: 0).",
+                + " (target: 0).",
             ],
             groups=[Group("", bars)],
             axis=Axis("seconds", _ms_tick),
@@ -602,7 +602,7 @@ def render_section(charts: list[Chart], img: Path, doc: Path) -> str:
         "The newest results of each benchmark below, drawn as charts: the same medians and "
         "ratios as the tables (each benchmark's own summary code), redrawn from the raw results "
         f"by `{COMMAND}` (after a benchmark has run, or with results files as arguments). "
-        "SPEC §9's targets are the red dashed lines. How each figure is measured: "
+        "The targets are the red dashed lines. How each figure is measured: "
         "[`bench/README.md`](../bench/README.md).",
         "",
     ]

@@ -536,3 +536,39 @@ def test_the_iterator_gives_up_and_reports_errors() -> None:
             list(c.events("job_x"))
         with pytest.raises(outlast.InvalidResponse):
             c.list()
+
+
+def test_submit_with_a_callback_and_verify_what_arrives(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    from outlast.errors import OutlastError, WebhookVerificationError
+    from outlast.webhooks import verify
+    from tests.fakes.receiver import SECRET, Receiver, hook_env
+
+    receiver = Receiver().start()
+    try:
+        server = server_factory(env=app_env(**hook_env()), args=["--app", APP]).start()
+        with Client(server.url) as client:
+            events = ["job.succeeded"]
+            job = client.submit("echo", {"a": 1}, callback={"url": receiver.url, "events": events})
+            assert job.raw["callback"]["events"] == events
+            wait_for(receiver.requests, timeout=WAIT)
+        [request] = receiver.requests()
+        verify(request.body, request.headers, SECRET)  # Python receivers: no exception
+        verify(request.body.decode(), {k.upper(): v for k, v in request.headers.items()}, SECRET)
+        event = json.loads(request.body)
+        assert event["type"] == "job.succeeded" and event["data"]["id"] == job.id
+        tampered = request.body.replace(b'"a":1', b'"a":2')
+        other = "whsec_" + "b3RoZXIgc2VjcmV0"
+        stale = int(request.headers["webhook-timestamp"]) + 3600
+        for body, headers, secret, now in [
+            (tampered, request.headers, SECRET, None),
+            (request.body, request.headers, other, None),
+            (request.body, request.headers, SECRET, stale),
+            (request.body, {"webhook-id": request.webhook_id}, SECRET, None),
+        ]:
+            with pytest.raises(WebhookVerificationError):
+                verify(body, headers, secret, now=now)
+        assert issubclass(WebhookVerificationError, OutlastError)
+    finally:
+        receiver.stop()

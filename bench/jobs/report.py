@@ -1,4 +1,4 @@
-"""Medians, ratios against the peers, the SPEC targets, and the markdown section.
+"""Medians, ratios against the peers, the targets, and the markdown section.
 
 Each figure is the median over runs of one target's value. Each ratio compares an outlast target
 with one peer *within* a run (then the median over runs), so a machine that is slower in one run
@@ -75,7 +75,8 @@ WORKLOAD_NAMES = {
 SHARE = 3  # METRICS index of the share of the ceiling
 Check = Callable[[float | None, float | None], bool | None]  # (median, × best peer) -> met?
 
-# SPEC §9, by index in METRICS: what the target says, and whether a median meets it.
+# The targets (docs/benchmarks.md#targets), by index in METRICS: what each says, and whether
+# a median meets it.
 TARGETS: dict[int, tuple[str, Check]] = {
     1: ("≥ 2× the best peer", lambda value, best: None if best is None else best >= 2),
     3: ("≥ 95 % of the ceiling", lambda value, best: None if value is None else value >= 95),
@@ -259,7 +260,7 @@ def render(data: dict[str, Any]) -> str:
                         else "",
                     ]
                 )
-        header = ["Target", "Figure", *(f"× {p}" for p in peers), "× best peer", "SPEC", "Met?"]
+        header = ["Target", "Figure", *(f"× {p}" for p in peers), "× best peer", "Target", "Met?"]
         lines += table(header, rows, 2)
         lines += ["", *_by_run(data, outlasts, fmt_args)]
 
@@ -290,9 +291,9 @@ def render(data: dict[str, Any]) -> str:
 
 
 def _by_run(data: dict[str, Any], outlasts: list[str], fmt_args: dict[str, Any]) -> list[str]:
-    """The SPEC-checked figures run by run, each with what other processes used meanwhile:
+    """The figures with a target run by run, each with what other processes used meanwhile:
     on a shared machine the spread says more than the median."""
-    lines = ["The figures with a SPEC target, run by run (other processes' CPU in brackets):", ""]
+    lines = ["The figures with a target, run by run (other processes' CPU in brackets):", ""]
     for i in TARGETS:
         metric, row = METRICS[i], data["summary"][i]
         title = metric.row.format(**fmt_args) or METRICS[i - 1].row.format(**fmt_args)

@@ -39,7 +39,7 @@ from bench.jobs import marks
 from bench.streams import targets as stargets
 from bench.streams.targets import HOST, REPO, clean_env, free_port, kill_group, spawn
 
-CONCURRENCY = 10  # jobs at once, for every target (SPEC §9: 10 ms jobs at concurrency 10)
+CONCURRENCY = 10  # jobs at once, for every target (the target: 10 ms jobs at concurrency 10)
 # outlast answers 429 past a queue's capacity; the peers have no such bound. No workload comes
 # near this, so outlast never refuses a job here.
 CAPACITY = 10_000_000

@@ -1,4 +1,5 @@
-"""The four workloads of SPEC §9 (jobs), as run against one target in one :class:`Slot`.
+"""The four jobs workloads (docs/benchmarks.md#targets), as run against one target in one
+:class:`Slot`.
 
 Each starts what it needs of the target, drives it through ``loadgen.py`` (a subprocess, so that
 its CPU is counted apart from the target's and from the progress display) and returns one

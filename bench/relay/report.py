@@ -17,8 +17,8 @@ from bench.common import median, median_present, number
 
 SECTION = "relay"
 DIRECT = "direct"
-TARGET_P99_ADDED_MS = 2.0  # SPEC §9: relay p99 added latency at 100 streams
-TARGET_READER_BYTES = 64 * 1024  # SPEC §9: per idle reader
+TARGET_P99_ADDED_MS = 2.0  # target: relay p99 added latency at 100 streams
+TARGET_READER_BYTES = 64 * 1024  # target: per idle reader
 BUSY_NOTE = 0.3  # cores used by other processes during a measurement that earn it a note
 Result = dict[str, Any]
 Runs = list[dict[str, Any]]
@@ -320,7 +320,7 @@ def render(data: Result) -> str:
         "",
         lambda s: f"{_ms(s['scale_p50'])} / {_ms(s['scale_p99'])}",
     )
-    lines += ["", "SPEC §9 targets:", ""]
+    lines += ["", "Targets:", ""]
     lines.append("| Target | " + " | ".join(labels[n] for n in names) + " |")
     lines.append("|---|" + "|".join([":---:"] * len(names)) + "|")
     p99_100 = next(

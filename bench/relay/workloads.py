@@ -27,7 +27,7 @@ from bench.streams.workloads import Tick, run_child
 
 SUBPROCESS_GRACE = 600.0  # seconds a load generator may run past its nominal duration
 # Relays the queue may run at once: more than any workload starts, so that the queue is never
-# what limits them (SPEC: "queue concurrency must allow N relays at once").
+# what limits them (the rule: queue concurrency must allow N relays at once).
 CONCURRENCY = 5000
 CAPACITY = 50_000
 

@@ -209,7 +209,7 @@ def render(data: dict[str, Any]) -> str:
         "`asyncio.sleep` in outlast and arq); each job counts in Redis when its body starts and "
         "when it finishes. Once 10 are running, the workers get a signal; when they are gone "
         f"they are started again, as before, and every job has {cap:.0f} s to finish. **Jobs "
-        f"lost** = accepted and not finished {cap:.0f} s after the restart (SPEC §9: must be 0); "
+        f"lost** = accepted and not finished {cap:.0f} s after the restart (target: 0); "
         "**ran twice** = its body started more than once. Versions: "
         + "; ".join(f"{targets[n]['label']}: {_version(targets[n])}" for n in names)
         + ".",
@@ -235,7 +235,7 @@ def render(data: dict[str, Any]) -> str:
                 + ("**met**" if met else "**not met**")
             )
     if checks:
-        lines += ["SPEC §9 (jobs lost must be 0):", "", *checks, ""]
+        lines += ["Target (jobs lost must be 0):", "", *checks, ""]
     lines += ["### What each target does", ""]
     rows = [[targets[n]["label"], *_behaviour(n)] for n in names]
     lines += table(["Target", "on SIGTERM", "after a kill"], rows, 3)

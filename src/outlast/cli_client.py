@@ -113,7 +113,9 @@ def _client(url: str, token: str | None) -> Iterator[Client]:
     except ServerUnreachable as exc:
         _fail(f"{exc}\n(is `outlast serve` running there? see --url / {URL_ENV})", EXIT_UNREACHABLE)
     except AuthError as exc:
-        _fail(f"{exc.message} ({exc.status}); pass --token or set {TOKEN_ENV}", EXIT_REFUSED)
+        # Only a 401 is about the token itself; a 403 says what was refused (a scope, egress).
+        hint = f"; pass --token or set {TOKEN_ENV}" if exc.status == 401 else ""
+        _fail(f"{exc.message} ({exc.status} {exc.code}){hint}", EXIT_REFUSED)
     except ServerBusy as exc:
         later = f"; retry in {exc.retry_after:g} s" if exc.retry_after is not None else ""
         _fail(f"{exc.message} ({exc.status} {exc.code}){later}", EXIT_REFUSED)
@@ -320,6 +322,7 @@ def _follow(client: Client, job: JobInfo, *, offset: str | None, as_json: bool) 
 @click.option("--retries", type=click.IntRange(min=0), help="Retries after a failed attempt.")
 @click.option("--delay", type=click.FloatRange(min=0), help="Seconds before the first attempt.")
 @click.option("--key", help="Idempotency key: the same key gives back the same job.")
+@click.option("--callback", metavar="URL", help="POST the job's end to URL (docs/webhooks.md).")
 @click.option(
     "--priority", type=click.IntRange(-100, 100), help="-100 to 100; higher runs first (0)."
 )
@@ -338,6 +341,7 @@ def submit(
     retries: int | None,
     delay: float | None,
     key: str | None,
+    callback: str | None,
     priority: int | None,
     concurrency_key: str | None,
     follow: bool,
@@ -357,6 +361,7 @@ def submit(
             retries=retries,
             delay=delay,
             key=key,
+            callback=callback,
             priority=priority,
             concurrency_key=concurrency_key,
         )

@@ -186,6 +186,7 @@ def _submission(
     retries: int | None,
     delay: float | None,
     key: str | None,
+    callback: str | dict[str, Any] | None = None,
     priority: int | None = None,
     concurrency_key: str | None = None,
 ) -> dict[str, Any]:
@@ -197,6 +198,7 @@ def _submission(
         "retries": retries,
         "delay": delay,
         "key": key,
+        "callback": callback,
         "priority": priority,
         "concurrency_key": concurrency_key,
     }
@@ -217,6 +219,12 @@ def _queues(body: Any) -> list[dict[str, Any]]:
 
 def _filters(**params: Any) -> dict[str, Any]:
     return {name: value for name, value in params.items() if value is not None}
+
+
+def _wait_param(wait: float | None) -> str | None:
+    """``?wait=`` as the server reads it: plain decimal seconds (no exponent, at most 9
+    decimals), never ``repr`` of a float such as ``29.998731851577759`` or ``1e-05``."""
+    return None if wait is None else f"{max(0.0, wait):.3f}"
 
 
 class _Base:
@@ -293,20 +301,24 @@ class Client(_Base):
         retries: int | None = None,
         delay: float | None = None,
         key: str | None = None,
+        callback: str | dict[str, Any] | None = None,
         priority: int | None = None,
         concurrency_key: str | None = None,
     ) -> JobInfo:
         """Submit a job; returns it as accepted (``queued``). With a ``key`` used before, the
-        existing job comes back instead of a new one."""
+        existing job comes back instead of a new one. ``callback``: a URL the server posts the
+        job's end to (or ``{"url": ..., "events": [...]}``), signed; receivers check it with
+        :func:`outlast.webhooks.verify` (docs/webhooks.md). ``priority`` and
+        ``concurrency_key``: see docs/flow-control.md."""
         body = _submission(
-            task, input, queue, timeout, retries, delay, key, priority, concurrency_key
+            task, input, queue, timeout, retries, delay, key, callback, priority, concurrency_key
         )
         return JobInfo.from_json(self._request("POST", "/v1/jobs", json=body))
 
     def get(self, job_id: str, *, wait: float | None = None) -> JobInfo:
         """The job; with ``wait``, the server holds the answer up to that many seconds (it caps
         them) until the job is terminal."""
-        params = _filters(wait=wait)
+        params = _filters(wait=_wait_param(wait))
         timeout = self._wait_timeout(wait)
         return JobInfo.from_json(
             self._request("GET", _job_path(job_id), params=params, timeout=timeout)
@@ -469,18 +481,19 @@ class AsyncClient(_Base):
         retries: int | None = None,
         delay: float | None = None,
         key: str | None = None,
+        callback: str | dict[str, Any] | None = None,
         priority: int | None = None,
         concurrency_key: str | None = None,
     ) -> JobInfo:
         """See :meth:`Client.submit`."""
         body = _submission(
-            task, input, queue, timeout, retries, delay, key, priority, concurrency_key
+            task, input, queue, timeout, retries, delay, key, callback, priority, concurrency_key
         )
         return JobInfo.from_json(await self._request("POST", "/v1/jobs", json=body))
 
     async def get(self, job_id: str, *, wait: float | None = None) -> JobInfo:
         """See :meth:`Client.get`."""
-        params = _filters(wait=wait)
+        params = _filters(wait=_wait_param(wait))
         timeout = self._wait_timeout(wait)
         return JobInfo.from_json(
             await self._request("GET", _job_path(job_id), params=params, timeout=timeout)

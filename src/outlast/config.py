@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -126,6 +126,27 @@ class EgressSettings(_Section):
     allow_private: bool = False
 
 
+class WebhookSettings(_Section):
+    # Standard Webhooks secret: "whsec_" + base64 of the key. Callbacks are refused without one.
+    secret: str = ""
+    timeout: float = Field(default=10.0, gt=0)  # seconds per attempt
+    # Attempts go on this long after the event (or a manual retry); then the callback failed.
+    retry_for: float = Field(default=86400.0, gt=0)
+    allowed_hosts: list[str] = Field(default_factory=list)  # beside [egress] allowed_hosts
+    allow_private: bool = False  # loopback and private addresses (an app on the same host)
+    # A testing knob, not for production: multiplies the retry schedule (5 s, 30 s, ...).
+    backoff_scale: float = Field(default=1.0, gt=0)
+
+    @field_validator("secret")
+    @classmethod
+    def _standard_secret(cls, value: str) -> str:
+        if value:
+            from outlast.webhooks import secret_key
+
+            secret_key(value)  # raises ValueError naming what is wrong
+        return value
+
+
 class RelaySettings(_Section):
     connect_timeout: float = Field(default=10.0, gt=0)
     # Until the upstream's response headers (and so its status) arrive.
@@ -166,6 +187,11 @@ class LimitSettings(_Section):
     stream_name_length: int = Field(default=1024, gt=0)
 
 
+class LogSettings(_Section):
+    # auto: text lines for people when stderr is a terminal, JSON lines otherwise.
+    format: Literal["auto", "text", "json"] = "auto"
+
+
 class CorsSettings(_Section):
     # Origins (scheme://host[:port]) whose pages may call outlast; "*" allows any. Requests
     # from any other origin are refused.
@@ -190,10 +216,12 @@ class Settings(_Section):
     queues: dict[str, QueueSettings] = Field(default_factory=_default_queues)
     upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
     egress: EgressSettings = Field(default_factory=EgressSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
+    logs: LogSettings = Field(default_factory=LogSettings)
 
     @field_validator("queues", mode="before")
     @classmethod
@@ -241,8 +269,12 @@ def _parse_env_value(raw: str) -> Any:
         return raw
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+def _env_overrides(
+    environ: Mapping[str, str],
+) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """The settings the environment sets, and which variable set each key path."""
     tree: dict[str, Any] = {}
+    names: dict[tuple[str, ...], str] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
@@ -255,7 +287,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise ConfigError(f"environment variable {name} conflicts with another one")
         node[path[-1]] = _parse_env_value(raw)
-    return tree
+        names[tuple(path)] = name
+    return tree, names
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -268,15 +301,46 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def _describe(
+    error: ValidationError,
+    source: str,
+    env_names: Mapping[tuple[str, ...], str],
+    flags: Mapping[str, Any],
+) -> str:
     lines = []
+    sources = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"])
+        loc = tuple(str(part) for part in item["loc"])
+        where = ".".join(loc)
         if item["type"] == "extra_forbidden":
             lines.append(f"unknown key '{where}'")
         else:
             lines.append(f"'{where}': {item['msg']}")
-    return f"invalid configuration ({source}): " + "; ".join(lines)
+        origin = _origin(loc, env_names, flags) or source
+        if origin not in sources:
+            sources.append(origin)
+    return f"invalid configuration ({', '.join(sources)}): " + "; ".join(lines)
+
+
+def _origin(
+    loc: tuple[str, ...], env_names: Mapping[tuple[str, ...], str], flags: Mapping[str, Any]
+) -> str | None:
+    """Where the value at *loc* came from when the environment or a flag set it (the latest
+    source wins, as in the merge)."""
+    if not loc:
+        return None  # a rule over several keys (the whole settings)
+    node: Any = flags
+    for part in loc:
+        if not isinstance(node, Mapping) or part not in node:
+            break
+        node = node[part]
+    else:
+        return "command-line flag --" + loc[-1].replace("_", "-")
+    for length in range(len(loc), 0, -1):
+        name = env_names.get(loc[:length])
+        if name is not None:
+            return f"environment variable {name}"
+    return None
 
 
 def load_settings(
@@ -303,10 +367,11 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
         source = str(path)
-    data = _merge(data, _env_overrides(os.environ if environ is None else environ))
+    env, env_names = _env_overrides(os.environ if environ is None else environ)
+    data = _merge(data, env)
     if overrides:
         data = _merge(data, overrides)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from exc
+        raise ConfigError(_describe(exc, source, env_names, overrides or {})) from exc

@@ -20,6 +20,7 @@
     │       ├── JobNotFound      404
     │       ├── RequestRejected  400, 409, 413, 422: wrong as sent
     │       └── ServerBusy       429 / 503: retry after retry_after seconds
+    ├── WebhookVerificationError a webhook's signature or timestamp does not verify
     └── RequestError             a request that cannot be served as asked (HTTP 4xx)
         ├── BadRequest           400  malformed header, offset, body
         ├── Unauthorized         401
@@ -66,6 +67,11 @@ class StoreUnavailable(StoreError):
 
 class LeaseLost(OutlastError):
     """The worker no longer owns the job: its lease expired and the job moved on without it."""
+
+
+class WebhookVerificationError(OutlastError):
+    """A webhook request does not verify (:func:`outlast.webhooks.verify`): missing headers, a
+    timestamp too far from now, or no signature made with the secret."""
 
 
 class RequestError(OutlastError):

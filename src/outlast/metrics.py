@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from outlast.logs import AccessLog
+from outlast.logs import AccessLog, job_id_of
 
 log = logging.getLogger("outlast.metrics")
 
@@ -158,6 +158,23 @@ class Metrics:
         )
         self.readers = Gauge(
             "outlast_stream_readers", "Live stream readers connected", ["mode"], registry=r
+        )
+        self.webhook_attempts = Counter(
+            "outlast_webhook_attempts",
+            "Completion webhook attempts by outcome (delivered, retry, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhooks_pending = Gauge(
+            "outlast_webhooks_pending",
+            "Completion webhook events not yet delivered nor failed (every node sharing the store)",
+            registry=r,
+        )
+        self.webhook_latency = Histogram(
+            "outlast_webhook_delivery_seconds",
+            "Time from a job's end to its webhook event delivered (2xx)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
 
     def on_scrape(self, hook: ScrapeHook) -> None:
@@ -323,7 +340,12 @@ class MetricsMiddleware:
 
 
 def _job_id_header(message: Message) -> str | None:
+    """The job an answer names: its ``Outlast-Job-Id``, else its ``Location`` (a submission's
+    ``202`` points at the new job that way)."""
+    located = None
     for name, value in message.get("headers", ()):
         if name == b"outlast-job-id":
             return bytes(value).decode("latin-1")
-    return None
+        if name == b"location":
+            located = job_id_of(bytes(value).decode("latin-1").split("?", 1)[0])
+    return located

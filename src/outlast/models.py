@@ -131,6 +131,9 @@ class JobRecord:
     lease_expires: float | None = None
     cancel_requested: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # The completion webhook asked for and its delivery (store/webhooks_logic.py): None, or
+    # {url, events} until the job ends, then with the event's delivery state.
+    callback: dict[str, Any] | None = None
     # Flow control (docs/flow-control.md): higher priority runs first within a queue; jobs of
     # one concurrency key share the queue's per-key limit; a retry names the job it repeats.
     priority: int = 0
@@ -174,6 +177,8 @@ class JobRecord:
             body["retry_of"] = self.retry_of
         if self.waiting is not None:
             body["waiting"] = self.waiting
+        if self.callback is not None:
+            body["callback"] = callback_json(self.callback)
         if links:
             body.update(links)
         return body
@@ -201,9 +206,26 @@ class NewJob:
     timeout: float
     delay: float = 0.0
     key: str | None = None
+    callback: dict[str, Any] | None = None  # {"url", "events"}: a completion webhook
     priority: int = 0
     concurrency_key: str | None = None
     retry_of: str | None = None
+
+
+def callback_json(callback: dict[str, Any]) -> dict[str, Any]:
+    """A job's callback as the API shows it: what was asked, and how its delivery goes (the
+    state is null until the job ends with an event it asked for)."""
+    return {
+        "url": callback["url"],
+        "events": callback["events"],
+        "state": callback.get("state"),
+        "attempts": callback.get("attempts", 0),
+        "last_status": callback.get("last_status"),
+        "last_error": callback.get("last_error"),
+        "next_attempt_at": (
+            rfc3339(callback.get("next_attempt_at")) if callback.get("state") == "pending" else None
+        ),
+    }
 
 
 def state_message(state: JobState, attempt: int, **extra: Any) -> dict[str, Any]:

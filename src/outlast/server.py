@@ -1,6 +1,6 @@
 """``serve()`` (API + workers) and ``work()`` (workers only), and the shutdown phases.
 
-On SIGTERM or SIGINT the phases run in this order (SPEC §4):
+On SIGTERM or SIGINT the phases run in this order (docs/operations.md#shutdown):
 
 1. drain      ``/readyz`` answers 503; new submissions answer 503 with ``Retry-After``; workers
               stop claiming.
@@ -10,7 +10,8 @@ On SIGTERM or SIGINT the phases run in this order (SPEC §4):
               whose written bytes have not drained by then (a reader that stopped reading
               without closing) is aborted: it would hold the listener's drain forever.
 4. jobs       running jobs get ``grace`` seconds to finish; the rest are stopped and handed back
-              to their queue without spending an attempt.
+              to their queue without spending an attempt. Webhook attempts in flight get the
+              same grace; the rest are cut and handed back, due again at once.
 5. store      closed; every acknowledged write is already durable. The process exits 0.
 
 A second signal stops at once (phase 4 with no grace). Uvicorn's own signal capture is replaced:
@@ -37,6 +38,7 @@ import httpx
 import uvicorn
 
 from outlast.api.app import create_app
+from outlast.callbacks import Deliverer, delivery_client
 from outlast.config import Settings
 from outlast.connections import ConnectionLimits, abort_stalled, limited_protocol
 from outlast.egress import NoCookies, guarded_transport
@@ -64,8 +66,8 @@ SWITCH_INTERVAL = 0.0005
 # Python's default collector thresholds (700, 10, 10) run a young collection every 700 net
 # allocations and a full one every 100 young ones: a server holding thousands of live
 # connections, streams and jobs paid for full passes of 5-50 ms that showed up as latency
-# spikes for every reader. Rarer passes: relay p99 at 100 streams 2.46/2.29 -> 1.95/1.72 ms and
-# the events/s ceiling +5 % (bench.relay, SQLite, two runs each, same machine).
+# spikes for every reader. Rarer passes cut those spikes (measured: docs/operations.md,
+# "Running").
 GC_THRESHOLDS = (50_000, 20, 100)
 # Threads that run plain `def` tasks are named with this prefix.
 TASK_THREAD_PREFIX = "outlast-task"
@@ -104,6 +106,8 @@ class Node:
     metrics: Metrics
     lifecycle: Lifecycle
     worker: Worker | None
+    # Delivers completion webhooks; runs wherever workers run.
+    deliverer: Deliverer | None = None
 
 
 @contextlib.asynccontextmanager
@@ -122,6 +126,7 @@ async def open_node(settings: Settings, *, workers: bool) -> AsyncIterator[Node]
         follow_redirects=False,
         cookies=NoCookies(),  # jobs share the pool, never cookies
     )
+    webhook_client = delivery_client()
     try:
         store = await open_store(settings.server.store, fsync=settings.store.fsync)
         try:
@@ -133,12 +138,25 @@ async def open_node(settings: Settings, *, workers: bool) -> AsyncIterator[Node]
                 if workers
                 else None
             )
-            yield Node(settings, store, registry, metrics, lifecycle, worker)
+            deliverer = (
+                Deliverer(
+                    settings,
+                    store,
+                    metrics,
+                    webhook_client,
+                    owner=worker.owner,
+                    health=lifecycle.store_health,
+                )
+                if worker is not None
+                else None
+            )
+            yield Node(settings, store, registry, metrics, lifecycle, worker, deliverer)
         finally:
             # Phase 5: every acknowledged write is durable already; close cleanly.
             await store.close()
     finally:
         await http_client.aclose()
+        await webhook_client.aclose()
         # Threads of sync tasks stopped at the deadline may still run; do not wait for them.
         threads.shutdown(wait=False, cancel_futures=True)
 
@@ -181,6 +199,8 @@ class _Signals:
         self.signalled_at = time.monotonic()
         if self.node.worker is not None:
             self.node.worker.stop_claiming()
+        if self.node.deliverer is not None:
+            self.node.deliverer.stop_claiming()
         # Phase 2: uvicorn's main loop sees this within a tick and closes its listeners.
         if self.server is not None:
             self.server.should_exit = True
@@ -198,16 +218,24 @@ class _Signals:
 
 
 async def _drain_jobs(node: Node, signals: _Signals) -> None:
-    """Phase 4: running jobs get the grace period (cut short by a second signal)."""
+    """Phase 4: running jobs and webhook attempts get the grace period (cut short by a second
+    signal)."""
     if node.worker is None:
         return
     # The grace period runs from the signal, not from the end of phases 2-3.
     grace = max(0.0, node.settings.server.grace - (time.monotonic() - signals.signalled_at))
-    drain = asyncio.ensure_future(node.worker.drain(grace))
+    drains = [node.worker.drain]
+    if node.deliverer is not None:
+        drains.append(node.deliverer.drain)
+
+    async def drain_all(seconds: float) -> None:
+        await asyncio.gather(*(drain(seconds) for drain in drains))
+
+    drain = asyncio.ensure_future(drain_all(grace))
     stop_now = asyncio.ensure_future(signals.immediate.wait())
     await asyncio.wait({drain, stop_now}, return_when=asyncio.FIRST_COMPLETED)
     if not drain.done():
-        await node.worker.drain(0)
+        await drain_all(0)
         await drain
     stop_now.cancel()
 
@@ -247,6 +275,8 @@ async def serve(settings: Settings) -> None:
         with _Signals(node, server) as signals:
             if node.worker is not None:
                 await node.worker.start()
+            if node.deliverer is not None:
+                await node.deliverer.start()
             await server.serve()
             # uvicorn returns once its listener is closed and connections are done; workers
             # stopped claiming at the signal (phase 1). If uvicorn stopped for another reason
@@ -263,6 +293,8 @@ async def work(settings: Settings) -> None:
         assert node.worker is not None
         with _Signals(node, None) as signals:
             await node.worker.start()
+            if node.deliverer is not None:
+                await node.deliverer.start()
             await signals.first.wait()
             await _drain_jobs(node, signals)
     log.info("stopped")

@@ -198,7 +198,7 @@ class Worker:
             )
 
         # The emitter refers to the future, not to `running`: a cycle through the job's handle
-        # would leave every job to the garbage collector (a no-op drain then paused for 25 ms).
+        # would leave every job to the garbage collector, whose full passes stall every job.
         async def emitter(messages: list[dict[str, Any]]) -> None:
             if begun is not None:
                 await begun  # output follows the start; raises if the job never started

@@ -12,10 +12,14 @@ Routes (query parameters in brackets):
   ``x-fake-key`` names the counters, ``x-fake-status`` answers that error status instead,
   ``x-fake-gate`` holds the answer until the test opens that gate, ``x-fake-cut-after`` cuts
   the stream after that many words (ids are never sent, so it cannot be resumed),
-  ``x-fake-hold`` sends the first chunk and then holds the rest until that gate opens. With
-  ``stream_options.include_usage`` (and only then) a usage chunk (``"choices": []``) comes
-  before ``[DONE]``, as OpenAI sends it (``USAGE``). ``x-fake-429: N`` answers the first N
-  calls per key 429 with ``Retry-After: 1``. Each call's arrival time is kept in ``arrivals``.
+  ``x-fake-end-after`` ends the response cleanly after that many words, without a
+  ``finish_reason`` or ``[DONE]`` (a proxy closing mid-answer; once per key), and
+  ``x-fake-ids: 1`` gives each word chunk ``id: <word index>`` and resumes after
+  ``Last-Event-ID``. ``x-fake-hold`` sends the first chunk and then holds the rest until that
+  gate opens. With ``stream_options.include_usage`` (and only then) a usage chunk
+  (``"choices": []``) comes before ``[DONE]``, as OpenAI sends it (``USAGE``).
+  ``x-fake-429: N`` answers the first N calls per key 429 with ``Retry-After: 1``. Each call's
+  arrival time is kept in ``arrivals``.
 - ``/status/{code}``: that status with a JSON error body.
 - ``/hang``: waits ``seconds`` before answering (never, by default).
 - ``/stall`` [after=3, n=6, ids=1]: ``after`` events, then silence (the first time per key;
@@ -69,6 +73,7 @@ class FakeUpstream:
         self.arrivals: dict[str, list[float]] = {}  # when each request came, per path
         self.last_headers: dict[str, dict[str, str]] = {}
         self.dropped: set[str] = set()
+        self.ended: set[str] = set()  # chat keys whose answer was ended early once
         self.completed: Counter[str] = Counter()  # streams sent to their end, per key
         self.rate_limited: Counter[str] = Counter()  # calls seen by x-fake-429, per key
         self.opened: set[str] = set()  # gates the test opened
@@ -188,6 +193,12 @@ class FakeUpstream:
             error = {"message": f"fake upstream says {code}", "type": "fake_error", "code": code}
             return JSONResponse({"error": error}, code)
         cut_after = int(request.headers.get("x-fake-cut-after", "-1"))
+        end_after = int(request.headers.get("x-fake-end-after", "-1"))
+        if end_after >= 0:
+            end_after = -1 if key in self.ended else end_after
+            self.ended.add(key)
+        ids = request.headers.get("x-fake-ids") == "1"
+        start = int(request.headers.get("last-event-id", "-1")) + 1
         if not payload.get("stream"):
             self.completed[key] += 1
             return JSONResponse(
@@ -211,7 +222,7 @@ class FakeUpstream:
                 }
             )
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        def chunk(delta: dict[str, Any], finish: str | None = None, i: int = -1) -> bytes:
             body = {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion.chunk",
@@ -219,16 +230,22 @@ class FakeUpstream:
                 "model": payload.get("model", "fake"),
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
-            return b"data: " + json.dumps(body).encode() + b"\n\n"
+            line = b"data: " + json.dumps(body).encode() + b"\n"
+            return line + (f"id: {i}\n".encode() if ids and i >= 0 else b"") + b"\n"
 
         async def body() -> AsyncIterator[bytes]:
-            yield chunk({"role": "assistant", "content": ""})
+            if start == 0:
+                yield chunk({"role": "assistant", "content": ""})
             if "x-fake-hold" in request.headers:
                 await self._wait_gate(request.headers["x-fake-hold"])
             for i, word in enumerate(words):
+                if i < start:
+                    continue
                 if i == cut_after:
                     raise ConnectionResetError("the fake upstream cuts the connection")
-                yield chunk({"content": word if i == 0 else " " + word})
+                if i == end_after:
+                    return  # a clean end, mid-answer
+                yield chunk({"content": word if i == 0 else " " + word}, i=i)
                 self.sent[key] += 1
                 if interval:
                     await asyncio.sleep(interval)

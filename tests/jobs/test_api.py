@@ -1,4 +1,4 @@
-"""The jobs API as SPEC §2 describes it, against a real server process: submit, fetch with
+"""The jobs API as docs/jobs.md describes it, against a real server process: submit, fetch with
 long-poll, list with filters and cursors, idempotency keys, the job's stream, OpenAPI."""
 
 from __future__ import annotations
@@ -225,6 +225,7 @@ def test_openapi_documents_the_jobs_api(jobs_server: ServerProcess) -> None:
         "/v1/jobs/{job_id}",
         "/v1/jobs/{job_id}/cancel",
         "/v1/jobs/{job_id}/events",
+        "/v1/jobs/{job_id}/callback/retry",
     ):
         assert path in paths, path
     assert {"post", "get"} <= set(paths["/v1/jobs"])

@@ -1,4 +1,5 @@
-"""Operations for jobs: Prometheus metrics (SPEC §6) and retention of terminal jobs."""
+"""Operations for jobs: Prometheus metrics (docs/operations.md#health-and-metrics) and
+retention of terminal jobs."""
 
 from __future__ import annotations
 

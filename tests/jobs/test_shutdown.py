@@ -1,6 +1,6 @@
-"""Shutdown and recovery (SPEC §4) with real signals on real server processes: drain, readers
-ended cleanly, the grace period, hand-back without spending an attempt, the second signal, and
-``kill -9`` recovered on the next start."""
+"""Shutdown and recovery (docs/operations.md#shutdown) with real signals on real server processes:
+drain, readers ended cleanly, the grace period, hand-back without spending an attempt, the
+second signal, and ``kill -9`` recovered on the next start."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from outlast.api.body import read_json
 from outlast.api.capability import LinkKey, sign
 from outlast.api.sse_response import PING, SSEResponse, sse_event
 from outlast.boundary import whole_number
+from outlast.callbacks import parse_callback, refresh_gauge
 from outlast.config import Settings, UpstreamSettings
 from outlast.errors import (
     BadRequest,
@@ -35,7 +36,18 @@ from outlast.models import JOB_ID_PATTERN, JobRecord, JobState, NewJob, job_stre
 from outlast.store.base import Store, format_offset, parse_offset
 
 SUBMIT_FIELDS = frozenset(
-    {"task", "input", "queue", "timeout", "retries", "delay", "key", "priority", "concurrency_key"}
+    {
+        "task",
+        "input",
+        "queue",
+        "timeout",
+        "retries",
+        "delay",
+        "key",
+        "callback",
+        "priority",
+        "concurrency_key",
+    }
 )
 MAX_PRIORITY = 100
 MAX_CONCURRENCY_KEY_BYTES = 200
@@ -114,6 +126,7 @@ class JobsAPI:
         self.links = LinkKey(settings.auth, store) if settings.auth_enabled else None
         self.readers = Readers(store, lifecycle.stop_readers, settings.streams.max_read_bytes)
         metrics.on_scrape(self.refresh_gauges)
+        metrics.on_scrape(lambda: refresh_gauge(store, metrics))
 
     async def refresh_gauges(self) -> None:
         """Job counts from the store (shared by every node), read when /metrics is scraped."""
@@ -147,6 +160,7 @@ class JobsAPI:
             Route("/v1/jobs/{job_id}", self.get, methods=["GET"]),
             Route("/v1/jobs/{job_id}/cancel", self.cancel, methods=["POST"]),
             Route("/v1/jobs/{job_id}/retry", self.retry, methods=["POST"]),
+            Route("/v1/jobs/{job_id}/callback/retry", self.retry_callback, methods=["POST"]),
             Route("/v1/jobs/{job_id}/events", self.events, methods=["GET"]),
             Route("/v1/queues", self.queues, methods=["GET"]),
             Route("/v1/queues/{name}/pause", self.pause, methods=["POST"]),
@@ -187,6 +201,7 @@ class JobsAPI:
         key = body.get("key")
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH):
             raise _field_error("key", f"must be a string of 1 to {MAX_KEY_LENGTH} characters")
+        callback = await self.parse_callback(body.get("callback"))
         priority = _number(body, "priority", -MAX_PRIORITY, MAX_PRIORITY)
         if priority is not None and priority != int(priority):
             raise _field_error("priority", "must be a whole number")
@@ -207,6 +222,7 @@ class JobsAPI:
             timeout=spec.timeout if timeout is None else timeout,
             delay=delay,
             key=key,
+            callback=callback,
             priority=0 if priority is None else int(priority),
             concurrency_key=concurrency_key,
         )
@@ -223,6 +239,11 @@ class JobsAPI:
         if upstream is not None and upstream.retries is not None:
             return upstream.retries
         return spec.retries
+
+    async def parse_callback(self, value: Any) -> dict[str, Any] | None:
+        """A completion webhook asked for (the ``callback`` field or the ``Outlast-Callback``
+        header): None, or checked against ``[webhooks]`` (422 naming ``callback``)."""
+        return None if value is None else await parse_callback(value, self.settings)
 
     async def admit(self, new: NewJob) -> tuple[JobRecord, bool]:
         """Admit *new* (503 while draining, 429 when full). Returns (job, created)."""
@@ -347,6 +368,11 @@ class JobsAPI:
         self.metrics.jobs_submitted.labels(job.queue, job.task).inc()
         location = f"/v1/jobs/{job.id}"
         return JSONResponse(self.render(job), 202, headers={"Location": location})
+
+    async def retry_callback(self, request: Request) -> Response:
+        """Send the job's webhook event again (same ``webhook-id``), whatever its state."""
+        job = await self._job(request)
+        return JSONResponse(self.render(await self.store.retry_delivery(job.id)), 202)
 
     async def _queue_list(self, only: str | None = None) -> builtins.list[dict[str, Any]]:
         counts = await self.store.queue_counts()

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from outlast.api import scopes
 from outlast.api.capability import Link, LinkKey, readable_with_link, verify
 from outlast.config import AuthSettings, CorsSettings, Settings, TokenSettings
 from outlast.errors import StoreError
@@ -310,22 +311,6 @@ def scopes_for(tokens: Iterable[TokenSettings], presented: str) -> frozenset[str
     return found
 
 
-def required_scope(method: str, path: str) -> str | None:
-    """The scope a request needs, or ``None`` for public endpoints."""
-    if path in ("/healthz", "/readyz", "/openapi.json"):
-        return None
-    if path == "/metrics":
-        return "admin"
-    reading = method in ("GET", "HEAD")
-    if path.startswith("/v1/stream/"):
-        return "streams:read" if reading else "streams:write"
-    if path.startswith("/v1/jobs"):
-        return "jobs:read" if reading else "jobs:write"
-    if path.startswith("/v1/upstreams/") or path == "/v1/proxy":
-        return "jobs:write"
-    return "admin"
-
-
 class AuthMiddleware:
     """Bearer tokens with scopes. Installed only when tokens are configured.
 
@@ -348,7 +333,7 @@ class AuthMiddleware:
         except StoreError as exc:
             await _reject(send, 503, "unavailable", f"the store is unreachable: {exc}")
             return
-        needed = required_scope(scope["method"], scope["path"])
+        needed = scopes.required_scopes(scope["method"], scope["path"])
         raw = _header(scope, b"authorization")
         granted: frozenset[str] | None = None
         if raw is not None:
@@ -359,12 +344,9 @@ class AuthMiddleware:
                 await _reject(send, 401, "unauthorized", "invalid bearer token")
                 return
         scope["outlast.auth"] = granted
-        if (
-            needed is not None
-            and granted is not None
-            and not (needed in granted or "admin" in granted)
-        ):
-            await _reject(send, 403, "forbidden", f"this token lacks the '{needed}' scope")
+        if needed is not None and granted is not None and not scopes.allows(granted, needed):
+            lacking = scopes.describe(needed)
+            await _reject(send, 403, "forbidden", f"this token lacks the {lacking} scope")
             return
         if needed is None:
             await self.app(scope, receive, send)

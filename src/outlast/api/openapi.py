@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 from outlast.api.jobs import MAX_PAGE
 from outlast.boundary import MAX_DEPTH
 from outlast.models import JOB_ID_PATTERN, ErrorCode, JobState
+from outlast.store.webhooks_logic import ALL_EVENTS as WEBHOOK_EVENTS
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -86,6 +87,42 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Up to 200 bytes: keys take turns; the queue's "
                 "per_key_concurrency caps one key's running jobs",
             },
+            "callback": {
+                "description": "A completion webhook (docs/webhooks.md): a URL, or url + events",
+                "oneOf": [
+                    {"type": "string", "format": "uri"},
+                    {
+                        "type": "object",
+                        "required": ["url"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "url": {"type": "string", "format": "uri"},
+                            "events": {
+                                "type": "array",
+                                "items": {"type": "string", "enum": list(WEBHOOK_EVENTS)},
+                                "default": list(WEBHOOK_EVENTS),
+                            },
+                        },
+                    },
+                ],
+            },
+        },
+    },
+    "Callback": {
+        "type": "object",
+        "description": "The completion webhook asked for, and its delivery",
+        "properties": {
+            "url": {"type": "string"},
+            "events": {"type": "array", "items": {"type": "string"}},
+            "state": {
+                "type": ["string", "null"],
+                "enum": ["pending", "delivered", "failed", None],
+                "description": "null until the job ends with an event asked for",
+            },
+            "attempts": {"type": "integer"},
+            "last_status": {"type": ["integer", "null"]},
+            "last_error": {"type": ["string", "null"]},
+            "next_attempt_at": {"type": ["string", "null"], "format": "date-time"},
         },
     },
     "Job": {
@@ -132,6 +169,7 @@ SCHEMAS: dict[str, Any] = {
             },
             "stream": {"type": "string", "description": "The job's durable stream (JSON mode)"},
             "events": {"type": "string", "description": "The job's events as native SSE"},
+            "callback": _ref("Callback"),
         },
     },
     "JobPage": {
@@ -296,6 +334,17 @@ PATHS: dict[str, Any] = {
             },
         }
     },
+    "/v1/jobs/{job_id}/callback/retry": {
+        "post": {
+            "summary": "Send the job's webhook event again (same webhook-id), whatever its state",
+            "parameters": [JOB_ID],
+            "responses": {
+                "202": _json(_ref("Job"), "The job, its callback pending"),
+                "404": _error("No such job, or it has no callback"),
+                "409": _error("The job has not ended with an event its callback asked for"),
+            },
+        }
+    },
     "/v1/jobs/{job_id}/events": {
         "get": {
             "summary": "The job's events as native Server-Sent Events",
@@ -365,6 +414,7 @@ PATHS: dict[str, Any] = {
                 _header("Idempotency-Key", "Becomes the job's key: a retry gets the same job"),
                 _header("Last-Event-ID", "With a retry: continue after this event id"),
                 *FLOW_HEADERS,
+                _header("Outlast-Callback", "A completion webhook URL (docs/webhooks.md)"),
             ],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
             "responses": {
@@ -396,6 +446,7 @@ PATHS: dict[str, Any] = {
                     "Sent to the upstream as Authorization; never shown (redacted in the job)",
                 ),
                 _header("Idempotency-Key", "Becomes the job's key"),
+                _header("Outlast-Callback", "A completion webhook URL (docs/webhooks.md)"),
             ],
             "requestBody": {"required": False, "content": {"*/*": {"schema": {}}}},
             "responses": {

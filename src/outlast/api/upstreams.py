@@ -48,6 +48,7 @@ CLIENT_ONLY_HEADERS = frozenset(
         "last-event-id",
         "transfer-encoding",
         "cookie",
+        "outlast-callback",
     }
 )
 FORWARDED_PREFIXES = ("openai-", "anthropic-", "x-")
@@ -134,6 +135,7 @@ class UpstreamsAPI:
             value = {**value, "wait_rate_limits": False}
         await spec.validate(value)
         priority, concurrency_key = _flow_headers(request)
+        callback = await self.jobs.parse_callback(request.headers.get("outlast-callback"))
         new = NewJob(
             task="relay",
             queue=spec.queue if upstream is None else upstream.queue,
@@ -141,6 +143,7 @@ class UpstreamsAPI:
             max_attempts=1 + retries,
             timeout=spec.timeout,
             key=key,
+            callback=callback,
             priority=priority,
             concurrency_key=concurrency_key,
         )

@@ -17,7 +17,10 @@ cannot slow the upstream down. Each attempt:
 
 A failure before any event is retried like any failed attempt. After events were stored, a retry
 resumes with ``Last-Event-ID`` when the upstream gave ids; without ids the job ends as
-``interrupted`` rather than risk duplicate output. An attempt that finds the stream already
+``interrupted`` rather than risk duplicate output. An OpenAI-style stream (chunks with
+``choices``) that ends cleanly without ``data: [DONE]`` and without any ``finish_reason`` was cut
+(a proxy closing the connection mid-answer), and is treated like any other break; streams in
+other formats end when their body ends. An attempt that finds the stream already
 complete (``data: [DONE]`` stored, the worker stopped before it could finish the job) finishes
 without calling the upstream again. A non-event-stream 2xx answer (a plain JSON completion,
 say) is kept whole as the result's ``body``.
@@ -156,6 +159,8 @@ class _Progress:
     text_parts: list[str] = field(default_factory=list)
     saw_chat_chunks: bool = False
     usage: dict[str, int] | None = None
+    openai_style: bool = False  # chunks with ``choices``: such a stream says when it is over
+    finished: bool = False  # a ``finish_reason`` was given
 
     def add(self, event: SSEEvent) -> None:
         self.events += 1
@@ -172,6 +177,11 @@ class _Progress:
             parsed = json.loads(data)
         except ValueError:
             return
+        choices = _choices(parsed)
+        if choices:
+            self.openai_style = True
+            if any(choice.get("finish_reason") for choice in choices):
+                self.finished = True
         content = _delta_content(parsed)
         if content is not None:
             self.saw_chat_chunks = True
@@ -179,6 +189,11 @@ class _Progress:
         usage = reported_usage(parsed)
         if usage is not None:
             self.usage = usage
+
+    @property
+    def cut_short(self) -> bool:
+        """An OpenAI-style stream that has not said it is over: no ``[DONE]``, no finish."""
+        return self.openai_style and not self.done and not self.finished
 
     def result(self, status: int) -> dict[str, Any]:
         out: dict[str, Any] = {"status": status, "events": self.events, "done": self.done}
@@ -230,6 +245,16 @@ def is_unasked_usage(data: str, body: Any) -> bool:
     except ValueError:
         return False
     return isinstance(chunk, dict) and chunk.get("choices") == [] and "usage" in chunk
+
+
+def _choices(chunk: Any) -> list[dict[str, Any]]:
+    """The ``choices`` of an OpenAI-style streaming chunk (chat or legacy completions), or []."""
+    if not isinstance(chunk, dict):
+        return []
+    choices = chunk.get("choices")
+    if not isinstance(choices, list):
+        return []
+    return [c for c in choices if isinstance(c, dict) and ("delta" in c or "finish_reason" in c)]
 
 
 def _delta_content(chunk: Any) -> str | None:
@@ -556,6 +581,11 @@ async def _consume(
     # The unfinished last event (no blank line after it) is dropped, as WHATWG says.
     decoder.close()
     await appender.flush()
+    if progress.cut_short:
+        raise _after_break(
+            "the upstream stream ended without data: [DONE] or a finish_reason (cut short)",
+            progress,
+        )
     return progress.result(status)
 
 
@@ -614,6 +644,12 @@ def _transport_failure(
         what = f"the upstream connection broke: {exc or type(exc).__name__}"
     else:
         what = f"{type(exc).__name__}: {exc}"
+    return _after_break(what, progress)
+
+
+def _after_break(what: str, progress: _Progress) -> TaskFailure:
+    """The failure for a stream that broke after *progress*: retried (resuming after the last
+    id) when it can be, ``interrupted`` when events were stored without ids to resume from."""
     if progress.events and progress.last_id is None:
         return TaskFailure(
             "interrupted",

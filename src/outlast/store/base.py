@@ -20,7 +20,7 @@ import abc
 import asyncio
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from outlast.models import JobRecord, JobState, NewJob, OutcomeKind
@@ -212,6 +212,20 @@ class UpstreamLimits:
     tpm: int = 0
 
 
+DeliveryOutcome = Literal["delivered", "retry", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """How one attempt to deliver a job's webhook event ended, as the delivering node reports
+    it: delivered (2xx), to be retried at *retry_at*, or failed for good."""
+
+    outcome: DeliveryOutcome
+    status: int | None = None  # the receiver's HTTP status, if it answered
+    error: str | None = None
+    retry_at: float | None = None
+
+
 class JobStore(abc.ABC):
     """Jobs: admission, claims with leases, attempts, cancel, recovery, retention.
 
@@ -337,6 +351,44 @@ class JobStore(abc.ABC):
         worker. Other processes' submissions may go unnoticed: wait with a timeout and claim
         again (the store re-checks anyway).
         """
+
+    # -- completion webhooks (the rules: store/webhooks_logic.py) ---------------------------
+
+    @abc.abstractmethod
+    async def claim_deliveries(self, owner: str, limit: int, lease: float) -> list[JobRecord]:
+        """Up to *limit* jobs whose webhook event is due, each event now leased to *owner* for
+        *lease* seconds: no other node attempts it until the lease ends."""
+
+    @abc.abstractmethod
+    async def renew_deliveries(self, owner: str, job_ids: list[str], lease: float) -> list[str]:
+        """Extend *owner*'s leases on events; returns the ids of the jobs it still holds."""
+
+    @abc.abstractmethod
+    async def finish_delivery(self, job_id: str, owner: str, result: DeliveryResult) -> JobRecord:
+        """Record how *owner*'s attempt ended (``LeaseLost`` if the event is no longer its)."""
+
+    @abc.abstractmethod
+    async def release_deliveries(self, owner: str, job_ids: list[str]) -> int:
+        """Hand back events whose attempt was cut (shutdown): due again at once, the attempt
+        not counted. Returns how many were still held."""
+
+    @abc.abstractmethod
+    async def retry_delivery(self, job_id: str) -> JobRecord:
+        """Send the job's event again, whatever its state (``NotFound``: no job or no
+        callback; ``Conflict``: no event recorded)."""
+
+    @abc.abstractmethod
+    async def next_delivery_due(self) -> float | None:
+        """When the earliest pending event is due (``None``: none is pending)."""
+
+    @abc.abstractmethod
+    async def pending_deliveries(self) -> int:
+        """Events not yet delivered nor failed (every node sharing the store)."""
+
+    @abc.abstractmethod
+    def watch_deliveries(self) -> asyncio.Event:
+        """An event set when an event may have become due in this process (take it before
+        claiming, like :meth:`watch_queue`)."""
 
 
 class Store(StreamStore, JobStore, abc.ABC):

@@ -28,6 +28,7 @@ from outlast.models import (
     state_message,
 )
 from outlast.store import streams_logic as streams
+from outlast.store import webhooks_logic as webhooks
 from outlast.store.base import CreateSpec, Outcome, SubmitResult, Unit, UpstreamLimits
 from outlast.store.streams_logic import Changed
 
@@ -41,7 +42,7 @@ def queue_key(queue: str) -> str:
     return QUEUE_PREFIX + queue
 
 
-class JobTx(streams.Tx):
+class JobTx(streams.Tx, webhooks.DeliveryTx):
     @abc.abstractmethod
     def insert_job(self, job: JobRecord) -> None: ...
     @abc.abstractmethod
@@ -158,6 +159,11 @@ def _set_state(tx: JobTx, job: JobRecord, new: JobState, fields: dict[str, Any])
 
 
 def _transition(tx: JobTx, job: JobRecord, new: JobState, now: float, **fields: Any) -> JobRecord:
+    if new.terminal and job.callback is not None:
+        # The completion webhook's event, in the same write as the end (webhooks_logic).
+        event = webhooks.on_terminal(job, new, now)
+        if event is not None:
+            fields["callback"] = event
     done = _set_state(tx, job, new, fields)
     if new != job.state:
         tx.move_count(job.queue, job.state, new)
@@ -201,6 +207,7 @@ def submit(tx: JobTx, new: NewJob, capacity: int, now: float) -> Changed[SubmitR
         created_at=now,
         run_at=now + new.delay,
         key=new.key,
+        callback=new.callback,
         priority=new.priority,
         concurrency_key=new.concurrency_key,
         retry_of=new.retry_of,
@@ -446,7 +453,12 @@ def finish(
         raise ValueError(outcome.kind)
     if job.concurrency_key is not None and queue_key(job.queue) not in names:
         names += (queue_key(job.queue),)  # its key's next job may start now
-    return Changed(done, names)
+    return Changed(done, names + _event_names(done))
+
+
+def _event_names(job: JobRecord) -> tuple[str, ...]:
+    """What to wake for a job that may have just recorded its webhook event."""
+    return (webhooks.DELIVERIES_KEY,) if webhooks.due_at(job.callback) is not None else ()
 
 
 def _cancel_now(tx: JobTx, job: JobRecord, now: float) -> JobRecord:
@@ -476,7 +488,8 @@ def cancel(tx: JobTx, job_id: str, now: float) -> Changed[JobRecord]:
     if job.state.terminal:
         return Changed(job, ())
     if job.state == JobState.QUEUED:
-        return Changed(_cancel_now(tx, job, now), (job.stream,))
+        done = _cancel_now(tx, job, now)
+        return Changed(done, (job.stream, *_event_names(done)))
     if not job.cancel_requested:
         tx.update_job(job_id, cancel_requested=True)
         job = replace(job, cancel_requested=True)
@@ -503,6 +516,10 @@ def retry(tx: JobTx, job_id: str, capacity: int, now: float) -> Changed[SubmitRe
         priority=job.priority,
         concurrency_key=job.concurrency_key,
         retry_of=job.id,
+        # The webhook asked for, not how its delivery went.
+        callback=None
+        if job.callback is None
+        else {"url": job.callback["url"], "events": job.callback["events"]},
     )
     return submit(tx, again, capacity, now)
 
@@ -607,6 +624,7 @@ def recover_expired(tx: JobTx, now: float) -> Changed[list[JobRecord]]:
             message = {"type": "error", "attempt": job.attempt, "error": error}
             _emit(tx, done, now, message, _state(JobState.FAILED, job.attempt), close=True)
         names.append(job.stream)
+        names.extend(_event_names(done))
         recovered.append(done)
     return Changed(recovered, tuple(names))
 

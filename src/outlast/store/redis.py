@@ -283,7 +283,7 @@ class RedisStore(RuleStore[Prefetch]):
         # The row and its units in one transaction, so that they agree. A unit's score is its
         # start offset, and offsets count bytes: the units that start within max_bytes of the
         # position hold what the read may return, and Redis sends them straight from the set
-        # (a script that gathered them returned 1 MiB at about 200 MB/s).
+        # (a script gathering them instead costs Redis time per byte; see docs/benchmarks.md).
         pipe = self.client.pipeline(transaction=True)
         pipe.hgetall(self.keys.stream(name))
         pipe.zrangebyscore(self.keys.units(name), position, position + max_bytes)

@@ -11,7 +11,7 @@ The data model (every key starts with the store's prefix, ``outlast:`` by defaul
     jobs            zset   every job id (score 0: ordered by id, i.e. by creation time)
     jkeys           hash   idempotency key -> job id
     c:<queue>       hash   state -> number of jobs      queues set     queues with counts
-    due:<queue>     zset   queued jobs by run_at        leases zset    running jobs by expiry
+    due:<queue>     zset   delayed queued jobs, run_at  leases zset    running jobs by expiry
     done            zset   terminal jobs by finished_at
     paused          hash   queue -> "1" while the queue is paused
     ready:<queue>   zset   queued jobs in start order, scored by ready_score(priority, turn);
@@ -21,6 +21,8 @@ The data model (every key starts with the store's prefix, ``outlast:`` by defaul
     kt:<queue>      hash   concurrency key -> the last turn given to one of its jobs
     kr:<queue>      hash   concurrency key -> jobs of it running
     up:<name>       hash   state -> a named upstream's limiter state (JSON; jobs_logic)
+    hooks           zset   jobs whose webhook event is pending, by when it is next due
+                           (webhooks_logic.due_at: the next attempt, or the lease's end)
     changes:<db>    channel  stream names and queue keys that changed (pub/sub channels are
                              server-wide, so the database number is part of the name)
 """
@@ -147,6 +149,7 @@ class Keys:
         self.leases = prefix + "leases"
         self.done = prefix + "done"
         self.paused = prefix + "paused"
+        self.hooks = prefix + "hooks"
         self.changes = f"{prefix}changes:{db}"
 
     def stream(self, name: str) -> str:

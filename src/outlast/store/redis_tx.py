@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from outlast.models import JobRecord, JobState, evolve_job, job_stream_name
 from outlast.store import streams_logic as logic
+from outlast.store import webhooks_logic as webhooks
 from outlast.store.base import Unit
 from outlast.store.jobs_logic import JobTx
 from outlast.store.redis_data import (
@@ -498,6 +499,7 @@ class RedisTx(JobTx):
         for key, before, after in (
             (self.k.leases, _leased(old), _leased(job)),
             (self.k.done, _done(old), _done(job)),
+            (self.k.hooks, _hook(old), _hook(job)),
         ):
             if old is not None and before == after:
                 continue  # the same entry, or none before and after
@@ -641,7 +643,7 @@ class RedisTx(JobTx):
         member = job_id.encode()
         self.delete(self.k.job(job_id))
         keys = (self.k.jobs, self.k.due(old.queue), self.k.ready(old.queue), self.k.leases)
-        for key in (*keys, self.k.done):
+        for key in (*keys, self.k.done, self.k.hooks):
             self.zrem(key, member)
         if old.key is not None:
             self.hset(self.k.jkeys, {old.key: None})
@@ -661,6 +663,28 @@ class RedisTx(JobTx):
 
     def paused_queues(self) -> set[str]:
         return set(self.hgetall(self.k.paused) or {})
+
+    # -- completion webhooks --------------------------------------------------------------
+
+    def due_deliveries(self, now: float, limit: int) -> list[JobRecord]:
+        due = self.zrange(self.k.hooks, -math.inf, now, limit)
+        ids = [m.decode() for m, _ in due]
+        self.prefetch_jobs(ids)
+        due_jobs = []
+        for job_id in ids:
+            job = self.get_job(job_id)
+            due_at = None if job is None else webhooks.due_at(job.callback)
+            if job is not None and due_at is not None and due_at <= now:
+                due_jobs.append(job)
+        return due_jobs
+
+    def next_delivery_at(self) -> float | None:
+        first = self.zrange(self.k.hooks, -math.inf, math.inf, 1)
+        return first[0][1] if first else None
+
+    def pending_deliveries(self) -> int:
+        # For read-only views: what Redis holds (writes of this transaction not counted).
+        return int(self._fetch(self.k.hooks, ("zcard", self.k.hooks), ("ZCARD", self.k.hooks)))
 
 
 def _expiry(row: logic.Row) -> float | None:
@@ -683,6 +707,11 @@ def _done(job: JobRecord | None) -> tuple[str, float] | None:
     if job is None or not job.state.terminal or job.finished_at is None:
         return None
     return (job.queue, job.finished_at)
+
+
+def _hook(job: JobRecord | None) -> tuple[str, float] | None:
+    due = None if job is None else webhooks.due_at(job.callback)
+    return None if due is None else ("", due)
 
 
 def _bound(value: float, open_: bool) -> str:

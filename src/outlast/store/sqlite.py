@@ -95,6 +95,7 @@ class SQLiteStore(RuleStore[Never]):
         parent = Path(path).parent
         if not parent.exists():
             raise ConfigError(f"directory for the sqlite store does not exist: {parent}")
+        # The schema, created or brought up to date (store/versions.py).
         await asyncio.to_thread(prepare, path, fsync=fsync)
         notifier = Notifier()
         engine: InlineEngine | ThreadEngine = (

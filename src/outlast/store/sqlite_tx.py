@@ -9,15 +9,16 @@ from typing import Any
 
 from outlast.models import JobRecord, JobState
 from outlast.store import streams_logic as logic
+from outlast.store import webhooks_logic as webhooks
 from outlast.store.base import Unit
 from outlast.store.jobs_logic import JobTx
 
 JOB_COLUMNS = (
     "id, task, queue, state, input, result, error, attempt, max_attempts, timeout, created_at,"
     " run_at, started_at, finished_at, key, lease_owner, lease_expires, cancel_requested,"
-    " priority, concurrency_key, retry_of, turn, waiting, waited"
+    " callback, priority, concurrency_key, retry_of, turn, waiting, waited"
 )
-_JSON_FIELDS = frozenset({"input", "result", "error", "waiting"})
+_JSON_FIELDS = frozenset({"input", "result", "error", "callback", "waiting"})
 
 
 def _dumps(value: Any) -> str:
@@ -44,12 +45,13 @@ def job_from_row(row: tuple[Any, ...]) -> JobRecord:
         lease_owner=row[15],
         lease_expires=row[16],
         cancel_requested=bool(row[17]),
-        priority=row[18],
-        concurrency_key=row[19],
-        retry_of=row[20],
-        turn=row[21],
-        waiting=None if row[22] is None else json.loads(row[22]),
-        waited=row[23],
+        callback=None if row[18] is None else json.loads(row[18]),
+        priority=row[19],
+        concurrency_key=row[20],
+        retry_of=row[21],
+        turn=row[22],
+        waiting=None if row[23] is None else json.loads(row[23]),
+        waited=row[24],
     )
 
 
@@ -178,7 +180,7 @@ class SQLiteTx(JobTx):
 
     def insert_job(self, job: JobRecord) -> None:
         self.conn.execute(
-            f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 24)})",
+            f"INSERT INTO jobs ({JOB_COLUMNS}, hook_due) VALUES ({', '.join('?' * 26)})",
             (
                 job.id,
                 job.task,
@@ -198,12 +200,14 @@ class SQLiteTx(JobTx):
                 job.lease_owner,
                 job.lease_expires,
                 int(job.cancel_requested),
+                None if job.callback is None else _dumps(job.callback),
                 job.priority,
                 job.concurrency_key,
                 job.retry_of,
                 job.turn,
                 None if job.waiting is None else _dumps(job.waiting),
                 job.waited,
+                webhooks.due_at(job.callback),
             ),
         )
 
@@ -214,6 +218,8 @@ class SQLiteTx(JobTx):
         return None if row is None else job_from_row(row)
 
     def update_job(self, job_id: str, **fields: Any) -> None:
+        if "callback" in fields:  # its event's place in the delivery index goes with it
+            fields["hook_due"] = webhooks.due_at(fields["callback"])
         cols = ", ".join(f"{key} = ?" for key in fields)
         values = []
         for key, value in fields.items():
@@ -352,3 +358,20 @@ class SQLiteTx(JobTx):
     def paused_queues(self) -> set[str]:
         rows = self.conn.execute("SELECT queue FROM queue_flags WHERE paused = 1").fetchall()
         return {r[0] for r in rows}
+
+    # -- completion webhooks ----------------------------------------------------------------
+
+    def due_deliveries(self, now: float, limit: int) -> list[JobRecord]:
+        rows = self.conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE hook_due <= ? ORDER BY hook_due LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [job_from_row(r) for r in rows]
+
+    def next_delivery_at(self) -> float | None:
+        row = self.conn.execute("SELECT MIN(hook_due) FROM jobs").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def pending_deliveries(self) -> int:
+        row = self.conn.execute("SELECT COUNT(*) FROM jobs WHERE hook_due IS NOT NULL").fetchone()
+        return int(row[0])

@@ -26,11 +26,13 @@ from outlast.errors import BadRequest, NotFound, StoreError
 from outlast.models import JobRecord, JobState, NewJob
 from outlast.store import jobs_logic as jobs
 from outlast.store import streams_logic as logic
+from outlast.store import webhooks_logic as webhooks
 from outlast.store.base import (
     AppendResult,
     AppendSpec,
     CreateResult,
     CreateSpec,
+    DeliveryResult,
     JobPage,
     Outcome,
     ReadResult,
@@ -321,3 +323,45 @@ class RuleStore(Store, Generic[P]):
 
     def watch_queue(self, queue: str) -> asyncio.Event:
         return self.notifier.event(jobs.queue_key(queue))
+
+    # -- completion webhooks ---------------------------------------------------------------
+
+    async def claim_deliveries(self, owner: str, limit: int, lease: float) -> list[JobRecord]:
+        changed = await self._change(lambda tx, now: webhooks.claim(tx, owner, limit, lease, now))
+        return changed.value
+
+    async def renew_deliveries(self, owner: str, job_ids: list[str], lease: float) -> list[str]:
+        changed = await self._change(
+            lambda tx, now: webhooks.renew(tx, owner, job_ids, lease, now),
+            self._prefetch_jobs(job_ids),
+        )
+        return changed.value
+
+    async def finish_delivery(self, job_id: str, owner: str, result: DeliveryResult) -> JobRecord:
+        changed = await self._change(
+            lambda tx, now: webhooks.finish(tx, job_id, owner, result, now),
+            self._prefetch_jobs([job_id]),
+        )
+        return changed.value
+
+    async def release_deliveries(self, owner: str, job_ids: list[str]) -> int:
+        changed = await self._change(
+            lambda tx, now: webhooks.release(tx, owner, job_ids, now),
+            self._prefetch_jobs(job_ids),
+        )
+        return changed.value
+
+    async def retry_delivery(self, job_id: str) -> JobRecord:
+        changed = await self._change(
+            lambda tx, now: webhooks.retry(tx, job_id, now), self._prefetch_jobs([job_id])
+        )
+        return changed.value
+
+    async def next_delivery_due(self) -> float | None:
+        return await self._view(lambda tx: tx.next_delivery_at())
+
+    async def pending_deliveries(self) -> int:
+        return await self._view(lambda tx: tx.pending_deliveries())
+
+    def watch_deliveries(self) -> asyncio.Event:
+        return self.notifier.event(webhooks.DELIVERIES_KEY)

@@ -14,7 +14,7 @@ from importlib import metadata
 from outlast.errors import StoreError
 
 # Version 1 is the schema of the releases that did not record a version yet (user_version 0).
-SQLITE_SCHEMA_VERSION = 2
+SQLITE_SCHEMA_VERSION = 3
 # Layout 2: queued jobs that are due wait in ready:<queue> (in start order), delayed ones in
 # due:<queue>. A layout 1 store needs no rewrite: claims move its due jobs to ready:<queue>.
 REDIS_LAYOUT_VERSION = 2
@@ -24,7 +24,7 @@ def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
-# Flow control's tables (schema version 2).
+# Flow control's tables (schema version 3).
 FLOW_TABLES = """
 CREATE TABLE queue_flags (
     queue   TEXT PRIMARY KEY,
@@ -96,6 +96,8 @@ CREATE TABLE jobs (
     lease_owner       TEXT,
     lease_expires     REAL,
     cancel_requested  INTEGER NOT NULL DEFAULT 0,
+    callback          TEXT,
+    hook_due          REAL,
     priority          INTEGER NOT NULL DEFAULT 0,
     concurrency_key   TEXT,
     retry_of          TEXT,
@@ -107,6 +109,7 @@ CREATE INDEX jobs_due ON jobs(queue, state, run_at);
 CREATE INDEX jobs_ready ON jobs(queue, state, priority DESC, turn, id);
 CREATE INDEX jobs_lease ON jobs(state, lease_expires);
 CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX jobs_hook_due ON jobs(hook_due) WHERE hook_due IS NOT NULL;
 CREATE TABLE job_counts (
     queue  TEXT NOT NULL,
     state  TEXT NOT NULL,
@@ -128,9 +131,15 @@ CREATE TABLE producers (
 # schema change adds one here and raises SQLITE_SCHEMA_VERSION; SQLITE_SCHEMA is then the
 # result of all of them, for new files.
 SQLITE_MIGRATIONS: dict[int, list[str]] = {
-    # 1 -> 2: flow control (docs/flow-control.md): priorities, turns and per-key counts, paused
-    # queues, upstream limits, retries and waits.
+    # 1 -> 2, completion webhooks: a job's callback (JSON) and when its event is next due.
     1: [
+        "ALTER TABLE jobs ADD COLUMN callback TEXT",
+        "ALTER TABLE jobs ADD COLUMN hook_due REAL",
+        "CREATE INDEX jobs_hook_due ON jobs(hook_due) WHERE hook_due IS NOT NULL",
+    ],
+    # 2 -> 3: flow control (docs/flow-control.md): priorities, turns and per-key counts, paused
+    # queues, upstream limits, retries and waits.
+    2: [
         "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE jobs ADD COLUMN concurrency_key TEXT",
         "ALTER TABLE jobs ADD COLUMN retry_of TEXT",
