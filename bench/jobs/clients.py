@@ -15,6 +15,7 @@ and from ``GET /v1/queues`` for outlast; ``None`` means "cannot tell yet" (serve
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,9 @@ import aiohttp
 import redis.asyncio
 
 QUEUE = "default"
+
+
+KEYS = 100  # distinct concurrency keys of the noop_keys workload
 
 
 class EnqueueError(Exception):
@@ -65,6 +69,7 @@ class OutlastClient(Client):
         connector = aiohttp.TCPConnector(limit=self.spec["producers"] + 2, force_close=False)
         self.session = aiohttp.ClientSession(connector=connector)
         self.url = f"{self.spec['base']}/v1/jobs"
+        self.sequence = itertools.count()
 
     async def close(self) -> None:
         await self.session.close()
@@ -72,6 +77,10 @@ class OutlastClient(Client):
 
     async def enqueue(self, task: str, kwargs: dict[str, Any]) -> None:
         body: dict[str, Any] = {"task": task}
+        if task == "noop_keys":
+            # No-op jobs over KEYS concurrency keys, with priorities -10, 0 and 10 in turn.
+            n = next(self.sequence)
+            body = {"task": "noop", "concurrency_key": f"k{n % KEYS}", "priority": n % 3 * 10 - 10}
         if kwargs:
             body["input"] = kwargs
         async with self.session.post(

@@ -54,6 +54,14 @@ METRICS = [
         ".2f",
     ),
     Metric("latency", "", "p99 ms ↓", lambda r: r["latency_ms"]["p99"], False, ".2f"),
+    Metric(
+        "noop_keys",
+        "Drain {jobs:,} no-op jobs, 100 concurrency keys, mixed priorities",
+        "jobs/s ↑",
+        lambda r: r["jobs_per_s"],
+        True,
+        ",.0f",
+    ),
 ]
 
 WORKLOAD_NAMES = {
@@ -61,6 +69,7 @@ WORKLOAD_NAMES = {
     "noop": "no-op drain",
     "sleep10": "10 ms jobs",
     "latency": "enqueue→start",
+    "noop_keys": "no-op drain, keys",
 }
 
 SHARE = 3  # METRICS index of the share of the ceiling
@@ -145,7 +154,7 @@ def _notes(workload: str, r: dict[str, Any]) -> list[str]:
     notes = []
     if workload == "enqueue" and r.get("errors"):
         notes.append(f"{r['errors']} enqueues failed ({'; '.join(r['error_samples'][:2])})")
-    if workload in ("noop", "sleep10") and r.get("partial"):
+    if workload in ("noop", "sleep10", "noop_keys") and r.get("partial"):
         notes.append(
             f"drain stopped after {r['seconds']:.0f} s with {r['left_at_end']:,} jobs left "
             "(jobs/s is over that time)"

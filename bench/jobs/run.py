@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
 
 PEERS = ["celery", "dramatiq", "rq", "arq", "arq-fast"]
-WORKLOADS = ["enqueue", "noop", "sleep10", "latency"]
+WORKLOADS = ["enqueue", "noop", "sleep10", "latency", "noop_keys"]
 NOISY = 0.25  # cores of other processes (median) above which the report calls the run noisy
 
 
@@ -107,6 +107,7 @@ def expected_seconds(key: str, cfg: Config) -> float:
         "noop": min(cfg.cap, cfg.jobs / 1500) + cfg.jobs / 3000 + 3,
         "sleep10": min(cfg.cap, cfg.jobs / 800) + cfg.jobs / 3000 + 3,
         "latency": cfg.duration + 3,
+        "noop_keys": min(cfg.cap, cfg.jobs / 1500) + cfg.jobs / 3000 + 3,
     }[key]
 
 
@@ -120,7 +121,7 @@ def headline(key: str, r: dict[str, Any]) -> str:
     ok = "" if r.get("ok", True) else " [yellow]⚠ see results"
     if key == "enqueue":
         return f"{r['enqueue_per_s']:,.0f} enqueues/s {cpu}{ok}"
-    if key == "noop":
+    if key in ("noop", "noop_keys"):
         return f"{r['jobs_per_s']:,.0f} jobs/s {cpu}{ok}"
     if key == "sleep10":
         return f"{r['jobs_per_s']:,.0f} jobs/s = {r['ceiling_share'] * 100:.1f} % {cpu}{ok}"

@@ -240,6 +240,7 @@ class Slot:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     commands: list[list[str]] = field(default_factory=list)  # what was started, for the report
     enqueued: int = 0  # jobs enqueued since the db was emptied (RQ counts what is left by it)
+    extra_env: dict[str, str] = field(default_factory=dict)  # one workload's own settings
 
     @property
     def broker_url(self) -> str:
@@ -274,6 +275,7 @@ class Slot:
         if self.spec.is_outlast:
             env["OUTLAST_QUEUES__DEFAULT__CONCURRENCY"] = str(CONCURRENCY)
             env["OUTLAST_QUEUES__DEFAULT__CAPACITY"] = str(CAPACITY)
+        env.update(self.extra_env)
         return env
 
     def start(self, with_workers: bool = True, wait: bool = True) -> None:

@@ -9,7 +9,10 @@ JSON-able result:
                 running (outlast: ``serve --no-workers``, its API alone);
 2. ``noop``     drain of ``jobs`` no-op jobs enqueued beforehand (untimed), jobs/s;
 3. ``sleep10``  the same with jobs that sleep 10 ms, at concurrency 10: the ceiling is 1000/s;
-4. ``latency``  enqueue→start p50/p99 of ``mark`` jobs enqueued at ``rate``/s, open loop.
+4. ``latency``  enqueue→start p50/p99 of ``mark`` jobs enqueued at ``rate``/s, open loop;
+5. ``noop_keys`` (outlast only) the no-op drain with flow control at work: jobs spread over
+                ``KEYS`` concurrency keys with mixed priorities, on a queue with
+                ``per_key_concurrency = 1``; its cost is read against ``noop`` of the same run.
 """
 
 from __future__ import annotations
@@ -154,6 +157,14 @@ def run_workload(key: str, slot: Slot, cfg: Config, tick: Tick, log: Path) -> di
         return enqueue(slot, cfg, tick, log)
     if key in ("noop", "sleep10"):
         return drain(slot, key, cfg, tick, log)
+    if key == "noop_keys":
+        if not slot.spec.is_outlast:
+            raise ValueError("concurrency keys and priorities are outlast's own")
+        slot.extra_env = {"OUTLAST_QUEUES__DEFAULT__PER_KEY_CONCURRENCY": "1"}
+        try:
+            return drain(slot, key, cfg, tick, log)
+        finally:
+            slot.extra_env = {}
     if key == "latency":
         return latency(slot, cfg, tick, log)
     raise ValueError(key)

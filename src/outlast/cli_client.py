@@ -69,7 +69,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def register(group: click.Group) -> None:
     """Add the client commands to the ``outlast`` group."""
-    for command in (submit, tail, jobs, cancel):
+    for command in (submit, tail, jobs, cancel, retry, queues, pause, resume):
         group.add_command(command)
 
 
@@ -323,6 +323,12 @@ def _follow(client: Client, job: JobInfo, *, offset: str | None, as_json: bool) 
 @click.option("--delay", type=click.FloatRange(min=0), help="Seconds before the first attempt.")
 @click.option("--key", help="Idempotency key: the same key gives back the same job.")
 @click.option("--callback", metavar="URL", help="POST the job's end to URL (docs/webhooks.md).")
+@click.option(
+    "--priority", type=click.IntRange(-100, 100), help="-100 to 100; higher runs first (0)."
+)
+@click.option(
+    "--concurrency-key", help="Jobs of one key share the queue's per_key_concurrency limit."
+)
 @click.option("--follow", "-f", is_flag=True, help="Print live output until the job ends.")
 @click.option("--json", "as_json", is_flag=True, help="With --follow: every event as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="Without --follow: print only the job id.")
@@ -336,6 +342,8 @@ def submit(
     delay: float | None,
     key: str | None,
     callback: str | None,
+    priority: int | None,
+    concurrency_key: str | None,
     follow: bool,
     as_json: bool,
     quiet: bool,
@@ -354,6 +362,8 @@ def submit(
             delay=delay,
             key=key,
             callback=callback,
+            priority=priority,
+            concurrency_key=concurrency_key,
         )
         if follow:
             _follow(client, job, offset=None, as_json=as_json)
@@ -472,3 +482,69 @@ def cancel(job_id: str, wait: bool, as_json: bool, url: str, token: str | None) 
         click.echo(f"{job.id}: {job.state.value}")
     else:
         click.echo(f"{job.id}: cancelling ({job.state.value})")
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the new job as JSON.")
+@_connection_options
+def retry(job_id: str, as_json: bool, url: str, token: str | None) -> None:
+    """Run a failed or cancelled job again, as a new job; prints the new job's id."""
+    with _client(url, token) as client:
+        job = client.retry(job_id)
+    click.echo(json.dumps(job.raw, indent=2, ensure_ascii=False) if as_json else job.id)
+
+
+def _queues_table(found: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for title in ("QUEUE", "PAUSED", "QUEUED", "RUNNING", "CONCURRENCY", "CAPACITY"):
+        table.add_column(title, no_wrap=True, justify="left" if title == "QUEUE" else "right")
+    for queue in found:
+        table.add_row(
+            str(queue.get("name")),
+            Text("paused", style="yellow") if queue.get("paused") else Text("no"),
+            str(queue.get("queued", 0)),
+            str(queue.get("running", 0)),
+            str(queue.get("concurrency", "")),
+            str(queue.get("capacity", "")),
+        )
+    return table
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_connection_options
+def queues(as_json: bool, url: str, token: str | None) -> None:
+    """List the queues: waiting and running jobs, limits, and whether each is paused."""
+    with _client(url, token) as client:
+        found = client.queues()
+    if as_json:
+        for queue in found:
+            click.echo(_json_line(queue))
+        return
+    _stdout_console().print(_queues_table(found))
+
+
+def _set_paused(queue: str, paused: bool, url: str, token: str | None) -> None:
+    with _client(url, token) as client:
+        shown = client.pause(queue) if paused else client.resume(queue)
+    state = "paused" if shown.get("paused") else "running"
+    click.echo(
+        f"{queue}: {state} ({shown.get('queued', 0)} queued, {shown.get('running', 0)} running)"
+    )
+
+
+@click.command()
+@click.argument("queue")
+@_connection_options
+def pause(queue: str, url: str, token: str | None) -> None:
+    """Pause QUEUE on every node: jobs are still accepted, none starts (running ones finish)."""
+    _set_paused(queue, True, url, token)
+
+
+@click.command()
+@click.argument("queue")
+@_connection_options
+def resume(queue: str, url: str, token: str | None) -> None:
+    """Resume a paused QUEUE: its waiting jobs start."""
+    _set_paused(queue, False, url, token)

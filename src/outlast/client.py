@@ -187,6 +187,8 @@ def _submission(
     delay: float | None,
     key: str | None,
     callback: str | dict[str, Any] | None = None,
+    priority: int | None = None,
+    concurrency_key: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"task": task}
     optional = {
@@ -197,9 +199,22 @@ def _submission(
         "delay": delay,
         "key": key,
         "callback": callback,
+        "priority": priority,
+        "concurrency_key": concurrency_key,
     }
     body.update({name: value for name, value in optional.items() if value is not None})
     return body
+
+
+def _queue_path(queue: str, action: str) -> str:
+    return f"/v1/queues/{quote(queue, safe='')}/{action}"
+
+
+def _queues(body: Any) -> list[dict[str, Any]]:
+    queues = body.get("queues") if isinstance(body, dict) else None
+    if not isinstance(queues, list):
+        raise InvalidResponse('expected {"queues": [...]}')
+    return queues
 
 
 def _filters(**params: Any) -> dict[str, Any]:
@@ -287,12 +302,17 @@ class Client(_Base):
         delay: float | None = None,
         key: str | None = None,
         callback: str | dict[str, Any] | None = None,
+        priority: int | None = None,
+        concurrency_key: str | None = None,
     ) -> JobInfo:
         """Submit a job; returns it as accepted (``queued``). With a ``key`` used before, the
         existing job comes back instead of a new one. ``callback``: a URL the server posts the
         job's end to (or ``{"url": ..., "events": [...]}``), signed; receivers check it with
-        :func:`outlast.webhooks.verify` (docs/webhooks.md)."""
-        body = _submission(task, input, queue, timeout, retries, delay, key, callback)
+        :func:`outlast.webhooks.verify` (docs/webhooks.md). ``priority`` and
+        ``concurrency_key``: see docs/flow-control.md."""
+        body = _submission(
+            task, input, queue, timeout, retries, delay, key, callback, priority, concurrency_key
+        )
         return JobInfo.from_json(self._request("POST", "/v1/jobs", json=body))
 
     def get(self, job_id: str, *, wait: float | None = None) -> JobInfo:
@@ -318,6 +338,23 @@ class Client(_Base):
         """Cancel the job (idempotent). A running job stops within a second; a terminal one
         comes back as it is."""
         return JobInfo.from_json(self._request("POST", _job_path(job_id, "/cancel")))
+
+    def retry(self, job_id: str) -> JobInfo:
+        """A failed or cancelled job again, as a new job (its ``retry_of`` names this one)."""
+        return JobInfo.from_json(self._request("POST", _job_path(job_id, "/retry")))
+
+    def queues(self) -> list[dict[str, Any]]:
+        """Every configured queue: its settings, job counts and whether it is paused."""
+        return _queues(self._request("GET", "/v1/queues"))
+
+    def pause(self, queue: str) -> dict[str, Any]:
+        """Pause a queue: jobs are still admitted, none starts until :meth:`resume`."""
+        body: dict[str, Any] = self._request("POST", _queue_path(queue, "pause"))
+        return body
+
+    def resume(self, queue: str) -> dict[str, Any]:
+        body: dict[str, Any] = self._request("POST", _queue_path(queue, "resume"))
+        return body
 
     def list(
         self,
@@ -445,9 +482,13 @@ class AsyncClient(_Base):
         delay: float | None = None,
         key: str | None = None,
         callback: str | dict[str, Any] | None = None,
+        priority: int | None = None,
+        concurrency_key: str | None = None,
     ) -> JobInfo:
         """See :meth:`Client.submit`."""
-        body = _submission(task, input, queue, timeout, retries, delay, key, callback)
+        body = _submission(
+            task, input, queue, timeout, retries, delay, key, callback, priority, concurrency_key
+        )
         return JobInfo.from_json(await self._request("POST", "/v1/jobs", json=body))
 
     async def get(self, job_id: str, *, wait: float | None = None) -> JobInfo:
@@ -470,6 +511,24 @@ class AsyncClient(_Base):
     async def cancel(self, job_id: str) -> JobInfo:
         """See :meth:`Client.cancel`."""
         return JobInfo.from_json(await self._request("POST", _job_path(job_id, "/cancel")))
+
+    async def retry(self, job_id: str) -> JobInfo:
+        """See :meth:`Client.retry`."""
+        return JobInfo.from_json(await self._request("POST", _job_path(job_id, "/retry")))
+
+    async def queues(self) -> list[dict[str, Any]]:
+        """See :meth:`Client.queues`."""
+        return _queues(await self._request("GET", "/v1/queues"))
+
+    async def pause(self, queue: str) -> dict[str, Any]:
+        """See :meth:`Client.pause`."""
+        body: dict[str, Any] = await self._request("POST", _queue_path(queue, "pause"))
+        return body
+
+    async def resume(self, queue: str) -> dict[str, Any]:
+        """See :meth:`Client.resume`."""
+        body: dict[str, Any] = await self._request("POST", _queue_path(queue, "resume"))
+        return body
 
     async def list(
         self,

@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from outlast.errors import ConfigError
 
@@ -82,17 +89,36 @@ class JobSettings(_Section):
     threads: int = Field(default=0, ge=0)
     # How long GET /v1/jobs/<id>?wait= may wait at most.
     max_wait: float = Field(default=60.0, gt=0)
+    # Seconds a job may wait in all for upstream rate limits (429/503 with Retry-After, an
+    # upstream's rpm/tpm/max_concurrency) before it fails instead.
+    rate_limit_wait_max: float = Field(default=600.0, ge=0)
 
 
 class QueueSettings(_Section):
     concurrency: int = Field(default=8, ge=1)
     capacity: int = Field(default=1000, ge=1)
+    # Jobs of one concurrency_key running at once, across every node; 0 = no limit.
+    per_key_concurrency: int = Field(default=0, ge=0)
 
 
 class UpstreamSettings(_Section):
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
     allow_private: bool = False
+    # The queue its relays run on, and their retries before the first event (default: the
+    # relay task's). The pass-through makes one upstream call per request unless a limit below
+    # is set (its clients retry by themselves): see docs/flow-control.md.
+    queue: str = "relay"
+    retries: int | None = Field(default=None, ge=0, le=100)
+    # Relays to it at once (all nodes), requests per minute (evenly spaced), tokens per minute
+    # (from the usage upstreams report); 0 = no limit.
+    max_concurrency: int = Field(default=0, ge=0)
+    rpm: float = Field(default=0, ge=0)
+    tpm: int = Field(default=0, ge=0)
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.max_concurrency or self.rpm or self.tpm)
 
 
 class EgressSettings(_Section):
@@ -172,8 +198,13 @@ class CorsSettings(_Section):
     origins: list[str] = Field(default_factory=list)
 
 
+# The built-in queues: "default" for tasks without a queue of their own, "relay" for the
+# built-in relay and http tasks (they wait on the network, not the CPU: many run at once).
+RELAY_QUEUE_DEFAULTS = {"concurrency": 256, "capacity": 10_000}
+
+
 def _default_queues() -> dict[str, QueueSettings]:
-    return {"default": QueueSettings()}
+    return {"default": QueueSettings(), "relay": QueueSettings(**RELAY_QUEUE_DEFAULTS)}
 
 
 class Settings(_Section):
@@ -192,14 +223,34 @@ class Settings(_Section):
     cors: CorsSettings = Field(default_factory=CorsSettings)
     logs: LogSettings = Field(default_factory=LogSettings)
 
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _relay_queue_defaults(cls, queues: Any) -> Any:
+        # [queues.relay] keeps its own defaults for the keys it does not set.
+        if isinstance(queues, Mapping) and isinstance(queues.get("relay"), Mapping):
+            queues = {**queues, "relay": {**RELAY_QUEUE_DEFAULTS, **queues["relay"]}}
+        return queues
+
     @field_validator("queues")
     @classmethod
     def _keep_default_queue(cls, queues: dict[str, QueueSettings]) -> dict[str, QueueSettings]:
-        # Built-in tasks (relay, http) and tasks without a queue of their own run on "default":
-        # configuring another queue must not take it away.
+        # Tasks without a queue of their own run on "default", the built-in relay and http
+        # tasks on "relay": configuring another queue must not take them away.
         if "default" not in queues:
             queues = {"default": QueueSettings(), **queues}
+        if "relay" not in queues:
+            queues = {**queues, "relay": QueueSettings(**RELAY_QUEUE_DEFAULTS)}
         return queues
+
+    @model_validator(mode="after")
+    def _upstream_queues_exist(self) -> Settings:
+        for name, upstream in self.upstreams.items():
+            if upstream.queue not in self.queues:
+                raise ValueError(
+                    f"upstreams.{name}.queue: no queue named {upstream.queue!r} "
+                    "(configure it under [queues])"
+                )
+        return self
 
     @property
     def auth_enabled(self) -> bool:
@@ -276,6 +327,8 @@ def _origin(
 ) -> str | None:
     """Where the value at *loc* came from when the environment or a flag set it (the latest
     source wins, as in the merge)."""
+    if not loc:
+        return None  # a rule over several keys (the whole settings)
     node: Any = flags
     for part in loc:
         if not isinstance(node, Mapping) or part not in node:

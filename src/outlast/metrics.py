@@ -123,6 +123,18 @@ class Metrics:
             ["queue", "task", "outcome"],
             registry=r,
         )
+        self.relay_tokens = Counter(
+            "outlast_relay_tokens",
+            "Tokens upstreams reported for relays (usage), by upstream, model and kind",
+            ["upstream", "model", "kind"],
+            registry=r,
+        )
+        self.upstream_waits = Counter(
+            "outlast_upstream_waits",
+            "Relays handed back to their queue to wait for an upstream's limits",
+            ["upstream", "reason"],
+            registry=r,
+        )
         self.job_run_seconds = Histogram(
             "outlast_job_run_seconds",
             "Time an attempt ran",

@@ -134,6 +134,17 @@ class JobRecord:
     # The completion webhook asked for and its delivery (store/webhooks_logic.py): None, or
     # {url, events} until the job ends, then with the event's delivery state.
     callback: dict[str, Any] | None = None
+    # Flow control (docs/flow-control.md): higher priority runs first within a queue; jobs of
+    # one concurrency key share the queue's per-key limit; a retry names the job it repeats.
+    priority: int = 0
+    concurrency_key: str | None = None
+    retry_of: str | None = None
+    # Its place among the keys of its queue (fair order: see store.jobs_logic); internal.
+    turn: int = 0
+    # Waiting for an upstream's limits (queued, not an attempt): {"reason", "until"}; and the
+    # seconds it waited so for in all (bounded by [jobs] rate_limit_wait_max).
+    waiting: dict[str, Any] | None = None
+    waited: float = 0.0
 
     @property
     def stream(self) -> str:
@@ -160,6 +171,12 @@ class JobRecord:
         }
         if self.key is not None:
             body["key"] = self.key
+        body["priority"] = self.priority
+        body["concurrency_key"] = self.concurrency_key
+        if self.retry_of is not None:
+            body["retry_of"] = self.retry_of
+        if self.waiting is not None:
+            body["waiting"] = self.waiting
         if self.callback is not None:
             body["callback"] = callback_json(self.callback)
         if links:
@@ -190,6 +207,9 @@ class NewJob:
     delay: float = 0.0
     key: str | None = None
     callback: dict[str, Any] | None = None  # {"url", "events"}: a completion webhook
+    priority: int = 0
+    concurrency_key: str | None = None
+    retry_of: str | None = None
 
 
 def callback_json(callback: dict[str, Any]) -> dict[str, Any]:

@@ -74,8 +74,10 @@ class QueueRunner:
         launch: Launch,
         stopping: asyncio.Event,
         health: StoreHealth,
+        per_key: int = 0,
     ) -> None:
         self.queue = queue
+        self.per_key = per_key  # the queue's per_key_concurrency (0: none)
         self.concurrency = concurrency
         self.store = store
         self.owner = owner
@@ -150,7 +152,9 @@ class QueueRunner:
             try:
                 if free > 0:
                     asked = free
-                    claimed = await self.store.claim_jobs(self.queue, self.owner, free, self.lease)
+                    claimed = await self.store.claim_jobs(
+                        self.queue, self.owner, free, self.lease, self.per_key
+                    )
                     for record in claimed:
                         self._start(record, reserved=False)
                     got = len(claimed)
@@ -169,6 +173,12 @@ class QueueRunner:
             self.health.succeeded("claim")
             if got == asked or self.stopping.is_set():
                 continue
+            if due is not None and due <= time.time():
+                if got:
+                    continue  # some were taken: claim again at once
+                # Due jobs that no claim may take now (their key is at its limit): they wait
+                # for a job of their key to end, which wakes this queue.
+                due = None
             wait = IDLE_RECHECK if due is None else min(IDLE_RECHECK, due - time.time())
             if reserved:
                 wait = min(wait, self._use_within() or 0.0)
@@ -185,7 +195,8 @@ class QueueRunner:
         """How many jobs to hold reserved: a slot's worth each while jobs are short."""
         average = self._run_average
         short = average is not None and RESERVE_MIN_RUN <= average <= RESERVE_MAX_RUN
-        return self.concurrency if short else 0
+        # Not with a per-key limit: a reserved job is not running, so it is not counted.
+        return self.concurrency if short and not self.per_key else 0
 
     def _use_within(self) -> float | None:
         """Seconds until the oldest reservation must be handed back (None: none)."""

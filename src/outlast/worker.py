@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from outlast.config import Settings
 from outlast.errors import LeaseLost, StoreError
-from outlast.executors import TaskFailure
+from outlast.executors import TaskFailure, TaskWait
 from outlast.executors.registry import Registry
 from outlast.health import Retry, StoreHealth, backoff
 from outlast.logs import JobLog
@@ -114,6 +114,7 @@ class Worker:
                 launch=self._launch,
                 stopping=self._stopping,
                 health=self.health,
+                per_key=queue.per_key_concurrency,
             )
             for name, queue in settings.queues.items()
         }
@@ -326,6 +327,8 @@ class Worker:
             # the same: a cancel stays a cancel and a shutdown does not spend the attempt.
             if running.stop_reason is not None:
                 return self._stopped(running)
+            if isinstance(exc, TaskWait):
+                return self._wait(record, exc)
             if isinstance(exc, TaskFailure):
                 return self._failure(record, exc.error(), exc.retryable)
             return self._exception(record, exc)
@@ -345,6 +348,18 @@ class Worker:
             return Outcome("release")  # handed back: the attempt does not count
         return None  # lease lost: the job moved on without us; nothing to report
 
+    def _wait(self, record: JobRecord, wait: TaskWait) -> Outcome:
+        """Back to the queue until the upstream allows it, within rate_limit_wait_max in all;
+        past that the attempt fails as the upstream answered."""
+        now = time.time()
+        if record.waited + max(0.0, wait.until - now) > self.settings.jobs.rate_limit_wait_max:
+            failure = wait.failure
+            return self._failure(record, failure.error(), failure.retryable)
+        upstream = record.input.get("upstream") if isinstance(record.input, dict) else None
+        self._child(self.metrics.upstream_waits, str(upstream or "url"), wait.reason).inc()
+        waiting = {"reason": wait.reason, "until": wait.until}
+        return Outcome("release", retry_at=wait.until, waiting=waiting)
+
     def _exception(self, record: JobRecord, exc: Exception) -> Outcome:
         message = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_MESSAGE]
         job_log.info("job attempt raised", record.id, {"error": message})
@@ -359,6 +374,21 @@ class Worker:
             jobs = self.settings.jobs
             retry_at = time.time() + backoff(record.attempt, jobs.backoff_base, jobs.backoff_max)
         return Outcome("failed", error=error, retry_at=retry_at)
+
+    def _count_tokens(self, record: JobRecord, result: Any) -> None:
+        """A relay's reported usage, counted by upstream and model."""
+        usage = result.get("usage") if isinstance(result, dict) else None
+        if not isinstance(usage, dict):
+            return
+        value = record.input if isinstance(record.input, dict) else {}
+        body = value.get("body")
+        model = body.get("model") if isinstance(body, dict) else None
+        upstream = str(value.get("upstream") or "url")
+        model_label = str(model) if isinstance(model, str) else ""
+        for kind in ("prompt", "completion"):
+            count = usage.get(f"{kind}_tokens")
+            if isinstance(count, int) and count > 0:
+                self._child(self.metrics.relay_tokens, upstream, model_label, kind).inc(count)
 
     async def _finish(self, running: _Running, outcome: Outcome) -> None:
         record = running.record
@@ -376,6 +406,8 @@ class Worker:
         metrics = self.metrics
         self._child(metrics.job_attempts, record.queue, record.task, outcome.kind).inc()
         self._child(metrics.job_run_seconds, record.queue, record.task).observe(elapsed)
+        if record.task == "relay" and outcome.kind == "succeeded":
+            self._count_tokens(record, outcome.result)
         if done.state.terminal and done.finished_at is not None:
             self._child(metrics.job_seconds, record.queue, record.task, done.state.value).observe(
                 max(0.0, done.finished_at - done.created_at)

@@ -260,7 +260,7 @@ def test_capacity_20_under_200_concurrent_submits_on_two_nodes(
             assert resp.json()["error"]["code"] == "queue_full"
             assert "Retry-After" in resp.headers
     queues = httpx.get(f"{a.url}/v1/queues").json()["queues"]
-    assert [(q["name"], q["queued"]) for q in queues] == [("default", 20)]
+    assert [(q["name"], q["queued"]) for q in queues] == [("default", 20), ("relay", 0)]
 
 
 def test_readers_during_a_redis_outage_get_503_or_an_end(cluster: Callable[[], Cluster]) -> None:

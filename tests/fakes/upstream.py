@@ -15,7 +15,11 @@ Routes (query parameters in brackets):
   ``x-fake-end-after`` ends the response cleanly after that many words, without a
   ``finish_reason`` or ``[DONE]`` (a proxy closing mid-answer; once per key), and
   ``x-fake-ids: 1`` gives each word chunk ``id: <word index>`` and resumes after
-  ``Last-Event-ID``.
+  ``Last-Event-ID``. ``x-fake-hold`` sends the first chunk and then holds the rest until that
+  gate opens. With ``stream_options.include_usage`` (and only then) a usage chunk
+  (``"choices": []``) comes before ``[DONE]``, as OpenAI sends it (``USAGE``).
+  ``x-fake-429: N`` answers the first N calls per key 429 with ``Retry-After: 1``. Each call's
+  arrival time is kept in ``arrivals``.
 - ``/status/{code}``: that status with a JSON error body.
 - ``/hang``: waits ``seconds`` before answering (never, by default).
 - ``/stall`` [after=3, n=6, ids=1]: ``after`` events, then silence (the first time per key;
@@ -39,6 +43,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -50,6 +55,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 FAKE_TEXT = "The quick brown fox jumps over the lazy dog, again and again, until the end."
+# What the streaming chat reports when asked for usage.
+USAGE = {"prompt_tokens": 9, "completion_tokens": 15, "total_tokens": 24}
 SSE_HEADERS = {"Cache-Control": "no-cache"}
 
 
@@ -63,10 +70,12 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.sent: Counter[str] = Counter()  # events sent, per key
         self.requests: Counter[str] = Counter()  # requests, per path
+        self.arrivals: dict[str, list[float]] = {}  # when each request came, per path
         self.last_headers: dict[str, dict[str, str]] = {}
         self.dropped: set[str] = set()
         self.ended: set[str] = set()  # chat keys whose answer was ended early once
         self.completed: Counter[str] = Counter()  # streams sent to their end, per key
+        self.rate_limited: Counter[str] = Counter()  # calls seen by x-fake-429, per key
         self.opened: set[str] = set()  # gates the test opened
         self._gate_events: dict[str, asyncio.Event] = {}  # gates answers wait on (fake's loop)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -135,6 +144,7 @@ class FakeUpstream:
     def _note(self, request: Request) -> str:
         key = request.query_params.get("key", request.url.path)
         self.requests[request.url.path] += 1
+        self.arrivals.setdefault(request.url.path, []).append(time.time())
         self.last_headers[key] = {k.lower(): v for k, v in request.headers.items()}
         return key
 
@@ -172,6 +182,12 @@ class FakeUpstream:
         words = FAKE_TEXT.split(" ")
         if "x-fake-gate" in request.headers:
             await self._wait_gate(request.headers["x-fake-gate"])
+        limited = int(request.headers.get("x-fake-429", "0"))
+        if limited:
+            self.rate_limited[key] += 1
+            if self.rate_limited[key] <= limited:
+                error = {"message": "slow down", "type": "rate_limit", "code": 429}
+                return JSONResponse({"error": error}, 429, headers={"Retry-After": "1"})
         if "x-fake-status" in request.headers:
             code = int(request.headers["x-fake-status"])
             error = {"message": f"fake upstream says {code}", "type": "fake_error", "code": code}
@@ -220,6 +236,8 @@ class FakeUpstream:
         async def body() -> AsyncIterator[bytes]:
             if start == 0:
                 yield chunk({"role": "assistant", "content": ""})
+            if "x-fake-hold" in request.headers:
+                await self._wait_gate(request.headers["x-fake-hold"])
             for i, word in enumerate(words):
                 if i < start:
                     continue
@@ -232,6 +250,17 @@ class FakeUpstream:
                 if interval:
                     await asyncio.sleep(interval)
             yield chunk({}, "stop")
+            options = payload.get("stream_options")
+            if isinstance(options, dict) and options.get("include_usage"):
+                usage = {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": payload.get("model", "fake"),
+                    "choices": [],
+                    "usage": USAGE,
+                }
+                yield b"data: " + json.dumps(usage).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
             self.completed[key] += 1
 

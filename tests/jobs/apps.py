@@ -187,3 +187,21 @@ async def grandchild(job: outlast.Job) -> dict[str, Any]:
         record(job, "cancelled")
         raise
     return {"code": done.returncode}
+
+
+@app.task(timeout=30, retries=0)
+async def ordered(job: outlast.Job, tag: str, ms: int = 0, gate: str = "") -> dict[str, Any]:
+    """Log ``start <tag>`` and ``end <tag>`` lines to one file shared by every process (one short
+    O_APPEND write each: the file's order is the order they happened), after waiting for *gate*
+    when given, around a sleep of *ms* milliseconds."""
+    if gate:
+        await _wait_gate(gate)
+    _log_order(f"start {tag}")
+    await asyncio.sleep(ms / 1000)
+    _log_order(f"end {tag}")
+    return {"tag": tag}
+
+
+def _log_order(line: str) -> None:
+    with open(_runs() / "order", "a") as fh:
+        fh.write(line + "\n")

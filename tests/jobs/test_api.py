@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from outlast.api.jobs import SUBMIT_FIELDS
 from tests.conftest import ServerProcess
 from tests.jobs.helpers import finished, get_job, stream_messages, submit
 
@@ -248,7 +249,7 @@ def test_openapi_documents_the_jobs_api(jobs_server: ServerProcess) -> None:
         assert isinstance(target, dict)
     # The submission schema lists exactly the fields the server accepts.
     fields = set(doc["components"]["schemas"]["Submission"]["properties"])
-    assert fields == {"task", "input", "queue", "timeout", "retries", "delay", "key", "callback"}
+    assert fields == SUBMIT_FIELDS
     json.dumps(doc)
 
 

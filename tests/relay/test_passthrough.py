@@ -205,9 +205,9 @@ def test_an_upstream_error_reaches_the_sdk_as_that_error(
 def test_sdk_retries_with_an_idempotency_key_never_call_the_upstream_again(
     server_factory: Callable[..., ServerProcess], upstream: Any
 ) -> None:
-    # The upstream answers 429: the relay retries it (its own policy: 1 + 2 attempts), then the
-    # SDK retries its request twice more with the same Idempotency-Key and a new
-    # x-stainless-retry-count each time, and gets the same finished job.
+    # The upstream answers 429: the pass-through's relay makes one call (its client retries by
+    # itself), then the SDK retries its request twice more with the same Idempotency-Key and a
+    # new x-stainless-retry-count each time, and gets the same finished job.
     server = passthrough_server(server_factory, upstream)
     tee = _Tee()
     with sdk(server, tee, max_retries=2) as client, pytest.raises(openai.RateLimitError):

@@ -315,3 +315,24 @@ def test_other_formats_end_with_their_body() -> None:
 
     result = asyncio.run(relay(FakeJobStream(), handler))
     assert result == {"status": 200, "events": 2, "done": False}
+
+
+def test_retry_delays_in_the_forms_upstreams_send_them() -> None:
+    import httpx as _httpx
+
+    from outlast.executors.relay import parse_duration, retry_delay
+
+    assert parse_duration("6m0s") == 360.0
+    assert parse_duration("1.5s") == 1.5
+    assert parse_duration("20ms") == pytest.approx(0.02)
+    assert parse_duration("1h2m3s") == 3723.0
+    for bad in ("", "soon", "5", "1s2x", "-1s"):
+        assert parse_duration(bad) is None
+    assert retry_delay(_httpx.Headers({"Retry-After": "3"})) == 3.0
+    date = "Wed, 21 Oct 2015 07:28:10 GMT"
+    assert retry_delay(_httpx.Headers({"Retry-After": date}), now=1445412480.0) == 10.0
+    both = {"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "6m0s"}
+    assert retry_delay(_httpx.Headers(both)) == 360.0
+    assert retry_delay(_httpx.Headers({"Retry-After": "nonsense"})) is None
+    assert retry_delay(_httpx.Headers({"Retry-After": "nan"})) is None
+    assert retry_delay(_httpx.Headers({})) is None

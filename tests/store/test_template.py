@@ -91,14 +91,14 @@ async def test_redis_prefetches_what_each_write_reads(
     finally:
         await store.close()
     assert asked == [
-        [keys.counts("q")],
-        [Due("q", 3)],
+        [keys.counts("q"), keys.turns("q")],
+        [Due("q", 3), keys.paused],
         [keys.job(job_id)],
-        [Due("q", 2)],
+        [Due("q", 2), keys.paused],
         [keys.job(job_id)],
         running,
         running,
-        [Due("q", 1)],
+        [Due("q", 1), keys.paused],
         running,
         running,
         [],

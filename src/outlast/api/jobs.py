@@ -3,6 +3,7 @@ long-poll, list, cancel, the native SSE view of a job's stream, and queue statis
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import re
@@ -19,7 +20,7 @@ from outlast.api.capability import LinkKey, sign
 from outlast.api.sse_response import PING, SSEResponse, sse_event
 from outlast.boundary import whole_number
 from outlast.callbacks import parse_callback, refresh_gauge
-from outlast.config import Settings
+from outlast.config import Settings, UpstreamSettings
 from outlast.errors import (
     BadRequest,
     NotFound,
@@ -27,7 +28,7 @@ from outlast.errors import (
     ServiceUnavailable,
     Unprocessable,
 )
-from outlast.executors.registry import Registry
+from outlast.executors.registry import Registry, TaskSpec
 from outlast.follow import Readers
 from outlast.lifecycle import Lifecycle
 from outlast.metrics import Metrics
@@ -35,8 +36,21 @@ from outlast.models import JOB_ID_PATTERN, JobRecord, JobState, NewJob, job_stre
 from outlast.store.base import Store, format_offset, parse_offset
 
 SUBMIT_FIELDS = frozenset(
-    {"task", "input", "queue", "timeout", "retries", "delay", "key", "callback"}
+    {
+        "task",
+        "input",
+        "queue",
+        "timeout",
+        "retries",
+        "delay",
+        "key",
+        "callback",
+        "priority",
+        "concurrency_key",
+    }
 )
+MAX_PRIORITY = 100
+MAX_CONCURRENCY_KEY_BYTES = 200
 MAX_RETRIES = 100
 MAX_TIMEOUT = 7 * 86400.0
 MAX_DELAY = 30 * 86400.0
@@ -70,6 +84,14 @@ def _number(body: dict[str, Any], field: str, low: float, high: float) -> float 
     if not low <= value <= high:
         raise _field_error(field, f"must be between {low:g} and {high:g}")
     return float(value)
+
+
+def _utf8_length(text: str) -> int:
+    """Bytes of *text* in UTF-8; -1 when it is not valid text (a lone surrogate)."""
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        return -1
 
 
 def render_event(message: dict[str, Any], offset: str) -> bytes:
@@ -137,9 +159,12 @@ class JobsAPI:
             Route("/v1/jobs", self.list, methods=["GET"]),
             Route("/v1/jobs/{job_id}", self.get, methods=["GET"]),
             Route("/v1/jobs/{job_id}/cancel", self.cancel, methods=["POST"]),
+            Route("/v1/jobs/{job_id}/retry", self.retry, methods=["POST"]),
             Route("/v1/jobs/{job_id}/callback/retry", self.retry_callback, methods=["POST"]),
             Route("/v1/jobs/{job_id}/events", self.events, methods=["GET"]),
             Route("/v1/queues", self.queues, methods=["GET"]),
+            Route("/v1/queues/{name}/pause", self.pause, methods=["POST"]),
+            Route("/v1/queues/{name}/resume", self.resume, methods=["POST"]),
         ]
 
     # -- submit ---------------------------------------------------------------------------
@@ -158,14 +183,15 @@ class JobsAPI:
             raise Unprocessable(
                 f"task: unknown task {task!r}", code="unknown_task", extra={"field": "task"}
             )
-        queue = body.get("queue", spec.queue)
+        value = body.get("input", {})
+        upstream = self.upstream_of(task, value)
+        queue = body.get("queue", spec.queue if upstream is None else upstream.queue)
         if not isinstance(queue, str):
             raise _field_error("queue", "must be a string")
         if queue not in self.settings.queues:
             raise Unprocessable(
                 f"queue: unknown queue {queue!r}", code="unknown_queue", extra={"field": "queue"}
             )
-        value = body.get("input", {})
         await spec.validate(value)
         timeout = _number(body, "timeout", 0.001, MAX_TIMEOUT)
         retries = _number(body, "retries", 0, MAX_RETRIES)
@@ -176,16 +202,43 @@ class JobsAPI:
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH):
             raise _field_error("key", f"must be a string of 1 to {MAX_KEY_LENGTH} characters")
         callback = await self.parse_callback(body.get("callback"))
+        priority = _number(body, "priority", -MAX_PRIORITY, MAX_PRIORITY)
+        if priority is not None and priority != int(priority):
+            raise _field_error("priority", "must be a whole number")
+        concurrency_key = body.get("concurrency_key")
+        if concurrency_key is not None and not (
+            isinstance(concurrency_key, str)
+            and 0 < _utf8_length(concurrency_key) <= MAX_CONCURRENCY_KEY_BYTES
+        ):
+            raise _field_error(
+                "concurrency_key",
+                f"must be a string of 1 to {MAX_CONCURRENCY_KEY_BYTES} bytes (UTF-8)",
+            )
         return NewJob(
             task=task,
             queue=queue,
             input=value,
-            max_attempts=1 + int(spec.retries if retries is None else retries),
+            max_attempts=1 + int(self.task_retries(spec, upstream) if retries is None else retries),
             timeout=spec.timeout if timeout is None else timeout,
             delay=delay,
             key=key,
             callback=callback,
+            priority=0 if priority is None else int(priority),
+            concurrency_key=concurrency_key,
         )
+
+    def upstream_of(self, task: str, value: Any) -> UpstreamSettings | None:
+        """The named upstream a relay job calls (``None``: another task, or a raw URL)."""
+        if task != "relay" or not isinstance(value, dict):
+            return None
+        name = value.get("upstream")
+        return self.settings.upstreams.get(name) if isinstance(name, str) else None
+
+    @staticmethod
+    def task_retries(spec: TaskSpec, upstream: UpstreamSettings | None) -> int:
+        if upstream is not None and upstream.retries is not None:
+            return upstream.retries
+        return spec.retries
 
     async def parse_callback(self, value: Any) -> dict[str, Any] | None:
         """A completion webhook asked for (the ``callback`` field or the ``Outlast-Callback``
@@ -290,25 +343,73 @@ class JobsAPI:
             )
         return JSONResponse(self.render(job), 202)
 
+    async def retry(self, request: Request) -> Response:
+        """A failed or cancelled job again, as a new job (``retry_of`` names the old one)."""
+        before = await self._job(request)
+        if not self.lifecycle.accepting:
+            raise ServiceUnavailable(
+                "shutting down; submit again shortly",
+                code="draining",
+                headers={"Retry-After": DRAIN_RETRY_AFTER},
+            )
+        queue = self.settings.queues.get(before.queue)
+        if queue is None:
+            raise Unprocessable(
+                f"queue: the job's queue {before.queue!r} is no longer configured",
+                code="unknown_queue",
+                extra={"field": "queue"},
+            )
+        try:
+            result = await self.store.retry_job(before.id, queue.capacity)
+        except QueueFull:
+            self.metrics.jobs_rejected.labels(before.queue, "queue_full").inc()
+            raise
+        job = result.job
+        self.metrics.jobs_submitted.labels(job.queue, job.task).inc()
+        location = f"/v1/jobs/{job.id}"
+        return JSONResponse(self.render(job), 202, headers={"Location": location})
+
     async def retry_callback(self, request: Request) -> Response:
         """Send the job's webhook event again (same ``webhook-id``), whatever its state."""
         job = await self._job(request)
         return JSONResponse(self.render(await self.store.retry_delivery(job.id)), 202)
 
-    async def queues(self, request: Request) -> Response:
+    async def _queue_list(self, only: str | None = None) -> builtins.list[dict[str, Any]]:
         counts = await self.store.queue_counts()
+        paused = await self.store.paused_queues()
         out = []
         for name, queue in self.settings.queues.items():
+            if only is not None and name != only:
+                continue
             states = counts.get(name, {})
             out.append(
                 {
                     "name": name,
                     "concurrency": queue.concurrency,
                     "capacity": queue.capacity,
+                    "paused": name in paused,
                     **{state.value: states.get(state.value, 0) for state in JobState},
                 }
             )
-        return JSONResponse({"queues": out})
+        return out
+
+    async def queues(self, request: Request) -> Response:
+        return JSONResponse({"queues": await self._queue_list()})
+
+    async def _set_paused(self, request: Request, paused: bool) -> Response:
+        name = request.path_params["name"]
+        if name not in self.settings.queues:
+            raise NotFound(f"queue not found: {name}", code="queue_not_found")
+        await self.store.pause_queue(name, paused)
+        return JSONResponse((await self._queue_list(name))[0])
+
+    async def pause(self, request: Request) -> Response:
+        """Start nothing more from the queue, on every node, until resumed (running jobs
+        finish; submissions are still admitted)."""
+        return await self._set_paused(request, True)
+
+    async def resume(self, request: Request) -> Response:
+        return await self._set_paused(request, False)
 
     # -- native SSE view ------------------------------------------------------------------
 

@@ -75,6 +75,18 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Seconds before the first attempt",
             },
             "key": {"type": "string", "maxLength": 255, "description": "Idempotency key"},
+            "priority": {
+                "type": "integer",
+                "minimum": -100,
+                "maximum": 100,
+                "default": 0,
+                "description": "Higher starts first within the queue",
+            },
+            "concurrency_key": {
+                "type": "string",
+                "description": "Up to 200 bytes: keys take turns; the queue's "
+                "per_key_concurrency caps one key's running jobs",
+            },
             "callback": {
                 "description": "A completion webhook (docs/webhooks.md): a URL, or url + events",
                 "oneOf": [
@@ -141,6 +153,20 @@ SCHEMAS: dict[str, Any] = {
             "started_at": {"type": ["string", "null"], "format": "date-time"},
             "finished_at": {"type": ["string", "null"], "format": "date-time"},
             "key": {"type": "string", "description": "The idempotency key, when given"},
+            "priority": {"type": "integer"},
+            "concurrency_key": {"type": ["string", "null"]},
+            "retry_of": {"type": "string", "description": "The job this one retries, if any"},
+            "waiting": {
+                "type": "object",
+                "description": "While queued waiting for an upstream's limits",
+                "properties": {
+                    "reason": {
+                        "type": "string",
+                        "enum": ["upstream_rate_limited", "upstream_concurrency"],
+                    },
+                    "until": {"type": "string", "format": "date-time"},
+                },
+            },
             "stream": {"type": "string", "description": "The job's durable stream (JSON mode)"},
             "events": {"type": "string", "description": "The job's events as native SSE"},
             "callback": _ref("Callback"),
@@ -153,24 +179,26 @@ SCHEMAS: dict[str, Any] = {
             "next": {"type": ["string", "null"], "description": "Cursor for the next page"},
         },
     },
-    "Queues": {
+    "Queue": {
         "type": "object",
         "properties": {
-            "queues": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "name": {"type": "string"},
-                        "concurrency": {"type": "integer"},
-                        "capacity": {"type": "integer"},
-                        **{s.value: {"type": "integer"} for s in JobState},
-                    },
-                },
-            }
+            "name": {"type": "string"},
+            "concurrency": {"type": "integer"},
+            "capacity": {"type": "integer"},
+            "paused": {"type": "boolean"},
+            **{s.value: {"type": "integer"} for s in JobState},
         },
     },
+    "Queues": {
+        "type": "object",
+        "properties": {"queues": {"type": "array", "items": _ref("Queue")}},
+    },
 }
+QUEUE_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+FLOW_HEADERS = [
+    {"name": "Outlast-Priority", "in": "header", "schema": {"type": "integer"}},
+    {"name": "Outlast-Concurrency-Key", "in": "header", "schema": {"type": "string"}},
+]
 
 SSE = {"text/event-stream": {"schema": {"type": "string"}}}
 # A stream's bytes are served with the stream's own content type.
@@ -294,6 +322,18 @@ PATHS: dict[str, Any] = {
             "responses": {"202": _json(_ref("Job"), "The job"), "404": _error("No such job")},
         }
     },
+    "/v1/jobs/{job_id}/retry": {
+        "post": {
+            "summary": "Run a failed or cancelled job again, as a new job (retry_of)",
+            "parameters": [JOB_ID],
+            "responses": {
+                "202": _json(_ref("Job"), "The new job"),
+                "404": _error("No such job"),
+                "409": _error("The job is not failed or cancelled"),
+                "429": _error("The queue is at capacity", retry_after=True),
+            },
+        }
+    },
     "/v1/jobs/{job_id}/callback/retry": {
         "post": {
             "summary": "Send the job's webhook event again (same webhook-id), whatever its state",
@@ -333,6 +373,26 @@ PATHS: dict[str, Any] = {
             "responses": {"200": _json(_ref("Queues"), "Queues")},
         }
     },
+    "/v1/queues/{name}/pause": {
+        "post": {
+            "summary": "Pause a queue on every node: it accepts jobs and starts none (admin)",
+            "parameters": [QUEUE_NAME],
+            "responses": {
+                "200": _json(_ref("Queue"), "The queue"),
+                "404": _error("No such queue"),
+            },
+        }
+    },
+    "/v1/queues/{name}/resume": {
+        "post": {
+            "summary": "Resume a paused queue (admin)",
+            "parameters": [QUEUE_NAME],
+            "responses": {
+                "200": _json(_ref("Queue"), "The queue"),
+                "404": _error("No such queue"),
+            },
+        }
+    },
     "/v1/upstreams/{name}/{path}": {
         "post": {
             "summary": "OpenAI-compatible pass-through, run as a relay job",
@@ -353,6 +413,7 @@ PATHS: dict[str, Any] = {
                 },
                 _header("Idempotency-Key", "Becomes the job's key: a retry gets the same job"),
                 _header("Last-Event-ID", "With a retry: continue after this event id"),
+                *FLOW_HEADERS,
                 _header("Outlast-Callback", "A completion webhook URL (docs/webhooks.md)"),
             ],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},

@@ -28,9 +28,10 @@ from starlette.routing import Route
 
 from outlast.api.body import read_body, read_json
 from outlast.api.capability import sign
-from outlast.api.jobs import JobsAPI
+from outlast.api.jobs import MAX_CONCURRENCY_KEY_BYTES, MAX_PRIORITY, JobsAPI
 from outlast.api.sse_response import PING, SSEResponse, sse_event
-from outlast.errors import BadRequest, NotFound, RequestError
+from outlast.errors import BadRequest, NotFound, RequestError, Unprocessable
+from outlast.executors.relay import is_unasked_usage
 from outlast.models import JobRecord, JobState, NewJob, job_stream_name
 from outlast.store.base import format_offset, parse_offset
 
@@ -71,6 +72,31 @@ def _forwarded_headers(request: Request) -> dict[str, str]:
     return out
 
 
+def _flow_headers(request: Request) -> tuple[int, str | None]:
+    """``Outlast-Priority`` and ``Outlast-Concurrency-Key``, checked like the job fields."""
+    priority = 0
+    raw = request.headers.get("outlast-priority")
+    if raw is not None:
+        text = raw.strip()
+        digits = text[1:] if text[:1] in "+-" else text
+        if (
+            not (digits.isascii() and digits.isdigit())
+            or not -MAX_PRIORITY <= int(text) <= MAX_PRIORITY
+        ):
+            raise Unprocessable(
+                f"Outlast-Priority: must be a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}",
+                extra={"field": "Outlast-Priority"},
+            )
+        priority = int(text)
+    key = request.headers.get("outlast-concurrency-key")
+    if key is not None and not 0 < len(key.encode()) <= MAX_CONCURRENCY_KEY_BYTES:
+        raise Unprocessable(
+            f"Outlast-Concurrency-Key: must be 1 to {MAX_CONCURRENCY_KEY_BYTES} bytes",
+            extra={"field": "Outlast-Concurrency-Key"},
+        )
+    return priority, key
+
+
 def _messages(data: bytes) -> list[dict[str, Any]]:
     parsed: list[dict[str, Any]] = json.loads(b"[" + data + b"]")
     return parsed
@@ -90,20 +116,36 @@ class UpstreamsAPI:
         ]
 
     async def _relay_job(
-        self, value: dict[str, Any], key: str | None, request: Request
+        self,
+        request: Request,
+        value: dict[str, Any],
+        key: str | None,
+        *,
+        pass_through: bool = False,
     ) -> tuple[JobRecord, bool]:
         spec = self.jobs.registry.get("relay")
         assert spec is not None
+        upstream = self.jobs.upstream_of("relay", value)
+        retries = self.jobs.task_retries(spec, upstream)
+        if pass_through and (upstream is None or not upstream.limited):
+            # Its client retries by itself (the openai SDK does): one upstream call per request,
+            # and the upstream's 429 straight back, or the retries multiply. With limits
+            # configured, outlast waits for them instead (docs/flow-control.md).
+            retries = 0
+            value = {**value, "wait_rate_limits": False}
         await spec.validate(value)
+        priority, concurrency_key = _flow_headers(request)
         callback = await self.jobs.parse_callback(request.headers.get("outlast-callback"))
         new = NewJob(
             task="relay",
-            queue=spec.queue,
+            queue=spec.queue if upstream is None else upstream.queue,
             input=value,
-            max_attempts=1 + spec.retries,
+            max_attempts=1 + retries,
             timeout=spec.timeout,
             key=key,
             callback=callback,
+            priority=priority,
+            concurrency_key=concurrency_key,
         )
         return await self.jobs.admit(new)
 
@@ -129,10 +171,10 @@ class UpstreamsAPI:
         }
         # Checked before the job exists: a refused request must not call the upstream.
         resume = self._resume_from(request)
-        job, _ = await self._relay_job(value, key, request)
+        job, _ = await self._relay_job(request, value, key, pass_through=True)
         headers = {"Outlast-Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"}
         if streaming:
-            return await self._stream_answer(job, headers, resume)
+            return await self._stream_answer(job, headers, resume, raw)
         job = await self.jobs.wait_terminal(job, job.timeout + 5)
         return self._final_answer(job, headers)
 
@@ -146,7 +188,7 @@ class UpstreamsAPI:
         return position
 
     async def _stream_answer(
-        self, job: JobRecord, headers: dict[str, str], resume: int | None
+        self, job: JobRecord, headers: dict[str, str], resume: int | None, body: Any
     ) -> Response | SSEResponse:
         """Wait for the first upstream event (or the end), then answer like the upstream."""
         first = await self._first_event_or_end(job)
@@ -155,7 +197,7 @@ class UpstreamsAPI:
             return self._final_answer(job, headers)
         position = first if resume is None else max(first, resume)
         return SSEResponse(
-            self._upstream_events(job.id, position),
+            self._upstream_events(job.id, position, body),
             headers={**headers, "Cache-Control": "no-cache"},
         )
 
@@ -170,9 +212,10 @@ class UpstreamsAPI:
             raise RequestError("shutting down", code="draining")
         return None
 
-    async def _upstream_events(self, job_id: str, position: int) -> AsyncIterator[bytes]:
+    async def _upstream_events(self, job_id: str, position: int, body: Any) -> AsyncIterator[bytes]:
         """The upstream's own events, as it sent them (ids are outlast offsets, for resuming),
-        then an error event if the relay failed after them."""
+        then an error event if the relay failed after them. The usage chunk outlast asked for
+        on the client's behalf is left out (it stays in the job's stream)."""
         follow = self.readers.follow(job_stream_name(job_id), position, self.settings.sse.keepalive)
         async for result in follow:
             if result is None:
@@ -183,6 +226,7 @@ class UpstreamsAPI:
                 for unit in result.units
                 for message in _messages(unit.data)
                 if message.get("type") == "event"
+                and not is_unasked_usage(str(message.get("data", "")), body)
             ]
             if out:
                 yield b"".join(out)
@@ -244,7 +288,8 @@ class UpstreamsAPI:
             value["path"] = request.headers.get("upstream-path", "/")
         else:
             value["url"] = url
-        job, created = await self._relay_job(value, request.headers.get("idempotency-key"), request)
+        idem = request.headers.get("idempotency-key")
+        job, created = await self._relay_job(request, value, idem)
         # Answered now: the upstream is called by a worker, after this response has gone.
         location = f"/v1/stream/{job.stream}"
         if self.jobs.link_key is not None:

@@ -25,3 +25,15 @@ class TaskFailure(OutlastError):
 
     def error(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, **self.details}
+
+
+class TaskWait(OutlastError):
+    """The attempt cannot go on yet (an upstream's limits): the job goes back to its queue until
+    *until* (seconds since the epoch) without spending the attempt, ``waiting`` for *reason*.
+    *failure* is what the attempt reports instead once the job has waited all it may."""
+
+    def __init__(self, until: float, reason: str, failure: TaskFailure) -> None:
+        super().__init__(f"waiting until {until} ({reason})")
+        self.until = until
+        self.reason = reason
+        self.failure = failure

@@ -20,6 +20,8 @@ from outlast.tasks import DEFAULT_RETRIES, DEFAULT_TIMEOUT, App, Job, TaskDef
 Runner = Callable[[Job, Any], Awaitable[Any]]
 # An LLM answer can take minutes; a relay's own idle and first-byte timeouts catch stalls.
 RELAY_TIMEOUT = 600.0
+# The queue of the built-in relay and http tasks (configured by default: see config).
+RELAY_QUEUE = "relay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +95,10 @@ def build_registry(
         await relay_task.validate_input(value, settings)
 
     specs["http"] = TaskSpec(
-        "http", "default", DEFAULT_TIMEOUT, DEFAULT_RETRIES, run_http, validate_http
+        "http", RELAY_QUEUE, DEFAULT_TIMEOUT, DEFAULT_RETRIES, run_http, validate_http
     )
     specs["relay"] = TaskSpec(
-        "relay", "default", RELAY_TIMEOUT, DEFAULT_RETRIES, run_relay, validate_relay
+        "relay", RELAY_QUEUE, RELAY_TIMEOUT, DEFAULT_RETRIES, run_relay, validate_relay
     )
     if app is not None:
         for task in app.tasks.values():

@@ -31,8 +31,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -48,15 +51,20 @@ from outlast.egress import (
     upstream_target,
 )
 from outlast.errors import Forbidden, Unprocessable
-from outlast.executors import TaskFailure
+from outlast.executors import TaskFailure, TaskWait
 from outlast.follow import Follow
 from outlast.models import job_stream_name
 from outlast.sse import SSEDecoder, SSEEvent, SSELimitError
-from outlast.store.base import Store
+from outlast.store.base import Store, UpstreamLimits
 from outlast.tasks import Job
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
-INPUT_FIELDS = frozenset({"upstream", "path", "url", "method", "headers", "body"})
+INPUT_FIELDS = frozenset(
+    {"upstream", "path", "url", "method", "headers", "body", "wait_rate_limits"}
+)
+# Statuses that mean "not now": with a delay the upstream names, the relay waits that long.
+RATE_LIMIT_STATUSES = frozenset({429, 503})
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)")
 # Decoded events waiting while the previous batch commits. Past this the upstream read pauses
 # until the store catches up: memory stays bounded. Readers never cause this, the store does.
 MAX_PENDING_BYTES = 16 << 20
@@ -98,6 +106,11 @@ async def validate_input(value: Any, settings: Settings) -> None:
     method = value.get("method", "POST")
     if not isinstance(method, str) or method.upper() not in METHODS:
         raise Unprocessable("input.method must be an HTTP method", extra={"field": "input.method"})
+    if not isinstance(value.get("wait_rate_limits", True), bool):
+        raise Unprocessable(
+            "input.wait_rate_limits must be true or false",
+            extra={"field": "input.wait_rate_limits"},
+        )
     headers = value.get("headers", {})
     if not isinstance(headers, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
@@ -145,6 +158,7 @@ class _Progress:
     done: bool = False
     text_parts: list[str] = field(default_factory=list)
     saw_chat_chunks: bool = False
+    usage: dict[str, int] | None = None
     openai_style: bool = False  # chunks with ``choices``: such a stream says when it is over
     finished: bool = False  # a ``finish_reason`` was given
 
@@ -172,6 +186,9 @@ class _Progress:
         if content is not None:
             self.saw_chat_chunks = True
             self.text_parts.append(content)
+        usage = reported_usage(parsed)
+        if usage is not None:
+            self.usage = usage
 
     @property
     def cut_short(self) -> bool:
@@ -182,7 +199,52 @@ class _Progress:
         out: dict[str, Any] = {"status": status, "events": self.events, "done": self.done}
         if self.saw_chat_chunks:
             out["text"] = "".join(self.text_parts)
+        if self.usage is not None:
+            out["usage"] = self.usage
         return out
+
+
+USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def reported_usage(body: Any) -> dict[str, int] | None:
+    """The token counts an OpenAI-style answer or chunk reports (its ``usage`` object)."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    counts = {
+        name: usage[name]
+        for name in USAGE_FIELDS
+        if isinstance(usage.get(name), int) and not isinstance(usage.get(name), bool)
+    }
+    return counts or None
+
+
+def is_streaming_chat(body: Any) -> bool:
+    """An OpenAI-style streaming chat request: ``stream: true`` and ``messages``."""
+    return isinstance(body, dict) and body.get("stream") is True and "messages" in body
+
+
+def asks_usage(body: Any) -> Any:
+    """*body* asking for the usage chunk too, unless its client set ``stream_options`` (then
+    the client's choice stands)."""
+    if is_streaming_chat(body) and "stream_options" not in body:
+        return {**body, "stream_options": {"include_usage": True}}
+    return body
+
+
+def is_unasked_usage(data: str, body: Any) -> bool:
+    """Whether an event's *data* is the usage chunk outlast asked for on the client's behalf
+    (``"choices": []`` and ``usage``): not passed to a pass-through client that did not."""
+    if not is_streaming_chat(body) or "stream_options" in body:
+        return False
+    if not data.startswith("{") or '"usage"' not in data:
+        return False
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(chunk, dict) and chunk.get("choices") == [] and "usage" in chunk
 
 
 def _choices(chunk: Any) -> list[dict[str, Any]]:
@@ -322,7 +384,6 @@ def _headers(value: dict[str, Any], settings: Settings, implied: dict[str, str])
 async def run_relay(
     job: Job, value: dict[str, Any], *, settings: Settings, store: Store, client: httpx.AsyncClient
 ) -> dict[str, Any]:
-    relay = settings.relay
     target = resolve_target(value, settings)
     try:
         await resolve_and_check(target)
@@ -339,7 +400,43 @@ async def run_relay(
             "to resume from; not repeating the request (it would duplicate output)",
             retryable=False,
         )
-    body, implied = _request_body(value.get("body"))
+    name = value.get("upstream")
+    upstream = settings.upstreams.get(name) if isinstance(name, str) else None
+    holder: str | None = None
+    if upstream is not None and upstream.limited:
+        assert isinstance(name, str)
+        limits = UpstreamLimits(upstream.max_concurrency, upstream.rpm, upstream.tpm)
+        refused = await store.acquire_upstream(name, job.id, limits, RELAY_HOLD)
+        if refused is not None:
+            until, reason = refused
+            failure = TaskFailure(
+                "upstream_error",
+                f"waited {settings.jobs.rate_limit_wait_max:g} s for the limits of upstream "
+                f"{name!r} (rate_limit_wait_max)",
+                retryable=False,
+            )
+            raise TaskWait(until, reason, failure)
+        holder = name
+    try:
+        return await _call(job, value, settings, client, target, progress)
+    finally:
+        if holder is not None:
+            used = (progress.usage or {}).get("total_tokens", 0)
+            with contextlib.suppress(Exception):  # a hold ends by itself (RELAY_HOLD)
+                await store.release_upstream(holder, job.id, used)
+
+
+async def _call(
+    job: Job,
+    value: dict[str, Any],
+    settings: Settings,
+    client: httpx.AsyncClient,
+    target: Target,
+    progress: _Progress,
+) -> dict[str, Any]:
+    relay = settings.relay
+    wait_limits = value.get("wait_rate_limits", True) is True
+    body, implied = _request_body(asks_usage(value.get("body")))
     headers = _headers(value, settings, implied)
     if progress.last_id is not None:
         headers["last-event-id"] = progress.last_id
@@ -372,7 +469,7 @@ async def run_relay(
                     "(first_byte_timeout)",
                 ) from exc
             try:
-                return await _consume(response, progress, appender, relay)
+                return await _consume(response, progress, appender, relay, wait_limits)
             finally:
                 await response.aclose()
     except EgressRefused as exc:
@@ -388,6 +485,42 @@ async def run_relay(
     except BaseException:
         await appender.abort()
         raise
+
+
+# How long a limited upstream's call counts as running at most, should its worker vanish.
+RELAY_HOLD = 600.0
+
+
+def parse_duration(text: str) -> float | None:
+    """OpenAI's reset durations: "6m0s", "1.5s", "20ms", "1h2m3s"; ``None`` if not one."""
+    text = text.strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def retry_delay(headers: httpx.Headers, now: float | None = None) -> float | None:
+    """Seconds the upstream asks to wait: ``Retry-After`` (seconds or an HTTP date), or
+    OpenAI's ``x-ratelimit-reset-requests`` / ``-tokens`` (the longer); ``None``: not said."""
+    delays: list[float] = []
+    raw = headers.get("retry-after")
+    if raw is not None:
+        raw = raw.strip()
+        try:
+            delays.append(float(raw))
+        except ValueError:
+            with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+                when = parsedate_to_datetime(raw).timestamp()
+                delays.append(when - (time.time() if now is None else now))
+    for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
+        value = headers.get(name)
+        parsed = None if value is None else parse_duration(value)
+        if parsed is not None:
+            delays.append(parsed)
+    finite = [d for d in delays if d == d and d != float("inf")]
+    return max(0.0, max(finite)) if finite else None
 
 
 class _Silent(Exception):
@@ -409,18 +542,27 @@ async def _chunks(response: httpx.Response, idle: float) -> AsyncIterator[bytes]
 
 
 async def _consume(
-    response: httpx.Response, progress: _Progress, appender: _Appender, relay: RelaySettings
+    response: httpx.Response,
+    progress: _Progress,
+    appender: _Appender,
+    relay: RelaySettings,
+    wait_limits: bool,
 ) -> dict[str, Any]:
     status = response.status_code
     if not 200 <= status < 300:
         excerpt = await _excerpt(response, relay)
-        raise TaskFailure(
+        failure = TaskFailure(
             "upstream_status",
             f"upstream answered {status}",
             retryable=status >= 500 or status in RETRYABLE_STATUSES,
             status=status,
             body=excerpt,
         )
+        delay = retry_delay(response.headers) if status in RATE_LIMIT_STATUSES else None
+        if wait_limits and delay is not None and not progress.events:
+            # "Not now, try in <delay>": wait in the queue, without spending the attempt.
+            raise TaskWait(time.time() + delay, "upstream_rate_limited", failure)
+        raise failure
     content_type = response.headers.get("content-type", "")
     if "text/event-stream" not in content_type.lower():
         return await _plain_body(response, status, content_type, relay)
@@ -470,13 +612,20 @@ async def _plain_body(
                 f"upstream body larger than {relay.max_body_bytes} bytes (max_body_bytes)",
                 retryable=False,
             )
-    return {
+    text = data.decode("utf-8", "replace")
+    out: dict[str, Any] = {
         "status": status,
         "events": 0,
         "done": False,
         "content_type": content_type,
-        "body": data.decode("utf-8", "replace"),
+        "body": text,
     }
+    if "json" in content_type.lower() and '"usage"' in text:
+        with contextlib.suppress(ValueError):
+            usage = reported_usage(json.loads(text))
+            if usage is not None:
+                out["usage"] = usage
+    return out
 
 
 def _transport_failure(

@@ -199,6 +199,17 @@ class Outcome:
     result: Any = None
     error: dict[str, Any] | None = None
     retry_at: float | None = None  # failed with attempts left: when to try again
+    # Released to wait for an upstream's limits: {"reason", "until" (seconds since the epoch)}.
+    waiting: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamLimits:
+    """An upstream's limits (0: none): calls at once, requests and tokens per minute."""
+
+    max_concurrency: int = 0
+    rpm: float = 0.0
+    tpm: int = 0
 
 
 DeliveryOutcome = Literal["delivered", "retry", "failed"]
@@ -243,8 +254,12 @@ class JobStore(abc.ABC):
         """A page of jobs, newest first; pass ``next_cursor`` back for the next page."""
 
     @abc.abstractmethod
-    async def claim_jobs(self, queue: str, owner: str, limit: int, lease: float) -> list[JobRecord]:
-        """Up to *limit* due jobs of *queue*, now running under *owner*'s lease."""
+    async def claim_jobs(
+        self, queue: str, owner: str, limit: int, lease: float, per_key: int = 0
+    ) -> list[JobRecord]:
+        """Up to *limit* due jobs of *queue*, now running under *owner*'s lease: highest
+        priority first, keys served in turn, and no more than *per_key* jobs of one
+        concurrency key running at once (0: no limit)."""
 
     @abc.abstractmethod
     async def reserve_jobs(
@@ -285,6 +300,32 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def cancel_job(self, job_id: str) -> JobRecord:
         """Cancel: a queued job at once, a running one by flagging it for its worker."""
+
+    @abc.abstractmethod
+    async def retry_job(self, job_id: str, capacity: int) -> SubmitResult:
+        """Submit a new job repeating a failed or cancelled one (``Conflict`` otherwise), with
+        ``retry_of`` naming it; admitted like any submission (``QueueFull``)."""
+
+    @abc.abstractmethod
+    async def acquire_upstream(
+        self, name: str, holder: str, limits: UpstreamLimits, hold: float
+    ) -> tuple[float, str] | None:
+        """Take a turn to call upstream *name* within its *limits*, shared by every process:
+        ``None`` when taken (*holder* counts as running for at most *hold* seconds, until
+        :meth:`release_upstream`), else (when to ask again, why)."""
+
+    @abc.abstractmethod
+    async def release_upstream(self, name: str, holder: str, tokens: int) -> None:
+        """*holder*'s call ended, having used *tokens* (reported usage; 0 when unknown)."""
+
+    @abc.abstractmethod
+    async def pause_queue(self, queue: str, paused: bool) -> None:
+        """Pause *queue* (claims and reservations take none of its jobs; running ones go on)
+        or resume it, for every process sharing the store."""
+
+    @abc.abstractmethod
+    async def paused_queues(self) -> set[str]:
+        """The queues paused now."""
 
     @abc.abstractmethod
     async def recover_expired(self) -> list[JobRecord]:

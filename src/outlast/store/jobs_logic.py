@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -23,11 +24,12 @@ from outlast.models import (
     evolve_job,
     job_stream_name,
     new_job_id,
+    rfc3339,
     state_message,
 )
 from outlast.store import streams_logic as streams
 from outlast.store import webhooks_logic as webhooks
-from outlast.store.base import CreateSpec, Outcome, SubmitResult, Unit
+from outlast.store.base import CreateSpec, Outcome, SubmitResult, Unit, UpstreamLimits
 from outlast.store.streams_logic import Changed
 
 JSON = "application/json"
@@ -59,13 +61,48 @@ class JobTx(streams.Tx, webhooks.DeliveryTx):
         jobs from *old* to *new* (``None``: from or to nowhere)."""
 
     @abc.abstractmethod
-    def claimable(self, queue: str, now: float, limit: int) -> list[JobRecord]: ...
+    def ready(self, queue: str, now: float, keyed: bool) -> Iterator[JobRecord]:
+        """The due jobs of *queue* in the order they start: priority (highest first), then
+        turn, then id. Read lazily: a claim stops when it has what it needs. With *keyed*, the
+        running counts of the keys met will be asked for (a backend may fetch them ahead)."""
+
+    # Turns: round-robin across concurrency keys (see _take_turn).
+    @abc.abstractmethod
+    def queue_turn(self, queue: str) -> int:
+        """The turn of the job started last in *queue* (its virtual time)."""
+
+    @abc.abstractmethod
+    def advance_queue_turn(self, queue: str, turn: int) -> None:
+        """Move the queue's turn to *turn* (a backend may keep the larger of the two)."""
+
+    @abc.abstractmethod
+    def key_turn(self, queue: str, key: str | None) -> int:
+        """The turn given last to a job of *key* (``None``: jobs without a key)."""
+
+    @abc.abstractmethod
+    def set_key_turn(self, queue: str, key: str | None, turn: int) -> None: ...
+    @abc.abstractmethod
+    def key_running(self, queue: str, key: str) -> int: ...
+    @abc.abstractmethod
+    def move_key_running(self, queue: str, key: str, delta: int) -> None: ...
     @abc.abstractmethod
     def expired_leases(self, now: float) -> list[JobRecord]: ...
     @abc.abstractmethod
     def finished_before(self, ts: float, limit: int) -> list[str]: ...
     @abc.abstractmethod
     def delete_job(self, job_id: str) -> None: ...
+    @abc.abstractmethod
+    def upstream_state(self, name: str) -> dict[str, Any] | None:
+        """What the limiter keeps of upstream *name* (see acquire_upstream)."""
+
+    @abc.abstractmethod
+    def set_upstream_state(self, name: str, state: dict[str, Any]) -> None: ...
+    @abc.abstractmethod
+    def queue_paused(self, queue: str) -> bool: ...
+    @abc.abstractmethod
+    def set_queue_paused(self, queue: str, paused: bool) -> None: ...
+    @abc.abstractmethod
+    def paused_queues(self) -> set[str]: ...
 
 
 # -- stream helpers -------------------------------------------------------------------------
@@ -130,6 +167,8 @@ def _transition(tx: JobTx, job: JobRecord, new: JobState, now: float, **fields: 
     done = _set_state(tx, job, new, fields)
     if new != job.state:
         tx.move_count(job.queue, job.state, new)
+        if job.state == JobState.RUNNING and job.concurrency_key is not None:
+            tx.move_key_running(job.queue, job.concurrency_key, -1)
     return done
 
 
@@ -155,6 +194,7 @@ def submit(tx: JobTx, new: NewJob, capacity: int, now: float) -> Changed[SubmitR
             return Changed(SubmitResult(existing, created=False), ())
     if tx.count_waiting(new.queue) >= capacity:
         raise QueueFull(new.queue, capacity)
+    turn = _take_turn(tx, new.queue, new.concurrency_key)
     job = JobRecord(
         id=new_job_id(now),
         task=new.task,
@@ -168,6 +208,10 @@ def submit(tx: JobTx, new: NewJob, capacity: int, now: float) -> Changed[SubmitR
         run_at=now + new.delay,
         key=new.key,
         callback=new.callback,
+        priority=new.priority,
+        concurrency_key=new.concurrency_key,
+        retry_of=new.retry_of,
+        turn=turn,
     )
     tx.insert_job(job)
     tx.move_count(job.queue, None, JobState.QUEUED)
@@ -175,6 +219,53 @@ def submit(tx: JobTx, new: NewJob, capacity: int, now: float) -> Changed[SubmitR
     first = _state(JobState.QUEUED, 0)
     streams.create(tx, job.stream, CreateSpec(content_type=JSON, units=[(first, 1)]), now)
     return Changed(SubmitResult(job, created=True), (job.stream, queue_key(job.queue)))
+
+
+# -- fair order: priorities, turns and per-key limits ---------------------------------------
+#
+# Within a queue, jobs start by priority (highest first), then by *turn*, then by id (creation
+# order). A job's turn is given at submission: one more than the later of the queue's turn (the
+# turn of the job started last) and the turn its key gave its previous job. So each key (and
+# the jobs without a key, as one more lane) has one job per turn: a tenant with 1,000 waiting
+# jobs and one with 5 alternate, and a key that was idle starts at the front. Jobs without a
+# key keep their order among themselves (first come, first served within a priority).
+
+# How many due jobs a claim looks at, at most, past jobs it may not start (their key is at its
+# limit): a claim stays cheap whatever the backlog of one key.
+SCAN_LIMIT = 1024
+
+
+def _take_turn(tx: JobTx, queue: str, key: str | None) -> int:
+    turn = max(tx.queue_turn(queue), tx.key_turn(queue, key)) + 1
+    tx.set_key_turn(queue, key, turn)
+    return turn
+
+
+def _startable(tx: JobTx, queue: str, now: float, limit: int, per_key: int) -> list[JobRecord]:
+    """Up to *limit* due jobs of *queue* in start order, leaving out jobs whose key already
+    runs *per_key* jobs (0: no limit), counting those picked here."""
+    picked: list[JobRecord] = []
+    if limit <= 0:
+        return picked
+    running: dict[str, int] = {}
+    seen = 0
+    for job in tx.ready(queue, now, per_key > 0):
+        key = job.concurrency_key
+        if per_key > 0 and key is not None:
+            count = running.get(key)
+            if count is None:
+                count = tx.key_running(queue, key)
+            running[key] = count
+            if count >= per_key:
+                seen += 1
+                if seen >= SCAN_LIMIT:
+                    break
+                continue
+            running[key] = count + 1
+        picked.append(job)
+        if len(picked) >= limit:
+            break
+    return picked
 
 
 # -- claim, heartbeat, emit -----------------------------------------------------------------
@@ -189,17 +280,25 @@ def _begin(tx: JobTx, job: JobRecord, owner: str, lease: float, now: float) -> J
         "lease_owner": owner,
         "lease_expires": now + lease,
     }
+    if job.waiting is not None:
+        fields["waiting"] = None
     running = _set_state(tx, job, JobState.RUNNING, fields)
+    if job.concurrency_key is not None:
+        tx.move_key_running(job.queue, job.concurrency_key, 1)
     _emit(tx, running, now, _state(JobState.RUNNING, attempt))
     return running
 
 
 def claim(
-    tx: JobTx, queue: str, owner: str, limit: int, lease: float, now: float
+    tx: JobTx, queue: str, owner: str, limit: int, lease: float, now: float, per_key: int = 0
 ) -> Changed[list[JobRecord]]:
-    claimed = [_begin(tx, job, owner, lease, now) for job in tx.claimable(queue, now, limit)]
+    if tx.queue_paused(queue):
+        return Changed([], ())
+    startable = _startable(tx, queue, now, limit, per_key)
+    claimed = [_begin(tx, job, owner, lease, now) for job in startable]
     if claimed:  # every claimable job is queued in this queue: counted at once
         tx.move_count(queue, JobState.QUEUED, JobState.RUNNING, len(claimed))
+        tx.advance_queue_turn(queue, max(job.turn for job in startable))
     return Changed(claimed, tuple(job.stream for job in claimed))
 
 
@@ -216,8 +315,11 @@ def reserve(
     tx: JobTx, queue: str, owner: str, limit: int, hold: float, now: float
 ) -> Changed[list[JobRecord]]:
     """Hold up to *limit* due jobs of *queue* for *owner* for *hold* seconds. Returns them as
-    they were (``run_at`` is still when they became due)."""
-    held = tx.claimable(queue, now, limit)
+    they were (``run_at`` is still when they became due). Per-key limits are not checked here:
+    workers do not reserve on queues that have one."""
+    if tx.queue_paused(queue):
+        return Changed([], ())
+    held = _startable(tx, queue, now, limit, 0)
     for job in held:
         tx.update_job(job.id, run_at=now + hold, lease_owner=owner, lease_expires=now + hold)
     return Changed(held, ())
@@ -238,6 +340,7 @@ def start(tx: JobTx, job_id: str, owner: str, lease: float, now: float) -> Chang
         raise LeaseLost(job_id)
     running = _begin(tx, job, owner, lease, now)
     tx.move_count(job.queue, JobState.QUEUED, JobState.RUNNING)
+    tx.advance_queue_turn(job.queue, job.turn)
     return Changed(running, (running.stream,))
 
 
@@ -330,15 +433,26 @@ def finish(
     elif outcome.kind == "cancelled":
         done = _cancel_now(tx, job, now)
     elif outcome.kind == "release":
-        # Handed back (shutdown, or a node that lacks the task): the attempt does not count.
+        # Handed back (shutdown, a node that lacks the task, or waiting for an upstream's
+        # limits): the attempt does not count.
         run_at = outcome.retry_at if outcome.retry_at is not None else now
+        reason = "handed_back"
+        if outcome.waiting is not None:
+            reason = str(outcome.waiting["reason"])
+            released["waiting"] = {"reason": reason, "until": rfc3339(run_at)}
+            released["waited"] = job.waited + max(0.0, run_at - now)
         done = _transition(
             tx, job, JobState.QUEUED, now, attempt=attempt - 1, run_at=run_at, **released
         )
-        _emit(tx, done, now, state_message(JobState.QUEUED, attempt - 1, reason="handed_back"))
+        extra: dict[str, Any] = {"reason": reason}
+        if outcome.waiting is not None:
+            extra["retry_in"] = round(max(0.0, run_at - now), 3)
+        _emit(tx, done, now, state_message(JobState.QUEUED, attempt - 1, **extra))
         names += (queue_key(job.queue),)
     else:  # pragma: no cover - a programming error
         raise ValueError(outcome.kind)
+    if job.concurrency_key is not None and queue_key(job.queue) not in names:
+        names += (queue_key(job.queue),)  # its key's next job may start now
     return Changed(done, names + _event_names(done))
 
 
@@ -349,6 +463,8 @@ def _event_names(job: JobRecord) -> tuple[str, ...]:
 
 def _cancel_now(tx: JobTx, job: JobRecord, now: float) -> JobRecord:
     error = {"code": ErrorCode.CANCELLED.value, "message": "cancelled on request"}
+    # A job cancelled while it waited for an upstream waits no more.
+    waiting: dict[str, Any] = {} if job.waiting is None else {"waiting": None}
     done = _transition(
         tx,
         job,
@@ -358,6 +474,7 @@ def _cancel_now(tx: JobTx, job: JobRecord, now: float) -> JobRecord:
         finished_at=now,
         lease_owner=None,
         lease_expires=None,
+        **waiting,
     )
     _emit(tx, done, now, _state(JobState.CANCELLED, job.attempt), close=True)
     return done
@@ -377,6 +494,99 @@ def cancel(tx: JobTx, job_id: str, now: float) -> Changed[JobRecord]:
         tx.update_job(job_id, cancel_requested=True)
         job = replace(job, cancel_requested=True)
     return Changed(job, (job.stream,))
+
+
+def retry(tx: JobTx, job_id: str, capacity: int, now: float) -> Changed[SubmitResult]:
+    """A new job repeating a failed or cancelled one: same task, queue, input and options,
+    with ``retry_of`` naming it. The old job and its stream stay as they were."""
+    job = tx.get_job(job_id)
+    if job is None:
+        raise NotFound(f"job not found: {job_id}", code="job_not_found")
+    if job.state not in (JobState.FAILED, JobState.CANCELLED):
+        raise Conflict(
+            f"only a failed or cancelled job can be retried; {job_id} is {job.state.value}",
+            code="invalid_state",
+        )
+    again = NewJob(
+        task=job.task,
+        queue=job.queue,
+        input=job.input,
+        max_attempts=job.max_attempts,
+        timeout=job.timeout,
+        priority=job.priority,
+        concurrency_key=job.concurrency_key,
+        retry_of=job.id,
+        # The webhook asked for, not how its delivery went.
+        callback=None
+        if job.callback is None
+        else {"url": job.callback["url"], "events": job.callback["events"]},
+    )
+    return submit(tx, again, capacity, now)
+
+
+# -- upstream limits ------------------------------------------------------------------------
+#
+# One state per named upstream, shared by every process: the calls running now (holder -> when
+# its hold ends, so that a crashed worker's turn comes back), the earliest time of the next
+# request (rpm: one every 60/rpm s), and a token bucket refilled at tpm/60 per second, spent
+# by the usage each call reports.
+
+# rpm spaces requests a little more than 60/rpm apart (this share of it, at most
+# RPM_MARGIN_MAX s): the time a request takes to reach the upstream varies, and two requests
+# must not arrive closer than the limit.
+RPM_MARGIN = 0.1
+RPM_MARGIN_MAX = 0.1
+# A call refused for max_concurrency asks again after this long (a call ending does not wake
+# it: it waits in its queue, not in a worker slot).
+CONCURRENCY_RECHECK = 0.5
+
+
+def acquire_upstream(
+    tx: JobTx, name: str, holder: str, limits: UpstreamLimits, hold: float, now: float
+) -> Changed[tuple[float, str] | None]:
+    state = tx.upstream_state(name) or {}
+    holders = {h: t for h, t in state.get("holders", {}).items() if t > now and h != holder}
+    if limits.max_concurrency and len(holders) >= limits.max_concurrency:
+        soonest = min(holders.values())
+        return Changed((min(soonest, now + CONCURRENCY_RECHECK), "upstream_concurrency"), ())
+    tokens = float(state.get("tokens", limits.tpm))
+    if limits.tpm:
+        elapsed = max(0.0, now - float(state.get("at", now)))
+        tokens = min(float(limits.tpm), tokens + elapsed * limits.tpm / 60)
+        if tokens <= 0:
+            return Changed((now + (1 - tokens) * 60 / limits.tpm, "upstream_rate_limited"), ())
+    next_at = float(state.get("next_at", 0.0))
+    if limits.rpm:
+        if next_at > now:
+            return Changed((next_at, "upstream_rate_limited"), ())
+        interval = 60 / limits.rpm
+        next_at = now + interval + min(RPM_MARGIN * interval, RPM_MARGIN_MAX)
+    if limits.max_concurrency:
+        holders[holder] = now + hold
+    tx.set_upstream_state(
+        name, {"holders": holders, "next_at": next_at, "tokens": tokens, "at": now}
+    )
+    return Changed(None, ())
+
+
+def release_upstream(tx: JobTx, name: str, holder: str, tokens: int, now: float) -> Changed[None]:
+    state = tx.upstream_state(name)
+    if state is None:
+        return Changed(None, ())
+    holders = {h: t for h, t in state.get("holders", {}).items() if t > now and h != holder}
+    left = float(state.get("tokens", 0.0)) - tokens
+    tx.set_upstream_state(name, {**state, "holders": holders, "tokens": left})
+    return Changed(None, ())
+
+
+# -- queues ---------------------------------------------------------------------------------
+
+
+def pause(tx: JobTx, queue: str, paused: bool, now: float) -> Changed[None]:
+    """Pause a queue (no claim or reservation takes its jobs) or resume it (its workers,
+    on every node, are woken to claim)."""
+    tx.set_queue_paused(queue, paused)
+    return Changed(None, () if paused else (queue_key(queue),))
 
 
 # -- recovery and retention -----------------------------------------------------------------

@@ -37,7 +37,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from outlast.errors import NotFound, StoreError, StoreUnavailable
-from outlast.models import JobRecord, job_stream_name
+from outlast.models import JobRecord, NewJob, job_stream_name
 from outlast.store import streams_logic as logic
 from outlast.store.base import ReadResult, StreamInfo, Unit
 from outlast.store.jobs_logic import JobTx
@@ -60,7 +60,7 @@ from outlast.store.redis_setup import (
     parse_url,
     text,
 )
-from outlast.store.redis_tx import Due, Prefetch, RedisTx
+from outlast.store.redis_tx import Due, Field, Prefetch, RedisTx
 from outlast.store.streams_logic import Changed
 from outlast.store.template import JobFilter, Rule, RuleStore
 
@@ -179,11 +179,14 @@ class RedisStore(RuleStore[Prefetch]):
         # here: they read from the client, faster (see below).
         return self.engine.write(lambda tx, now: query(tx))
 
-    def _prefetch_counts(self, queue: str) -> Sequence[Prefetch]:
-        return [self.keys.counts(queue)]
+    def _prefetch_submit(self, new: NewJob) -> Sequence[Prefetch]:
+        found: list[Prefetch] = [self.keys.counts(new.queue), self.keys.turns(new.queue)]
+        if new.concurrency_key is not None:
+            found.append(Field(self.keys.key_turns(new.queue), new.concurrency_key))
+        return found
 
     def _prefetch_due(self, queue: str, limit: int) -> Sequence[Prefetch]:
-        return [Due(queue, limit)]
+        return [Due(queue, limit), self.keys.paused]
 
     def _prefetch_jobs(self, job_ids: list[str]) -> Sequence[Prefetch]:
         return [self.keys.job(j) for j in job_ids]
@@ -350,6 +353,9 @@ class RedisStore(RuleStore[Prefetch]):
             upper = "(" + text(ids[-1])
         return found
 
+    async def paused_queues(self) -> set[str]:
+        return {text(q) for q in await self._redis(self.client.hkeys(self.keys.paused))}
+
     async def queue_counts(self) -> dict[str, dict[str, int]]:
         members = await self._redis(self.client.smembers(self.keys.queues))
         queues = sorted(text(m) for m in members)
@@ -363,7 +369,15 @@ class RedisStore(RuleStore[Prefetch]):
         }
 
     async def next_due(self, queue: str) -> float | None:
-        first = await self._redis(self.client.zrange(self.keys.due(queue), 0, 0, withscores=True))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hexists(self.keys.paused, queue)
+        pipe.zcard(self.keys.ready(queue))
+        pipe.zrange(self.keys.due(queue), 0, 0, withscores=True)
+        paused, ready, first = await self._redis(pipe.execute())
+        if paused:
+            return None  # nothing becomes due until it is resumed
+        if ready:
+            return time.time()  # due already (waiting for a slot of its key, say)
         return float(first[0][1]) if first else None
 
     async def close(self) -> None:

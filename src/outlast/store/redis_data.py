@@ -11,8 +11,16 @@ The data model (every key starts with the store's prefix, ``outlast:`` by defaul
     jobs            zset   every job id (score 0: ordered by id, i.e. by creation time)
     jkeys           hash   idempotency key -> job id
     c:<queue>       hash   state -> number of jobs      queues set     queues with counts
-    due:<queue>     zset   queued jobs by run_at        leases zset    running jobs by expiry
+    due:<queue>     zset   delayed queued jobs, run_at  leases zset    running jobs by expiry
     done            zset   terminal jobs by finished_at
+    paused          hash   queue -> "1" while the queue is paused
+    ready:<queue>   zset   queued jobs in start order, scored by ready_score(priority, turn);
+                           equal scores go by member, the id: creation order
+    qt:<queue>      hash   turn -> the turn of the job started last; lane -> the last turn
+                           given to a job without a concurrency key (fair order: jobs_logic)
+    kt:<queue>      hash   concurrency key -> the last turn given to one of its jobs
+    kr:<queue>      hash   concurrency key -> jobs of it running
+    up:<name>       hash   state -> a named upstream's limiter state (JSON; jobs_logic)
     hooks           zset   jobs whose webhook event is pending, by when it is next due
                            (webhooks_logic.due_at: the next attempt, or the lease's end)
     changes:<db>    channel  stream names and queue keys that changed (pub/sub channels are
@@ -140,6 +148,7 @@ class Keys:
         self.queues = prefix + "queues"
         self.leases = prefix + "leases"
         self.done = prefix + "done"
+        self.paused = prefix + "paused"
         self.hooks = prefix + "hooks"
         self.changes = f"{prefix}changes:{db}"
 
@@ -160,6 +169,30 @@ class Keys:
 
     def due(self, queue: str) -> str:
         return f"{self.prefix}due:{queue}"
+
+    def ready(self, queue: str) -> str:
+        return f"{self.prefix}ready:{queue}"
+
+    def turns(self, queue: str) -> str:
+        return f"{self.prefix}qt:{queue}"
+
+    def key_turns(self, queue: str) -> str:
+        return f"{self.prefix}kt:{queue}"
+
+    def key_running(self, queue: str) -> str:
+        return f"{self.prefix}kr:{queue}"
+
+    def upstream(self, name: str) -> str:
+        return f"{self.prefix}up:{name}"
+
+
+# A ready job's score: priority first (highest first), then turn. A double holds 53 bits
+# exactly: 8 for the priority (-100..100), 45 for the turn.
+TURN_BITS = 45
+
+
+def ready_score(priority: int, turn: int) -> float:
+    return float(((100 - priority) << TURN_BITS) + turn)
 
 
 class Layer:

@@ -169,8 +169,8 @@ class WriterEngine(threading.Thread):
 
     def _attempt(self, group: list[Item]) -> Result | None:
         """One optimistic run of the group: outcomes, or ``None`` when EXEC was refused."""
-        tx = RedisTx(self.wire.call, self.keys, self.ids)
         now = time.time()
+        tx = RedisTx(self.wire.call, self.keys, self.ids, now)
         outcomes: list[Outcome] = []
         names: list[str] = []
         try:

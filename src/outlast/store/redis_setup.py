@@ -133,7 +133,13 @@ async def check_layout(client: aioredis.Redis, prefix: str, where: str) -> int:
     if found > REDIS_LAYOUT_VERSION:
         what = f"the redis store at {where} (prefix {prefix!r})"
         raise too_new(what, "layout", found, REDIS_LAYOUT_VERSION)
-    # An older layout would be migrated here, then the key raised: none exists yet.
+    if found < REDIS_LAYOUT_VERSION:
+        # Layout 1 is read as it is (claims move its due jobs to ready:<queue>): only the
+        # version moves on. See versions.REDIS_LAYOUT_VERSION.
+        try:
+            await client.set(key, REDIS_LAYOUT_VERSION)
+        except RedisError as exc:
+            raise StoreError(f"cannot record the layout version at {where}: {exc}") from exc
     return found
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -47,10 +47,13 @@ from outlast.store.redis_data import (
     decode_job_reply,
     decode_row,
     decode_row_reply,
+    dumps,
     encode_fields,
     job_fields,
+    loads,
     pack_unit,
     pairs,
+    ready_score,
     unpack_unit,
 )
 
@@ -65,13 +68,29 @@ class Due:
     limit: int
 
 
-# What an operation asks to have read before it runs: a hash (its key), or due jobs.
-Prefetch = str | Due
+@dataclass(frozen=True, slots=True)
+class Field:
+    """A prefetch of one field of a hash."""
+
+    key: str
+    field: str
+
+
+# What an operation asks to have read before it runs: a hash (its key), one of its fields, or
+# due jobs.
+Prefetch = str | Field | Due
+
+# A claim reads a queue's ready jobs this many at a time (then twice as many, and so on).
+READY_BATCH = 64
+# Delayed jobs that became due are moved to the ready set this many at a time per claim.
+PROMOTE_BATCH = 1000
 
 
 class RedisTx(JobTx):
-    def __init__(self, call: Call, keys: Keys, ids: IdBlock) -> None:
+    def __init__(self, call: Call, keys: Keys, ids: IdBlock, now: float = 0.0) -> None:
         self._call = call
+        # The group's time: a queued job is indexed as ready when due by then, else as delayed.
+        self.now = now
         self.k = keys
         self._ids = ids
         self.watched: set[str] = set()
@@ -135,15 +154,16 @@ class RedisTx(JobTx):
         todo: list[tuple[str, tuple[Any, ...], Command]] = []
         for item in dict.fromkeys(items):
             if isinstance(item, Due):
-                key, low, high = (
-                    self.k.due(item.queue),
-                    _bound(-math.inf, False),
-                    _bound(now, False),
+                # The delayed jobs that became due, and the head of the ready set.
+                ranges = (
+                    (self.k.due(item.queue), _bound(now, False), PROMOTE_BATCH),
+                    (self.k.ready(item.queue), "+inf", max(item.limit, READY_BATCH)),
                 )
-                if (
-                    not self._cleared(key)[1]
-                    and self._cached_range(key, low, high, item.limit) is None
-                ):
+                for key, high, limit in ranges:
+                    low = _bound(-math.inf, False)
+                    cached = self._cached_range(key, low, high, limit)
+                    if self._cleared(key)[1] or cached is not None:
+                        continue
                     command: Command = (
                         "ZRANGEBYSCORE",
                         key,
@@ -152,9 +172,17 @@ class RedisTx(JobTx):
                         "WITHSCORES",
                         "LIMIT",
                         0,
-                        item.limit,
+                        limit,
                     )
                     todo.append((key, ("zrange", key, low, high), command))
+            elif isinstance(item, Field):
+                cache_key = ("hget", item.key, item.field)
+                if (
+                    cache_key not in self.base
+                    and ("hgetall", item.key) not in self.base
+                    and not self._cleared(item.key)[1]
+                ):
+                    todo.append((item.key, cache_key, ("HGET", item.key, item.field)))
             elif ("hgetall", item) not in self.base and not self._cleared(item)[1]:
                 todo.append((item, ("hgetall", item), ("HGETALL", item)))
         if not todo:
@@ -467,18 +495,36 @@ class RedisTx(JobTx):
         the job changes (``old`` is the job as it was; ``None`` for a new one, which no index
         can hold yet: its id is new)."""
         member = job.id.encode()
+        self._index_queued(old, job, member)
         for key, before, after in (
-            (self.k.due, _due(old), _due(job)),
-            (lambda _: self.k.leases, _leased(old), _leased(job)),
-            (lambda _: self.k.done, _done(old), _done(job)),
-            (lambda _: self.k.hooks, _hook(old), _hook(job)),
+            (self.k.leases, _leased(old), _leased(job)),
+            (self.k.done, _done(old), _done(job)),
+            (self.k.hooks, _hook(old), _hook(job)),
         ):
             if old is not None and before == after:
                 continue  # the same entry, or none before and after
-            if before is not None and (after is None or before[0] != after[0]):
-                self.zrem(key(before[0]), member)
+            if before is not None and after is None:
+                self.zrem(key, member)
             if after is not None:
-                self.zadd(key(after[0]), member, after[1])
+                self.zadd(key, member, after[1])
+
+    def _index_queued(self, old: JobRecord | None, job: JobRecord, member: bytes) -> None:
+        """A queued job is in its queue's ready set when due (as of this group), else in its
+        delayed set (due:<queue>, by run_at); claims move delayed jobs that became due."""
+        after = None
+        if job.state == JobState.QUEUED:
+            after = (
+                (self.k.ready(job.queue), ready_score(job.priority, job.turn))
+                if job.run_at <= self.now
+                else (self.k.due(job.queue), job.run_at)
+            )
+        if old is not None and old.state == JobState.QUEUED:
+            # Where it was indexed depends on the time then: out of both, unless it stays.
+            for key in (self.k.ready(old.queue), self.k.due(old.queue)):
+                if after is None or key != after[0]:
+                    self.zrem(key, member)
+        if after is not None:
+            self.zadd(after[0], member, after[1])
 
     def insert_job(self, job: JobRecord) -> None:
         self.new_jobs.add(job.id)
@@ -532,9 +578,56 @@ class RedisTx(JobTx):
         jobs = [self.get_job(job_id) for job_id in ids]
         return [j for j in jobs if j is not None and j.state == state]
 
-    def claimable(self, queue: str, now: float, limit: int) -> list[JobRecord]:
-        due = self.zrange(self.k.due(queue), -math.inf, now, limit)
-        return self._jobs(due, JobState.QUEUED)
+    def _promote(self, queue: str, now: float) -> None:
+        """Delayed jobs of *queue* that are due now join its ready set."""
+        became_due = self.zrange(self.k.due(queue), -math.inf, now, PROMOTE_BATCH)
+        for job in self._jobs(became_due, JobState.QUEUED):
+            member = job.id.encode()
+            self.zrem(self.k.due(queue), member)
+            self.zadd(self.k.ready(queue), member, ready_score(job.priority, job.turn))
+
+    def ready(self, queue: str, now: float, keyed: bool) -> Iterator[JobRecord]:
+        self._promote(queue, now)
+        key = self.k.ready(queue)
+        count, seen = READY_BATCH, 0
+        while True:
+            members = self.zrange(key, -math.inf, math.inf, count)
+            jobs = self._jobs(members[seen:], JobState.QUEUED)
+            if keyed:
+                running = self.k.key_running(queue)
+                keys = {j.concurrency_key for j in jobs if j.concurrency_key is not None}
+                self.prefetch([Field(running, k) for k in sorted(keys)])
+            for job in jobs:
+                if job.run_at <= now:
+                    yield job
+            if len(members) < count:
+                return
+            seen, count = len(members), count * 2
+
+    def queue_turn(self, queue: str) -> int:
+        return int(self.hget(self.k.turns(queue), "turn") or 0)
+
+    def advance_queue_turn(self, queue: str, turn: int) -> None:
+        # Written without reading it first (no WATCH: a claim does not conflict with submits
+        # over it). Claims take turns in order, so the value only lags, never jumps ahead.
+        self.hset(self.k.turns(queue), {"turn": str(turn)})
+
+    def key_turn(self, queue: str, key: str | None) -> int:
+        if key is None:
+            return int(self.hget(self.k.turns(queue), "lane") or 0)
+        return int(self.hget(self.k.key_turns(queue), key) or 0)
+
+    def set_key_turn(self, queue: str, key: str | None, turn: int) -> None:
+        if key is None:
+            self.hset(self.k.turns(queue), {"lane": str(turn)})
+        else:
+            self.hset(self.k.key_turns(queue), {key: str(turn)})
+
+    def key_running(self, queue: str, key: str) -> int:
+        return self.counter(self.k.key_running(queue), key)
+
+    def move_key_running(self, queue: str, key: str, delta: int) -> None:
+        self.incr(self.k.key_running(queue), key, delta)
 
     def expired_leases(self, now: float) -> list[JobRecord]:
         return self._jobs(self.zrange(self.k.leases, -math.inf, now), JobState.RUNNING)
@@ -549,10 +642,27 @@ class RedisTx(JobTx):
             return
         member = job_id.encode()
         self.delete(self.k.job(job_id))
-        for key in (self.k.jobs, self.k.due(old.queue), self.k.leases, self.k.done, self.k.hooks):
+        keys = (self.k.jobs, self.k.due(old.queue), self.k.ready(old.queue), self.k.leases)
+        for key in (*keys, self.k.done, self.k.hooks):
             self.zrem(key, member)
         if old.key is not None:
             self.hset(self.k.jkeys, {old.key: None})
+
+    def upstream_state(self, name: str) -> dict[str, Any] | None:
+        raw = self.hget(self.k.upstream(name), "state")
+        return None if raw is None else dict(loads(raw))
+
+    def set_upstream_state(self, name: str, state: dict[str, Any]) -> None:
+        self.hset(self.k.upstream(name), {"state": dumps(state)})
+
+    def queue_paused(self, queue: str) -> bool:
+        return self.hget(self.k.paused, queue) is not None
+
+    def set_queue_paused(self, queue: str, paused: bool) -> None:
+        self.hset(self.k.paused, {queue: "1" if paused else None})
+
+    def paused_queues(self) -> set[str]:
+        return set(self.hgetall(self.k.paused) or {})
 
     # -- completion webhooks --------------------------------------------------------------
 
@@ -587,10 +697,6 @@ def _expiry(row: logic.Row) -> float | None:
 
 
 # A job's entry in an index, as (queue, score); None when it has none.
-def _due(job: JobRecord | None) -> tuple[str, float] | None:
-    return None if job is None or job.state != JobState.QUEUED else (job.queue, job.run_at)
-
-
 def _leased(job: JobRecord | None) -> tuple[str, float] | None:
     if job is None or job.state != JobState.RUNNING or job.lease_expires is None:
         return None

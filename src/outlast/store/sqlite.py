@@ -156,6 +156,8 @@ class SQLiteStore(RuleStore[Never]):
 
     async def next_due(self, queue: str) -> float | None:
         def op(conn: sqlite3.Connection) -> float | None:
+            if SQLiteTx(conn).queue_paused(queue):
+                return None  # nothing becomes due until it is resumed
             row = conn.execute(
                 "SELECT MIN(run_at) FROM jobs WHERE queue = ? AND state = 'queued'", (queue,)
             ).fetchone()

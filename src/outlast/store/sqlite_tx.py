@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 from outlast.models import JobRecord, JobState
@@ -15,9 +16,9 @@ from outlast.store.jobs_logic import JobTx
 JOB_COLUMNS = (
     "id, task, queue, state, input, result, error, attempt, max_attempts, timeout, created_at,"
     " run_at, started_at, finished_at, key, lease_owner, lease_expires, cancel_requested,"
-    " callback"
+    " callback, priority, concurrency_key, retry_of, turn, waiting, waited"
 )
-_JSON_FIELDS = frozenset({"input", "result", "error", "callback"})
+_JSON_FIELDS = frozenset({"input", "result", "error", "callback", "waiting"})
 
 
 def _dumps(value: Any) -> str:
@@ -45,6 +46,12 @@ def job_from_row(row: tuple[Any, ...]) -> JobRecord:
         lease_expires=row[16],
         cancel_requested=bool(row[17]),
         callback=None if row[18] is None else json.loads(row[18]),
+        priority=row[19],
+        concurrency_key=row[20],
+        retry_of=row[21],
+        turn=row[22],
+        waiting=None if row[23] is None else json.loads(row[23]),
+        waited=row[24],
     )
 
 
@@ -173,7 +180,7 @@ class SQLiteTx(JobTx):
 
     def insert_job(self, job: JobRecord) -> None:
         self.conn.execute(
-            f"INSERT INTO jobs ({JOB_COLUMNS}, hook_due) VALUES ({', '.join('?' * 20)})",
+            f"INSERT INTO jobs ({JOB_COLUMNS}, hook_due) VALUES ({', '.join('?' * 26)})",
             (
                 job.id,
                 job.task,
@@ -194,6 +201,12 @@ class SQLiteTx(JobTx):
                 job.lease_expires,
                 int(job.cancel_requested),
                 None if job.callback is None else _dumps(job.callback),
+                job.priority,
+                job.concurrency_key,
+                job.retry_of,
+                job.turn,
+                None if job.waiting is None else _dumps(job.waiting),
+                job.waited,
                 webhooks.due_at(job.callback),
             ),
         )
@@ -241,13 +254,19 @@ class SQLiteTx(JobTx):
             [v for row in rows for v in row],
         )
 
-    def claimable(self, queue: str, now: float, limit: int) -> list[JobRecord]:
-        rows = self.conn.execute(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue = ? AND state = 'queued' AND run_at <= ?"
-            " ORDER BY run_at, id LIMIT ?",
-            (queue, now, limit),
-        ).fetchall()
-        return [job_from_row(r) for r in rows]
+    def ready(self, queue: str, now: float, keyed: bool) -> Iterator[JobRecord]:
+        # The index holds the order: the claim reads as far as it needs, no sort.
+        cur = self.conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs INDEXED BY jobs_ready"
+            " WHERE queue = ? AND state = 'queued' AND run_at <= ?"
+            " ORDER BY priority DESC, turn, id",
+            (queue, now),
+        )
+        try:
+            for row in cur:
+                yield job_from_row(row)
+        finally:
+            cur.close()
 
     def expired_leases(self, now: float) -> list[JobRecord]:
         rows = self.conn.execute(
@@ -265,6 +284,80 @@ class SQLiteTx(JobTx):
 
     def delete_job(self, job_id: str) -> None:
         self.conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def _queue_flag(self, queue: str, column: str) -> int:
+        row = self.conn.execute(
+            f"SELECT {column} FROM queue_flags WHERE queue = ?", (queue,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _set_queue_flag(self, queue: str, column: str, value: int, keep_max: bool = False) -> None:
+        update = f"max({column}, excluded.{column})" if keep_max else f"excluded.{column}"
+        self.conn.execute(
+            f"INSERT INTO queue_flags (queue, {column}) VALUES (?, ?)"
+            f" ON CONFLICT (queue) DO UPDATE SET {column} = {update}",
+            (queue, value),
+        )
+
+    def upstream_state(self, name: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT state FROM upstream_limits WHERE name = ?", (name,)
+        ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def set_upstream_state(self, name: str, state: dict[str, Any]) -> None:
+        self.conn.execute(
+            "INSERT INTO upstream_limits (name, state) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET state = excluded.state",
+            (name, _dumps(state)),
+        )
+
+    def queue_paused(self, queue: str) -> bool:
+        return bool(self._queue_flag(queue, "paused"))
+
+    def set_queue_paused(self, queue: str, paused: bool) -> None:
+        self._set_queue_flag(queue, "paused", int(paused))
+
+    def queue_turn(self, queue: str) -> int:
+        return self._queue_flag(queue, "turn")
+
+    def advance_queue_turn(self, queue: str, turn: int) -> None:
+        self._set_queue_flag(queue, "turn", turn, keep_max=True)
+
+    def _key_flow(self, queue: str, key: str, column: str) -> int:
+        row = self.conn.execute(
+            f"SELECT {column} FROM key_flows WHERE queue = ? AND key = ?", (queue, key)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def key_turn(self, queue: str, key: str | None) -> int:
+        if key is None:
+            return self._queue_flag(queue, "lane")
+        return self._key_flow(queue, key, "turn")
+
+    def set_key_turn(self, queue: str, key: str | None, turn: int) -> None:
+        if key is None:
+            self._set_queue_flag(queue, "lane", turn)
+            return
+        self.conn.execute(
+            "INSERT INTO key_flows (queue, key, turn) VALUES (?, ?, ?)"
+            " ON CONFLICT (queue, key) DO UPDATE SET turn = excluded.turn",
+            (queue, key, turn),
+        )
+
+    def key_running(self, queue: str, key: str) -> int:
+        return self._key_flow(queue, key, "running")
+
+    def move_key_running(self, queue: str, key: str, delta: int) -> None:
+        self.conn.execute(
+            "INSERT INTO key_flows (queue, key, running) VALUES (?, ?, ?)"
+            " ON CONFLICT (queue, key) DO UPDATE SET running = running + excluded.running",
+            (queue, key, delta),
+        )
+
+    def paused_queues(self) -> set[str]:
+        rows = self.conn.execute("SELECT queue FROM queue_flags WHERE paused = 1").fetchall()
+        return {r[0] for r in rows}
 
     # -- completion webhooks ----------------------------------------------------------------
 

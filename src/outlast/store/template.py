@@ -39,6 +39,7 @@ from outlast.store.base import (
     Store,
     StreamInfo,
     SubmitResult,
+    UpstreamLimits,
 )
 from outlast.store.jobs_logic import JobTx
 from outlast.store.notify import Notifier
@@ -103,8 +104,8 @@ class RuleStore(Store, Generic[P]):
 
     # What each kind of operation reads, for a backend that fetches it ahead; none by default.
 
-    def _prefetch_counts(self, queue: str) -> Sequence[P]:
-        """Admission: the queue's counts."""
+    def _prefetch_submit(self, new: NewJob) -> Sequence[P]:
+        """Admission: the queue's counts and turns."""
         return ()
 
     def _prefetch_due(self, queue: str, limit: int) -> Sequence[P]:
@@ -198,7 +199,7 @@ class RuleStore(Store, Generic[P]):
 
     async def submit_job(self, new: NewJob, capacity: int) -> SubmitResult:
         changed = await self._change(
-            lambda tx, now: jobs.submit(tx, new, capacity, now), self._prefetch_counts(new.queue)
+            lambda tx, now: jobs.submit(tx, new, capacity, now), self._prefetch_submit(new)
         )
         return changed.value
 
@@ -223,9 +224,11 @@ class RuleStore(Store, Generic[P]):
         page = found[:limit]
         return JobPage(page, page[-1].id if len(found) > limit else None)
 
-    async def claim_jobs(self, queue: str, owner: str, limit: int, lease: float) -> list[JobRecord]:
+    async def claim_jobs(
+        self, queue: str, owner: str, limit: int, lease: float, per_key: int = 0
+    ) -> list[JobRecord]:
         changed = await self._change(
-            lambda tx, now: jobs.claim(tx, queue, owner, limit, lease, now),
+            lambda tx, now: jobs.claim(tx, queue, owner, limit, lease, now, per_key),
             self._prefetch_due(queue, limit),
         )
         return changed.value
@@ -283,6 +286,27 @@ class RuleStore(Store, Generic[P]):
             lambda tx, now: jobs.cancel(tx, job_id, now), self._prefetch_running(job_id)
         )
         return changed.value
+
+    async def retry_job(self, job_id: str, capacity: int) -> SubmitResult:
+        changed = await self._change(lambda tx, now: jobs.retry(tx, job_id, capacity, now))
+        return changed.value
+
+    async def acquire_upstream(
+        self, name: str, holder: str, limits: UpstreamLimits, hold: float
+    ) -> tuple[float, str] | None:
+        changed = await self._change(
+            lambda tx, now: jobs.acquire_upstream(tx, name, holder, limits, hold, now)
+        )
+        return changed.value
+
+    async def release_upstream(self, name: str, holder: str, tokens: int) -> None:
+        await self._change(lambda tx, now: jobs.release_upstream(tx, name, holder, tokens, now))
+
+    async def pause_queue(self, queue: str, paused: bool) -> None:
+        await self._change(lambda tx, now: jobs.pause(tx, queue, paused, now))
+
+    async def paused_queues(self) -> set[str]:
+        return await self._view(lambda tx: tx.paused_queues())
 
     async def recover_expired(self) -> list[JobRecord]:
         return (await self._change(jobs.recover_expired)).value

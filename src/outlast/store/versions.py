@@ -14,11 +14,44 @@ from importlib import metadata
 from outlast.errors import StoreError
 
 # Version 1 is the schema of the releases that did not record a version yet (user_version 0).
-SQLITE_SCHEMA_VERSION = 2
-REDIS_LAYOUT_VERSION = 1
+SQLITE_SCHEMA_VERSION = 3
+# Layout 2: queued jobs that are due wait in ready:<queue> (in start order), delayed ones in
+# due:<queue>. A layout 1 store needs no rewrite: claims move its due jobs to ready:<queue>.
+REDIS_LAYOUT_VERSION = 2
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+# Flow control's tables (schema version 3).
+FLOW_TABLES = """
+CREATE TABLE queue_flags (
+    queue   TEXT PRIMARY KEY,
+    paused  INTEGER NOT NULL DEFAULT 0,
+    turn    INTEGER NOT NULL DEFAULT 0,
+    lane    INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE key_flows (
+    queue    TEXT NOT NULL,
+    key      TEXT NOT NULL,
+    turn     INTEGER NOT NULL DEFAULT 0,
+    running  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, key)
+) WITHOUT ROWID;
+CREATE TABLE upstream_limits (
+    name   TEXT PRIMARY KEY,
+    state  TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+# queue_flags: per queue, paused or not; the turn of the job started last, and the last turn
+# given to a job without a concurrency key. key_flows: per queue and key, the last turn given to
+# one of its jobs and how many run. upstream_limits: per named upstream, its limiter's state
+# (JSON). See store.jobs_logic.
 
 # The tables of the current version, for a new file.
-SQLITE_SCHEMA = """
+SQLITE_SCHEMA = (
+    """
 CREATE TABLE streams (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
     name          TEXT NOT NULL UNIQUE,
@@ -64,9 +97,16 @@ CREATE TABLE jobs (
     lease_expires     REAL,
     cancel_requested  INTEGER NOT NULL DEFAULT 0,
     callback          TEXT,
-    hook_due          REAL
+    hook_due          REAL,
+    priority          INTEGER NOT NULL DEFAULT 0,
+    concurrency_key   TEXT,
+    retry_of          TEXT,
+    turn              INTEGER NOT NULL DEFAULT 0,
+    waiting           TEXT,
+    waited            REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX jobs_due ON jobs(queue, state, run_at);
+CREATE INDEX jobs_ready ON jobs(queue, state, priority DESC, turn, id);
 CREATE INDEX jobs_lease ON jobs(state, lease_expires);
 CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX jobs_hook_due ON jobs(hook_due) WHERE hook_due IS NOT NULL;
@@ -84,6 +124,8 @@ CREATE TABLE producers (
     PRIMARY KEY (stream_id, producer_id)
 ) WITHOUT ROWID;
 """
+    + FLOW_TABLES
+)
 
 # SQLITE_MIGRATIONS[v]: the statements that take a store from version v to v + 1. Every
 # schema change adds one here and raises SQLITE_SCHEMA_VERSION; SQLITE_SCHEMA is then the
@@ -95,15 +137,23 @@ SQLITE_MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE jobs ADD COLUMN hook_due REAL",
         "CREATE INDEX jobs_hook_due ON jobs(hook_due) WHERE hook_due IS NOT NULL",
     ],
+    # 2 -> 3: flow control (docs/flow-control.md): priorities, turns and per-key counts, paused
+    # queues, upstream limits, retries and waits.
+    2: [
+        "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN concurrency_key TEXT",
+        "ALTER TABLE jobs ADD COLUMN retry_of TEXT",
+        "ALTER TABLE jobs ADD COLUMN turn INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN waiting TEXT",
+        "ALTER TABLE jobs ADD COLUMN waited REAL NOT NULL DEFAULT 0",
+        "CREATE INDEX jobs_ready ON jobs(queue, state, priority DESC, turn, id)",
+        *_statements(FLOW_TABLES),
+    ],
 }
 
 
 class StoreTooNew(StoreError):
     """The store was written by a newer outlast than this one."""
-
-
-def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
 
 
 def sqlite_version(conn: sqlite3.Connection) -> int:
