@@ -149,7 +149,7 @@ def scopes_for(tokens: Iterable[TokenSettings], presented: str) -> frozenset[str
 
 def required_scope(method: str, path: str) -> str | None:
     """The scope a request needs, or ``None`` for public endpoints."""
-    if path in ("/healthz", "/readyz", "/openapi.json"):
+    if path in ("/healthz", "/readyz", "/openapi.json", "/ui") or path.startswith("/ui/"):
         return None
     if path == "/metrics":
         return "admin"
