@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,15 +26,16 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from bench import common
 from bench.jobs import report as jobs_report
 from bench.relay import report as relay_report
 from bench.shutdown import report as shutdown_report
 from bench.streams import report as streams_report
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = common.REPO
 RESULTS = ROOT / "bench" / "results"
 IMG = ROOT / "docs" / "img"
-DOC = ROOT / "docs" / "benchmarks.md"
+DOC = common.DOC
 COMMAND = "python -m bench.plots"
 SECTION = "plots"
 BENCHES = ("streams", "jobs", "relay", "shutdown")
@@ -618,21 +618,6 @@ def render_section(charts: list[Chart], img: Path, doc: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section_md: str) -> None:
-    """Replace the plots section of *path*; or put it before the first benchmark's section
-    (after the intro), or at the end. The rest of the file is left as it is."""
-    text = path.read_text(encoding="utf-8") if path.exists() else streams_report.DOC_INTRO
-    pattern = re.compile(rf"<!-- bench:{SECTION} -->.*?<!-- /bench:{SECTION} -->\n?", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section_md, text, count=1)
-    elif first := re.search(r"^<!-- bench:", text, re.M):
-        text = text[: first.start()] + section_md + "\n" + text[first.start() :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section_md
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", type=Path, help="raw results files (default: newest)")
@@ -661,7 +646,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {_shown(out)} (from {chart.source})")
     if args.out != "none" and charts:
         doc = Path(args.out)
-        write_section(doc, render_section(charts, args.img, doc))
+        # Before the first benchmark's section (after the intro), when it is not there yet.
+        section = render_section(charts, args.img, doc)
+        common.write_section(doc, SECTION, section, before_others=True)
         print(f"wrote the {SECTION} section of {_shown(doc)}")
     return 0
 

@@ -63,6 +63,14 @@ async def fail(job: outlast.Job, message: str = "it broke") -> None:
     raise RuntimeError(message)
 
 
+@app.task(retries=1)
+async def fail_once(job: outlast.Job) -> str:
+    """Fails its first attempt, succeeds the second."""
+    if job.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return "second time lucky"
+
+
 @app.task(retries=0)
 async def block(job: outlast.Job, gate: str) -> str:
     """Runs until the gate file exists (or the job is cancelled)."""

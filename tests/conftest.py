@@ -4,9 +4,15 @@ Servers run as subprocesses (``python -m outlast serve``) so that tests can send
 signals. Every wait is on a condition with a timeout as a guard, never a bare sleep.
 
 Backends: tests that take the ``backend`` fixture (directly, or through ``server``,
-``server_factory`` or ``store_url``) run once per store backend in :data:`BACKENDS`. Redis runs
-as real ``redis-server`` processes on 127.0.0.1 (``redis_factory``), with AOF and
-``appendfsync always`` so that what outlast acknowledged survives a Redis restart.
+``server_factory``, ``store_url`` or ``inproc``) run once per store backend in :data:`BACKENDS`
+(``OUTLAST_TEST_BACKENDS``, see :mod:`tests.tiers`). Redis runs as real ``redis-server``
+processes on 127.0.0.1 (``redis_factory``), with AOF and ``appendfsync always`` so that what
+outlast acknowledged survives a Redis restart.
+
+Tiers (:mod:`tests.tiers`): a test that starts a process is marked ``slow``, automatically when
+it uses one of the fixtures here that start one; ``pytest -m "not slow"`` runs the rest, and
+fails any of them that starts a process. ``inproc`` (:mod:`tests.inproc`) runs the app in the
+test's process, for tests that need no real server.
 """
 
 from __future__ import annotations
@@ -26,10 +32,29 @@ from typing import Any
 import httpx
 import pytest
 
-# Every store backend: the same tests run on each. OUTLAST_TEST_BACKENDS=sqlite,redis narrows
-# or widens the list for one run (``scripts/test`` runs them all).
-DEFAULT_BACKENDS = "sqlite,redis"
-BACKENDS = os.environ.get("OUTLAST_TEST_BACKENDS", DEFAULT_BACKENDS).split(",")
+# The tiers (slow marks, the no-subprocess guard, the backend list) and the in-process app: their
+# hooks and fixtures take effect by being names of this conftest.
+from tests.inproc import InProcessServer, inproc, inproc_factory
+from tests.tiers import (
+    BACKENDS,
+    backend_params,
+    pytest_collection_modifyitems,
+    pytest_runtest_call,
+    pytest_runtest_setup,
+    pytest_runtest_teardown,
+)
+
+__all__ = [
+    "BACKENDS",
+    "InProcessServer",
+    "backend_params",
+    "inproc",
+    "inproc_factory",
+    "pytest_collection_modifyitems",
+    "pytest_runtest_call",
+    "pytest_runtest_setup",
+    "pytest_runtest_teardown",
+]
 
 
 def free_port() -> int:
@@ -205,7 +230,7 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[[], RedisProcess]]:
         server.stop(signal.SIGKILL)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=backend_params())
 def backend(request: pytest.FixtureRequest) -> str:
     """The store backend a test runs on; tests that use it run once per backend."""
     return str(request.param)
@@ -213,18 +238,21 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def store_url_factory(
-    backend: str, tmp_path: Path, redis_factory: Callable[[], RedisProcess]
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Callable[[], str]:
     """Fresh, empty stores of the test's backend: a new SQLite file, or a new Redis database
     (0-15) on one ``redis-server`` started for the test."""
     made: list[str] = []
     redis: list[RedisProcess] = []
+    # Only the Redis variant asks for redis_factory: a SQLite test starts no process.
+    redis_factory = request.getfixturevalue("redis_factory") if backend == "redis" else None
 
     def make() -> str:
         index = len(made)
         if backend == "sqlite":
             url = f"sqlite:///{tmp_path}/outlast-{index}.db"
         elif backend == "redis":
+            assert redis_factory is not None
             if not redis:
                 redis.append(redis_factory())
             assert index < 16, "one redis-server has 16 databases"

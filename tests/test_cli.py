@@ -118,6 +118,20 @@ def test_follow_exits_non_zero_when_the_job_fails(app_server: ServerProcess) -> 
     assert "failed" in lines(result.stderr)[-1] and "no luck" in result.stderr
 
 
+def test_follow_of_a_job_that_succeeds_after_a_failed_attempt_prints_no_error(
+    app_server: ServerProcess,
+) -> None:
+    result = run(app_server, "submit", "fail_once", "--follow")
+    assert result.exit_code == 0, result.output
+    no_traceback(result)
+    assert lines(result.stdout) == ['"second time lucky"']
+    # The failed attempt is shown as it happens; the outcome is a success, with no error.
+    assert "attempt 1 failed: exception: RuntimeError: first attempt fails" in result.stderr
+    summary = lines(result.stderr)[-1]
+    assert "succeeded" in summary and "(attempt 2/2)" in summary, summary
+    assert summary.endswith("(attempt 2/2)"), summary
+
+
 def test_follow_relays_upstream_events(
     server_factory: Callable[..., ServerProcess], upstream: Any
 ) -> None:

@@ -1,4 +1,7 @@
-"""The built-in ``http`` task against a fake upstream on 127.0.0.1, and egress refusals."""
+"""The built-in ``http`` task against a fake upstream on 127.0.0.1, and egress refusals.
+
+The app and its workers run in this process (``inproc``); the fake upstream is a real uvicorn
+on 127.0.0.1 in a thread."""
 
 from __future__ import annotations
 
@@ -8,24 +11,24 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, upstream_env, wait_for
+from tests.conftest import InProcessServer, upstream_env, wait_for
 
 FAST_RETRIES = {"OUTLAST_JOBS__BACKOFF_BASE": "0.01"}
 
 
-def _run(server: ServerProcess, body: dict[str, Any]) -> dict[str, Any]:
-    resp = httpx.post(f"{server.url}/v1/jobs", json=body)
+def _run(server: InProcessServer, body: dict[str, Any]) -> dict[str, Any]:
+    resp = server.client.post("/v1/jobs", json=body)
     assert resp.status_code == 202, resp.text
-    job = httpx.get(f"{server.url}/v1/jobs/{resp.json()['id']}", params={"wait": 30}, timeout=40)
+    job = server.client.get(f"/v1/jobs/{resp.json()['id']}", params={"wait": 30}, timeout=40)
     result: dict[str, Any] = job.json()
     assert result["state"] in ("succeeded", "failed"), result
     return result
 
 
 def test_http_task_makes_the_request_and_keeps_the_answer(
-    server_factory: Callable[..., ServerProcess], upstream: Any
+    inproc_factory: Callable[..., InProcessServer], upstream: Any
 ) -> None:
-    server = server_factory(env=upstream_env(upstream)).start()
+    server = inproc_factory(env=upstream_env(upstream), workers=True)
     job = _run(
         server,
         {
@@ -48,9 +51,9 @@ def test_http_task_makes_the_request_and_keeps_the_answer(
 
 
 def test_http_task_retries_5xx_then_fails_with_the_status(
-    server_factory: Callable[..., ServerProcess], upstream: Any
+    inproc_factory: Callable[..., InProcessServer], upstream: Any
 ) -> None:
-    server = server_factory(env={**upstream_env(upstream), **FAST_RETRIES}).start()
+    server = inproc_factory(env={**upstream_env(upstream), **FAST_RETRIES}, workers=True)
     job = _run(
         server, {"task": "http", "input": {"url": f"{upstream.url}/status/503"}, "retries": 2}
     )
@@ -63,9 +66,9 @@ def test_http_task_retries_5xx_then_fails_with_the_status(
 
 
 def test_http_task_keeps_a_4xx_answer_without_retrying(
-    server_factory: Callable[..., ServerProcess], upstream: Any
+    inproc_factory: Callable[..., InProcessServer], upstream: Any
 ) -> None:
-    server = server_factory(env={**upstream_env(upstream), **FAST_RETRIES}).start()
+    server = inproc_factory(env={**upstream_env(upstream), **FAST_RETRIES}, workers=True)
     job = _run(server, {"task": "http", "input": {"url": f"{upstream.url}/status/404"}})
     assert job["state"] == "succeeded"
     assert job["result"]["status"] == 404
@@ -73,9 +76,9 @@ def test_http_task_keeps_a_4xx_answer_without_retrying(
 
 
 def test_http_task_retries_connection_errors(
-    server_factory: Callable[..., ServerProcess], upstream: Any
+    inproc_factory: Callable[..., InProcessServer], upstream: Any
 ) -> None:
-    server = server_factory(env={**upstream_env(upstream), **FAST_RETRIES}).start()
+    server = inproc_factory(env={**upstream_env(upstream), **FAST_RETRIES}, workers=True)
     closed_port = upstream.port + 0
     upstream.stop()  # nothing listens there any more
     job = _run(
@@ -98,25 +101,27 @@ def test_http_task_retries_connection_errors(
     ],
 )
 def test_private_addresses_are_refused_at_submit(
-    server_factory: Callable[..., ServerProcess], url: str, code: str
+    inproc_factory: Callable[..., InProcessServer], url: str, code: str
 ) -> None:
     # Every host is allowed by name here; the address check alone must refuse these.
-    server = server_factory(env={"OUTLAST_EGRESS__ALLOWED_HOSTS": '["*"]'}).start()
-    resp = httpx.post(f"{server.url}/v1/jobs", json={"task": "http", "input": {"url": url}})
+    server = inproc_factory(env={"OUTLAST_EGRESS__ALLOWED_HOSTS": '["*"]'})
+    resp = server.client.post("/v1/jobs", json={"task": "http", "input": {"url": url}})
     assert resp.status_code == 403, resp.text
     assert resp.json()["error"]["code"] == code
 
 
-def test_hosts_outside_the_allow_list_are_refused(server: ServerProcess) -> None:
-    resp = httpx.post(
-        f"{server.url}/v1/jobs", json={"task": "http", "input": {"url": "https://example.com/"}}
+def test_hosts_outside_the_allow_list_are_refused(inproc: InProcessServer) -> None:
+    resp = inproc.client.post(
+        "/v1/jobs", json={"task": "http", "input": {"url": "https://example.com/"}}
     )
     assert resp.status_code == 403
     assert resp.json()["error"]["field"] == "input.url"
 
 
-def test_http_task_retries_429(server_factory: Callable[..., ServerProcess], upstream: Any) -> None:
-    server = server_factory(env={**upstream_env(upstream), **FAST_RETRIES}).start()
+def test_http_task_retries_429(
+    inproc_factory: Callable[..., InProcessServer], upstream: Any
+) -> None:
+    server = inproc_factory(env={**upstream_env(upstream), **FAST_RETRIES}, workers=True)
     job = _run(
         server, {"task": "http", "input": {"url": f"{upstream.url}/status/429"}, "retries": 1}
     )
@@ -126,9 +131,9 @@ def test_http_task_retries_429(server_factory: Callable[..., ServerProcess], ups
 
 
 def test_http_task_is_bounded_by_the_job_timeout(
-    server_factory: Callable[..., ServerProcess], upstream: Any
+    inproc_factory: Callable[..., InProcessServer], upstream: Any
 ) -> None:
-    server = server_factory(env={**upstream_env(upstream), **FAST_RETRIES}).start()
+    server = inproc_factory(env={**upstream_env(upstream), **FAST_RETRIES}, workers=True)
     job = _run(
         server,
         {"task": "http", "input": {"url": f"{upstream.url}/hang"}, "timeout": 0.5, "retries": 0},
@@ -139,15 +144,14 @@ def test_http_task_is_bounded_by_the_job_timeout(
 
 
 def test_http_task_can_be_cancelled_mid_request(
-    server_factory: Callable[..., ServerProcess], upstream: Any
+    inproc_factory: Callable[..., InProcessServer], upstream: Any
 ) -> None:
-    server = server_factory(env=upstream_env(upstream)).start()
-    resp = httpx.post(
-        f"{server.url}/v1/jobs", json={"task": "http", "input": {"url": f"{upstream.url}/hang"}}
-    )
+    server = inproc_factory(env=upstream_env(upstream), workers=True)
+    http = server.client
+    resp = http.post("/v1/jobs", json={"task": "http", "input": {"url": f"{upstream.url}/hang"}})
     job_id = resp.json()["id"]
     wait_for(lambda: upstream.requests["/hang"] == 1, timeout=30)
-    assert httpx.post(f"{server.url}/v1/jobs/{job_id}/cancel").status_code == 202
-    job = httpx.get(f"{server.url}/v1/jobs/{job_id}", params={"wait": 30}, timeout=40).json()
+    assert http.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+    job = http.get(f"/v1/jobs/{job_id}", params={"wait": 30}, timeout=40).json()
     assert job["state"] == "cancelled"
     assert job["error"]["code"] == "cancelled"

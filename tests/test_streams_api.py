@@ -1,5 +1,6 @@
 """outlast's own promises about ``/v1/stream`` beyond the conformance suite: EventSource
-resumption, limits, error bodies, auth, readiness, metrics. Real server processes on 127.0.0.1."""
+resumption, limits, error bodies, auth, readiness, metrics. Request-response rules run on the app
+in this process (``inproc``); a live SSE reader and the command line on real processes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import InProcessServer, ServerProcess, free_port
 
 
 def _sse_events(text: str) -> list[dict[str, str]]:
@@ -69,31 +70,30 @@ def test_sse_resumes_from_last_event_id(server: ServerProcess) -> None:
 
 
 def test_append_over_the_limit_is_413_and_stores_nothing(
-    server_factory: Callable[..., ServerProcess],
+    inproc_factory: Callable[..., InProcessServer],
 ) -> None:
-    server = server_factory(env={"OUTLAST_LIMITS__APPEND_BYTES": "1024"}).start()
-    url = f"{server.url}/v1/stream/limited"
-    assert httpx.put(url, headers={"Content-Type": "text/plain"}).status_code == 201
-    resp = httpx.post(url, headers={"Content-Type": "text/plain"}, content=b"x" * 1025)
+    http = inproc_factory(env={"OUTLAST_LIMITS__APPEND_BYTES": "1024"}).client
+    url = "/v1/stream/limited"
+    assert http.put(url, headers={"Content-Type": "text/plain"}).status_code == 201
+    resp = http.post(url, headers={"Content-Type": "text/plain"}, content=b"x" * 1025)
     assert resp.status_code == 413
     assert resp.json()["error"]["code"] == "payload_too_large"
     # Also when the size is not declared up front (chunked upload).
-    resp = httpx.post(
+    resp = http.post(
         url, headers={"Content-Type": "text/plain"}, content=iter([b"x" * 600, b"y" * 600])
     )
     assert resp.status_code == 413
-    assert httpx.post(url, headers={"Content-Type": "text/plain"}, content=b"ok").status_code == 204
-    assert httpx.get(url, params={"offset": "-1"}).text == "ok"
+    assert http.post(url, headers={"Content-Type": "text/plain"}, content=b"ok").status_code == 204
+    assert http.get(url, params={"offset": "-1"}).text == "ok"
 
 
-def test_errors_have_one_shape(server: ServerProcess) -> None:
+def test_errors_have_one_shape(inproc: InProcessServer) -> None:
+    http = inproc.client
     cases = [
-        httpx.get(f"{server.url}/v1/stream/missing"),
-        httpx.post(
-            f"{server.url}/v1/stream/missing", content=b"x", headers={"Content-Type": "a/b"}
-        ),
-        httpx.get(f"{server.url}/v1/stream/" + "n" * 2000),
-        httpx.get(f"{server.url}/nowhere"),
+        http.get("/v1/stream/missing"),
+        http.post("/v1/stream/missing", content=b"x", headers={"Content-Type": "a/b"}),
+        http.get("/v1/stream/" + "n" * 2000),
+        http.get("/nowhere"),
     ]
     assert [r.status_code for r in cases] == [404, 404, 400, 404]
     for resp in cases:
@@ -104,22 +104,24 @@ def test_errors_have_one_shape(server: ServerProcess) -> None:
         assert resp.headers["x-content-type-options"] == "nosniff"
 
 
-def test_bad_offsets_are_400_not_500(server: ServerProcess) -> None:
-    url = f"{server.url}/v1/stream/offsets"
-    httpx.put(url, headers={"Content-Type": "text/plain"}, content=b"abc")
+def test_bad_offsets_are_400_not_500(inproc: InProcessServer) -> None:
+    http = inproc.client
+    url = "/v1/stream/offsets"
+    http.put(url, headers={"Content-Type": "text/plain"}, content=b"abc")
     for bad in ["", "abc", "-2", "0000000000000000_000000000000000x", "1_2", "9" * 300]:
-        resp = httpx.get(url, params={"offset": bad})
+        resp = http.get(url, params={"offset": bad})
         assert resp.status_code == 400, (bad, resp.status_code)
         assert resp.json()["error"]["code"] == "invalid_offset"
 
 
-def test_health_readiness_and_metrics(server: ServerProcess) -> None:
-    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{server.url}/readyz").status_code == 200
-    url = f"{server.url}/v1/stream/counted"
-    httpx.put(url, headers={"Content-Type": "text/plain"})
-    httpx.post(url, headers={"Content-Type": "text/plain"}, content=b"12345")
-    text = httpx.get(f"{server.url}/metrics").text
+def test_health_readiness_and_metrics(inproc: InProcessServer) -> None:
+    http = inproc.client
+    assert http.get("/healthz").json() == {"status": "ok"}
+    assert http.get("/readyz").status_code == 200
+    url = "/v1/stream/counted"
+    http.put(url, headers={"Content-Type": "text/plain"})
+    http.post(url, headers={"Content-Type": "text/plain"}, content=b"12345")
+    text = http.get("/metrics").text
     assert "outlast_stream_appends_total 1.0" in text
     assert "outlast_stream_append_bytes_total 5.0" in text
     assert (
@@ -136,38 +138,37 @@ def _token_env(tokens: dict[str, list[str]]) -> dict[str, str]:
     return {"OUTLAST_AUTH__TOKENS": json.dumps(config)}
 
 
-def test_bearer_tokens_and_scopes(server_factory: Callable[..., ServerProcess]) -> None:
-    server = server_factory(
+def test_bearer_tokens_and_scopes(inproc_factory: Callable[..., InProcessServer]) -> None:
+    http = inproc_factory(
         env=_token_env({"reader": ["streams:read"], "writer": ["streams:read", "streams:write"]})
-    ).start()
-    url = f"{server.url}/v1/stream/secured"
+    ).client
+    url = "/v1/stream/secured"
 
     def as_(token: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"} if token else {}
 
-    anon = httpx.put(url, headers={"Content-Type": "text/plain"})
+    anon = http.put(url, headers={"Content-Type": "text/plain"})
     assert anon.status_code == 401
     assert anon.json()["error"]["code"] == "unauthorized"
-    assert httpx.put(url, headers=as_("wrong")).status_code == 401
-    denied = httpx.put(url, headers={**as_("reader"), "Content-Type": "text/plain"})
+    assert http.put(url, headers=as_("wrong")).status_code == 401
+    denied = http.put(url, headers={**as_("reader"), "Content-Type": "text/plain"})
     assert denied.status_code == 403
     assert "streams:write" in denied.json()["error"]["message"]
-    assert (
-        httpx.put(url, headers={**as_("writer"), "Content-Type": "text/plain"}).status_code == 201
-    )
-    assert httpx.get(url, params={"offset": "-1"}, headers=as_("reader")).status_code == 200
-    assert httpx.get(url, params={"offset": "-1"}).status_code == 401
+    assert http.put(url, headers={**as_("writer"), "Content-Type": "text/plain"}).status_code == 201
+    assert http.get(url, params={"offset": "-1"}, headers=as_("reader")).status_code == 200
+    assert http.get(url, params={"offset": "-1"}).status_code == 401
     # Health stays open for load balancers; metrics need admin.
-    assert httpx.get(f"{server.url}/healthz").status_code == 200
-    assert httpx.get(f"{server.url}/metrics", headers=as_("writer")).status_code == 403
+    assert http.get("/healthz").status_code == 200
+    assert http.get("/metrics", headers=as_("writer")).status_code == 403
     # CORS preflight needs no token.
-    pre = httpx.options(
+    pre = http.options(
         url, headers={"Origin": "http://example.test", "Access-Control-Request-Method": "GET"}
     )
     assert pre.status_code == 204
     assert "If-None-Match" in pre.headers["access-control-allow-headers"]
 
 
+@pytest.mark.slow  # runs `outlast serve`
 def test_refuses_public_bind_without_tokens(tmp_path: object) -> None:
     proc = subprocess.run(
         [
@@ -190,6 +191,7 @@ def test_refuses_public_bind_without_tokens(tmp_path: object) -> None:
     assert "--insecure" in proc.stderr
 
 
+@pytest.mark.slow  # runs `outlast serve`
 def test_unknown_config_key_is_named(tmp_path: object) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "outlast", "serve", "--port", str(free_port())],
@@ -204,29 +206,32 @@ def test_unknown_config_key_is_named(tmp_path: object) -> None:
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[]"])
-def test_bad_json_appends_are_400(server: ServerProcess, body: bytes) -> None:
-    url = f"{server.url}/v1/stream/json-bad"
-    httpx.put(url, headers={"Content-Type": "application/json"})
-    resp = httpx.post(url, headers={"Content-Type": "application/json"}, content=body)
+def test_bad_json_appends_are_400(inproc: InProcessServer, body: bytes) -> None:
+    http = inproc.client
+    url = "/v1/stream/json-bad"
+    http.put(url, headers={"Content-Type": "application/json"})
+    resp = http.post(url, headers={"Content-Type": "application/json"}, content=body)
     assert resp.status_code == 400
-    assert httpx.get(url, params={"offset": "-1"}).json() == []
+    assert http.get(url, params={"offset": "-1"}).json() == []
 
 
-def test_job_streams_are_read_only(server: ServerProcess) -> None:
-    url = f"{server.url}/v1/stream/jobs/job_aaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+def test_job_streams_are_read_only(inproc: InProcessServer) -> None:
+    http = inproc.client
+    url = "/v1/stream/jobs/job_aaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
     for method in ("PUT", "POST", "DELETE"):
-        resp = httpx.request(method, url, content=b"x", headers={"Content-Type": "text/plain"})
+        resp = http.request(method, url, content=b"x", headers={"Content-Type": "text/plain"})
         assert resp.status_code == 405, method
         assert resp.json()["error"]["code"] == "read_only_stream"
 
 
-def test_numbers_and_offsets_are_parsed_strictly(server: ServerProcess) -> None:
-    url = f"{server.url}/v1/stream/strict"
-    httpx.put(url, headers={"Content-Type": "text/plain"}, content=b"abc")
-    tail = httpx.head(url).headers["Stream-Next-Offset"]
+def test_numbers_and_offsets_are_parsed_strictly(inproc: InProcessServer) -> None:
+    http = inproc.client
+    url = "/v1/stream/strict"
+    http.put(url, headers={"Content-Type": "text/plain"}, content=b"abc")
+    tail = http.head(url).headers["Stream-Next-Offset"]
     # A trailing newline or non-ASCII digits must not pass for an offset or a TTL.
     for bad in [tail + "\n", tail.replace("0", "٠", 1)]:
-        assert httpx.get(url, params={"offset": bad}).status_code == 400
+        assert http.get(url, params={"offset": bad}).status_code == 400
     for ttl in ["6_0", "+60", "060", "6e1"]:
-        resp = httpx.put(f"{url}-ttl", headers={"Content-Type": "text/plain", "Stream-TTL": ttl})
+        resp = http.put(f"{url}-ttl", headers={"Content-Type": "text/plain", "Stream-TTL": ttl})
         assert resp.status_code == 400, ttl

@@ -42,6 +42,7 @@ from bench.streams.loadgen import (
     cpu_seconds,
     machine_cpu_seconds,
     percentile,
+    run_bounded,
     server_cpu_seconds,
 )
 from bench.streams.targets import process_tree
@@ -376,13 +377,7 @@ def main(argv: list[str]) -> None:
     os.environ[marks.BROKER_ENV] = spec["broker_url"]
     os.environ[marks.URL_ENV] = spec["marks_url"]
     os.environ[marks.KEY_ENV] = spec["marks_key"]
-    try:
-        import uvloop
-
-        result = uvloop.run(main_async(spec))
-    except ImportError:  # pragma: no cover - depends on the environment
-        result = asyncio.run(main_async(spec))
-    sys.stdout.write(json.dumps(result) + "\n")
+    run_bounded(lambda: main_async(spec), None)  # main_async bounds the operation
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from bench.streams.report import DOC_INTRO, Metric, _cell, _ratio, _value, median
+from bench.common import cell, median, ratio, table
+from bench.streams.report import Metric, _value
 
 SECTION = "jobs"
 BUSY_NOTE = 0.3  # cores used by other processes during a measurement that earn it a note
@@ -184,15 +184,6 @@ def problems(runs: list[dict[str, dict[str, Any]]]) -> list[str]:
 # ---------------------------------------------------------------------------------- markdown
 
 
-def _table(header: list[str], rows: list[list[str]], right_from: int) -> list[str]:
-    align = ["---"] * right_from + ["---:"] * (len(header) - right_from)
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(align) + "|",
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-
-
 def render(data: dict[str, Any]) -> str:
     meta, targets = data["meta"], data["targets"]
     names, outlasts = list(targets), data["outlast"]
@@ -233,9 +224,9 @@ def render(data: dict[str, Any]) -> str:
     rows = []
     for metric, row in zip(METRICS, data["summary"], strict=True):
         cells = [metric.row.format(**fmt_args), metric.name]
-        cells += [_cell(row["median"].get(n), metric.fmt) for n in names]
+        cells += [cell(row["median"].get(n), metric.fmt) for n in names]
         rows.append(cells)
-    lines += _table(["Workload", "Metric", *(targets[n]["label"] for n in names)], rows, 2)
+    lines += table(["Workload", "Metric", *(targets[n]["label"] for n in names)], rows, 2)
 
     if outlasts and peers:
         lines += ["", "outlast against each peer (outlast ÷ peer; for ms, below 1 is better):", ""]
@@ -251,8 +242,8 @@ def render(data: dict[str, Any]) -> str:
                     [
                         f"`{mine}`",
                         f"{title} · {metric.name}",
-                        *(_ratio(row["ratio"][mine].get(p)) for p in peers),
-                        _ratio(row["ratio_best"].get(mine)) + (f" ({best})" if best else ""),
+                        *(ratio(row["ratio"][mine].get(p)) for p in peers),
+                        ratio(row["ratio_best"].get(mine)) + (f" ({best})" if best else ""),
                         target,
                         _met(check, row["median"].get(mine), row["ratio_best"].get(mine))
                         if check
@@ -260,7 +251,7 @@ def render(data: dict[str, Any]) -> str:
                     ]
                 )
         header = ["Target", "Figure", *(f"× {p}" for p in peers), "× best peer", "SPEC", "Met?"]
-        lines += _table(header, rows, 2)
+        lines += table(header, rows, 2)
         lines += ["", *_by_run(data, outlasts, fmt_args)]
 
     lines += [
@@ -281,7 +272,7 @@ def render(data: dict[str, Any]) -> str:
             )
         if any(c != "—" for c in cells):
             rows.append([WORKLOAD_NAMES[workload], *cells])
-    lines += _table(["Workload", *(targets[n]["label"] for n in names)], rows, 1)
+    lines += table(["Workload", *(targets[n]["label"] for n in names)], rows, 1)
     if data["problems"]:
         lines += ["", "Problems seen during the runs:", ""]
         lines += [f"- {p}" for p in data["problems"]]
@@ -308,16 +299,3 @@ def _by_run(data: dict[str, Any], outlasts: list[str], fmt_args: dict[str, Any])
                     cells.append("—")
             lines.append(f"- {title}, {metric.name} — `{name}`: {', '.join(cells)}")
     return lines
-
-
-def write_section(path: Path, section_md: str) -> None:
-    """Put this benchmark's section into *path* in place of the old one, or at its end."""
-    text = path.read_text() if path.exists() else DOC_INTRO
-    begin, end = f"<!-- bench:{SECTION} -->", f"<!-- /bench:{SECTION} -->\n"
-    head, found, rest = text.partition(begin)
-    if found and end in rest:
-        text = head + section_md + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section_md
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)

@@ -29,11 +29,11 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/jobs/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench import common
+from bench.common import Interrupted, machine_info, median, on_sigterm, settle
 from bench.jobs import report, targets, workloads
 from bench.jobs.targets import RedisServer, Slot
 from bench.jobs.workloads import Config
-from bench.streams.report import median
-from bench.streams.run import Interrupted, _on_sigterm, machine_info, settle
 from bench.streams.targets import REPO
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
@@ -44,8 +44,8 @@ NOISY = 0.25  # cores of other processes (median) above which the report calls t
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.jobs", description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=int, default=3, help="runs; figures are medians (default 3)")
+    p = common.parser("bench.jobs", __doc__)
+    common.add_runs(p)
     p.add_argument(
         "--duration",
         type=float,
@@ -72,27 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}"
     )
-    p.add_argument(
-        "--out",
-        help="markdown file whose Jobs section is (re)written (default docs/benchmarks.md); "
-        "'none' to skip",
-    )
-    p.add_argument(
-        "--json", dest="json_path", help="raw results (default bench/results/jobs-<date>.json)"
-    )
-    p.add_argument(
-        "--settle",
-        type=float,
-        default=30.0,
-        help="seconds to wait, at most, for a quiet machine before each measurement "
-        "(default 30; 0: measure at once)",
-    )
-    p.add_argument("--keep", action="store_true", help="keep the targets' temp dirs and logs")
-    p.add_argument(
-        "--render",
-        metavar="JSON",
-        help="measure nothing: write the section again from a raw results file (to --out)",
-    )
+    common.add_outputs(p, section="Jobs", results="jobs-<date>.json")
+    common.add_settle_keep(p, settle=30.0)
+    common.add_render(p)
     args = p.parse_args(argv)
     if args.runs < 1 or args.duration < 1 or args.jobs < 100 or args.producers < 1:
         p.error("--runs ≥ 1, --duration ≥ 1 s, --jobs ≥ 100 and --producers ≥ 1")
@@ -116,11 +98,6 @@ def choose_targets(args: argparse.Namespace, console: Console) -> list[str]:
         )
         names.remove("outlast-redis")
     return names
-
-
-def command_line(argv: list[str] | None) -> str:
-    """The command as the report prints it (`python bench/jobs/run.py` runs the same)."""
-    return shlex.join(["python", "-m", "bench.jobs", *(sys.argv[1:] if argv is None else argv)])
 
 
 def expected_seconds(key: str, cfg: Config) -> float:
@@ -161,7 +138,7 @@ def noise(runs: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     ]
     mid = median(others) or 0.0
     out: dict[str, Any] = {
-        "loadavg_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "loadavg_end": common.loadavg(),
         "other_cpu_median": mid,
         "other_cpu_max": max(others, default=0.0),
     }
@@ -209,12 +186,10 @@ def measure(
 
 
 def write_out(args: argparse.Namespace, console: Console, section: str, json_path: Path) -> None:
-    if (args.out or "").lower() == "none":
+    if out := common.publish(args.out, report.SECTION, section):
+        console.print(f"wrote {out} (section 'Jobs') from {json_path}")
+    else:
         console.print(f"wrote {json_path}")
-        return
-    out = Path(args.out) if args.out else REPO / "docs" / "benchmarks.md"
-    report.write_section(out, section)
-    console.print(f"wrote {out} (section 'Jobs') from {json_path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,12 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         cap=args.cap,
     )
     started_at = dt.datetime.now(dt.UTC)
-    stamp = started_at.strftime("%Y-%m-%dT%H%M")
-    json_path = Path(args.json_path or REPO / "bench" / "results" / f"jobs-{stamp}.json").absolute()
+    json_path = common.results_path(args.json_path, "jobs", started_at).absolute()
     logdir = Path(tempfile.mkdtemp(prefix="outlast-bench-jobs-"))
     machine = machine_info()
     meta: dict[str, Any] = {
-        "command": command_line(argv),
+        "command": common.command_line("bench.jobs", argv),
         "date": started_at.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine,
         "config": {"runs": args.runs, "workloads": args.workloads, **cfg.__dict__},
@@ -258,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     runs: list[dict[str, dict[str, Any]]] = []
     failed = False
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     console.print(
         f"[bold]jobs benchmark[/]: {', '.join(names)} · {args.runs} run(s) · "
         f"workloads {', '.join(args.workloads)} · logs in {logdir}"

@@ -40,9 +40,10 @@ class Config:
     wait: float = 5.0  # seconds the open loop waits, after its last enqueue, for jobs to start
 
 
-def loadgen(
-    slot: Slot, op: str, spec: dict[str, Any], cfg: Config, limit: float, tick: Tick, log: Path
+def run_for_slot(
+    script: Path, slot: Slot, op: str, spec: dict[str, Any], timeout: float, tick: Tick, log: Path
 ) -> dict[str, Any]:
+    """Run *script* (a load generator) with *op* against *slot*'s target; its JSON result."""
     full = {
         "op": op,
         "client": slot.spec.client,
@@ -50,14 +51,18 @@ def loadgen(
         "marks_url": slot.marks_url,
         "marks_key": slot.marks_key,
         "base": slot.base,
-        "producers": cfg.producers,
-        "roots": slot.roots(),
-        "limit": limit,
         **spec,
     }
-    out = run_child([sys.executable, str(LOADGEN), json.dumps(full)], limit + 15, tick, log)
+    out = run_child([sys.executable, str(script), json.dumps(full)], timeout, tick, log)
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
+
+
+def loadgen(
+    slot: Slot, op: str, spec: dict[str, Any], cfg: Config, limit: float, tick: Tick, log: Path
+) -> dict[str, Any]:
+    full = {"producers": cfg.producers, "roots": slot.roots(), "limit": limit, **spec}
+    return run_for_slot(LOADGEN, slot, op, full, limit + 15, tick, log)
 
 
 def enqueue(slot: Slot, cfg: Config, tick: Tick, log: Path) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from bench.streams.loadgen import (
     cpu_seconds,
     machine_cpu_seconds,
     percentile,
+    run_bounded,
     server_cpu_seconds,
 )
 from bench.streams.targets import proc_rss_bytes
@@ -556,19 +557,7 @@ def main(argv: list[str]) -> None:
     # 10,000 readers are 10,000 sockets: take the hard limit of open files.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    limit = spec.get("limit", 1800)
-
-    async def bounded() -> dict[str, Any]:
-        async with asyncio.timeout(limit):
-            return await main_async(spec)
-
-    try:
-        import uvloop
-
-        result = uvloop.run(bounded())
-    except ImportError:  # pragma: no cover - depends on the environment
-        result = asyncio.run(bounded())
-    sys.stdout.write(json.dumps(result) + "\n")
+    run_bounded(lambda: main_async(spec), spec.get("limit", 1800))
 
 
 if __name__ == "__main__":

@@ -10,14 +10,10 @@ Only the text between ``<!-- bench:relay -->`` and ``<!-- /bench:relay -->`` is 
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from bench.streams import report as streams_report
-from bench.streams.report import median
+from bench.common import median, median_present, number
 
 SECTION = "relay"
 DIRECT = "direct"
@@ -30,16 +26,6 @@ Runs = list[dict[str, Any]]
 
 def ok(r: Result | None) -> bool:
     return bool(r) and "error" not in r  # type: ignore[operator]
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, int | float) and not math.isnan(value):
-        return float(value)
-    return None
-
-
-def medians(values: list[float | None]) -> float | None:
-    return median([v for v in values if v is not None])
 
 
 def errors_of(r: Result | None) -> int:
@@ -61,17 +47,17 @@ def latency_rows(runs: Runs, levels: list[int], names: list[str]) -> list[Result
             row: Result = {"streams": n, "pct": pct, "direct": None, "relay": {}, "added": {}}
 
             def lat(r: Result | None, pct: str = pct) -> float | None:
-                return _num(r["latency_ms"][pct]) if ok(r) and r["received"] else None  # type: ignore[index]
+                return number(r["latency_ms"][pct]) if ok(r) and r["received"] else None  # type: ignore[index]
 
             per_run = [run["latency"].get(str(n), {}) for run in runs]
-            row["direct"] = medians([lat(p.get(DIRECT)) for p in per_run])
+            row["direct"] = median_present([lat(p.get(DIRECT)) for p in per_run])
             for name in names:
-                row["relay"][name] = medians([lat(p.get(name)) for p in per_run])
+                row["relay"][name] = median_present([lat(p.get(name)) for p in per_run])
                 diffs = []
                 for p in per_run:
                     mine, base = lat(p.get(name)), lat(p.get(DIRECT))
                     diffs.append(None if mine is None or base is None else mine - base)
-                row["added"][name] = medians(diffs)
+                row["added"][name] = median_present(diffs)
             rows.append(row)
     return rows
 
@@ -80,10 +66,10 @@ def _median_of(runs: Runs, get: Callable[[dict[str, Any]], Any]) -> float | None
     values = []
     for run in runs:
         try:
-            values.append(_num(get(run)))
+            values.append(number(get(run)))
         except (KeyError, TypeError, ZeroDivisionError):
             values.append(None)
-    return medians(values)
+    return median_present(values)
 
 
 def _level_cell(figure: str, streams: int, target: Result) -> str:
@@ -383,19 +369,3 @@ def render(data: Result) -> str:
         lines += [f"- {p}" for p in data["problems"]]
     lines += ["", f"<!-- /bench:{SECTION} -->"]
     return "\n".join(lines) + "\n"
-
-
-@contextmanager
-def _section(name: str) -> Iterator[None]:
-    saved = streams_report.SECTION
-    streams_report.SECTION = name
-    try:
-        yield
-    finally:
-        streams_report.SECTION = saved
-
-
-def write_section(path: Path, section_md: str) -> None:
-    """The streams bench's writer, pointed at this section (the rest of the file is left)."""
-    with _section(SECTION):
-        streams_report.write_section(path, section_md)

@@ -18,7 +18,6 @@ import datetime as dt
 import json
 import os
 import resource
-import shlex
 import shutil
 import signal
 import sys
@@ -31,10 +30,11 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/relay/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench import common
+from bench.common import Interrupted, machine_info, on_sigterm, settle
 from bench.relay import report, workloads
 from bench.relay.workloads import Config, Upstream
 from bench.streams import targets
-from bench.streams.run import Interrupted, _on_sigterm, machine_info, settle
 from bench.streams.targets import REPO, Server
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -43,8 +43,8 @@ Step = Callable[[Callable[[float], None], Callable[[str], None]], dict[str, Any]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=int, default=3, help="runs; figures are medians (default 3)")
+    p = common.parser("bench.relay", __doc__)
+    common.add_runs(p)
     p.add_argument("--duration", type=float, default=10.0, help="seconds of events per stream")
     p.add_argument("--rate", type=float, default=10.0, help="events/s per stream (default 10)")
     p.add_argument("--levels", default="1,100,1000", help="concurrent streams (default 1,100,1000)")
@@ -57,11 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--targets", help="comma-separated: outlast-sqlite, outlast-redis")
     p.add_argument("--no-scale", action="store_true", help="skip memory and the scale run")
     p.add_argument("--outlast-cmd", help="command template for outlast ({host} {port} {store})")
-    p.add_argument("--out", help="markdown file (default docs/benchmarks.md); 'none' to skip")
-    p.add_argument("--json", dest="json_path", help="raw results (default bench/results/relay-*)")
-    p.add_argument("--settle", type=float, default=30.0, help="max seconds to wait for quiet")
-    p.add_argument("--keep", action="store_true", help="keep temp dirs and logs")
-    p.add_argument("--render", metavar="JSON", help="write the section from raw results; no runs")
+    common.add_outputs(p, section="Relay", results="relay-<date>.json")
+    common.add_settle_keep(p, settle=30.0)
+    common.add_render(p)
     args = p.parse_args(argv)
     args.levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
     if args.runs < 1 or args.duration <= 0 or args.rate <= 0 or not args.levels:
@@ -85,11 +83,6 @@ def choose_targets(args: argparse.Namespace, console: Console) -> list[str]:
     if unknown:
         raise SystemExit(f"unknown target(s): {', '.join(unknown)}; known: {', '.join(known)}")
     return names
-
-
-def command_line(argv: list[str] | None) -> str:
-    args = sys.argv[1:] if argv is None else argv
-    return shlex.join(["python", "-m", "bench.relay", *args])
 
 
 def raise_fd_limit() -> int:
@@ -286,9 +279,7 @@ def finish(data: dict[str, Any], out: str | None, console: Console) -> None:
     section = report.render(data)
     print()
     print(section, flush=True)
-    if (out or "").lower() != "none":
-        path = Path(out) if out else REPO / "docs" / "benchmarks.md"
-        report.write_section(path, section)
+    if path := common.publish(out, report.SECTION, section):
         console.print(f"wrote {path} (section 'Relay')")
 
 
@@ -305,13 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         filter(None, [str(REPO), os.environ.get("PYTHONPATH")])
     )
     started = dt.datetime.now(dt.UTC)
-    json_path = Path(
-        args.json_path or REPO / "bench" / "results" / f"relay-{started:%Y-%m-%dT%H%M}.json"
-    )
+    json_path = common.results_path(args.json_path, "relay", started)
     harness = Harness(args, names, console)
     cfg = harness.cfg
     meta: dict[str, Any] = {
-        "command": command_line(argv),
+        "command": common.command_line("bench.relay", argv),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_info(),
         "fd_limit": fd_limit,
@@ -328,9 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             "scale_rate": cfg.scale_rate,
             "queue_concurrency": workloads.CONCURRENCY,
         },
-        "json": str(json_path.resolve().relative_to(REPO))
-        if json_path.resolve().is_relative_to(REPO)
-        else str(json_path),
+        "json": common.repo_relative(json_path),
     }
     m = meta["machine"]
     m["summary"] = (
@@ -343,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     runs: list[dict[str, Any]] = []
     labels = {**{n: workloads.specs_label(n) for n in names}, "direct": "direct"}
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         with harness.progress:
             harness.overall = harness.progress.add_task("[bold]all", total=harness.plan())
@@ -371,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         harness.stop_all()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    meta["loadavg_end"] = common.loadavg()
     data: dict[str, Any] = {
         "meta": meta,
         "names": names,

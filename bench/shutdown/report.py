@@ -9,13 +9,9 @@ is rewritten, by the streams benchmark's section writer.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-from unittest import mock
 
-from bench.jobs.report import _table
-from bench.streams import report as streams_report
-from bench.streams.report import median
+from bench.common import median, table
 
 SECTION = "shutdown"
 SCENARIO_NAMES = {"sigterm": "SIGTERM", "sigkill": "SIGKILL"}
@@ -226,7 +222,7 @@ def render(data: dict[str, Any]) -> str:
         rows = [
             [targets[n]["label"], *(cell(summary[key][n], n) for _, cell in cols)] for n in names
         ]
-        lines += _table(["Target", *(head for head, _ in cols)], rows, 1)
+        lines += table(["Target", *(head for head, _ in cols)], rows, 1)
         lines.append("")
     checks = []
     for n in (n for n in names if n.startswith("outlast")):
@@ -242,7 +238,7 @@ def render(data: dict[str, Any]) -> str:
         lines += ["SPEC §9 (jobs lost must be 0):", "", *checks, ""]
     lines += ["### What each target does", ""]
     rows = [[targets[n]["label"], *_behaviour(n)] for n in names]
-    lines += _table(["Target", "on SIGTERM", "after a kill"], rows, 3)
+    lines += table(["Target", "on SIGTERM", "after a kill"], rows, 3)
     lines += ["", "Worker commands:", ""]
     lines += [f"- {targets[n]['label']}: `{targets[n]['command']}`" for n in names]
     errors = [
@@ -256,9 +252,3 @@ def render(data: dict[str, Any]) -> str:
         lines += ["", "Failed measurements:", ""] + [f"- {e}" for e in errors]
     lines += ["", f"<!-- /bench:{SECTION} -->"]
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section_md: str) -> None:
-    """The streams bench's writer, pointed at this section (the rest of the file is left)."""
-    with mock.patch.object(streams_report, "SECTION", SECTION):
-        streams_report.write_section(path, section_md)

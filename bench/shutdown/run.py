@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shlex
 import shutil
 import signal
@@ -29,13 +28,14 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/shutdown/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench import common
+from bench.common import Interrupted, machine_info, on_sigterm, settle
 from bench.jobs import targets
 from bench.jobs.run import choose_targets
 from bench.jobs.targets import BIN, CONCURRENCY, RedisServer, Slot, TargetSpec
 from bench.shutdown import report, scenario
 from bench.shutdown.scenario import Config
-from bench.streams.run import Interrupted, _on_sigterm, machine_info, settle
-from bench.streams.targets import HOST, REPO
+from bench.streams.targets import HOST
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
 
@@ -44,8 +44,8 @@ SCENARIOS = list(scenario.SIGNALS)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.shutdown", description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=int, default=3, help="runs; figures are medians (default 3)")
+    p = common.parser("bench.shutdown", __doc__)
+    common.add_runs(p)
     p.add_argument("--jobs", type=int, default=30, help="jobs enqueued per scenario (30)")
     p.add_argument("--seconds", type=float, default=2.0, help="seconds each job takes (2)")
     p.add_argument(
@@ -65,26 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated (default: " + ",".join(DEFAULT_TARGETS) + "; arq-fast on request)",
     )
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="subset of sigterm,sigkill")
-    p.add_argument(
-        "--out",
-        help="markdown file whose Shutdown section is (re)written (default docs/benchmarks.md); "
-        "'none' to skip",
-    )
-    p.add_argument(
-        "--json", dest="json_path", help="raw results (default bench/results/shutdown-<date>.json)"
-    )
-    p.add_argument(
-        "--settle",
-        type=float,
-        default=15.0,
-        help="seconds to wait, at most, for a quiet machine before each measurement (15)",
-    )
-    p.add_argument("--keep", action="store_true", help="keep the targets' temp dirs and logs")
-    p.add_argument(
-        "--render",
-        metavar="JSON",
-        help="measure nothing: write the section again from a raw results file (to --out)",
-    )
+    common.add_outputs(p, section="Shutdown", results="shutdown-<date>.json")
+    common.add_settle_keep(p, settle=15.0)
+    common.add_render(p)
     args = p.parse_args(argv)
     if args.runs < 1 or args.jobs < CONCURRENCY or args.seconds <= 0 or args.cap <= 0:
         p.error(f"--runs ≥ 1, --jobs ≥ {CONCURRENCY}, --seconds > 0, --cap > 0")
@@ -94,11 +77,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # The jobs benchmark's choice of targets (it drops outlast-redis without a Redis store).
     args.targets = args.targets or ",".join(DEFAULT_TARGETS)
     return args
-
-
-def command_line(argv: list[str] | None) -> str:
-    args = sys.argv[1:] if argv is None else argv
-    return shlex.join(["python", "-m", "bench.shutdown", *args])
 
 
 def shown_command(slot: Slot) -> str:
@@ -209,11 +187,8 @@ class Bench:
 
 def publish(args: argparse.Namespace, console: Console, data: dict[str, Any], src: Path) -> None:
     """Write the section into --out (unless `none`)."""
-    if (args.out or "").lower() == "none":
-        return
-    out = Path(args.out) if args.out else REPO / "docs" / "benchmarks.md"
-    report.write_section(out, report.render(data))
-    console.print(f"wrote {out} (section 'Shutdown') from {src}")
+    if out := common.publish(args.out, report.SECTION, report.render(data)):
+        console.print(f"wrote {out} (section 'Shutdown') from {src}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     names = choose_targets(args, console)
     cfg = Config(jobs=args.jobs, seconds=args.seconds, exit_cap=args.exit_cap, cap=args.cap)
     began = dt.datetime.now(dt.UTC)
-    default_json = REPO / "bench" / "results" / f"shutdown-{began:%Y-%m-%dT%H%M}.json"
-    json_path = Path(args.json_path or default_json).absolute()
+    json_path = common.results_path(args.json_path, "shutdown", began).absolute()
     logdir = Path(tempfile.mkdtemp(prefix="outlast-bench-shutdown-"))
     machine = machine_info()
     console.print(
@@ -237,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         SpinnerColumn(), *Progress.get_default_columns()[:3], TimeElapsedColumn(), console=console
     )
     bench = Bench(args, names, cfg, progress, logdir)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         with progress:
             runs = [bench.run(number) for number in range(1, args.runs + 1)]
@@ -253,10 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, info in bench.info.items():  # the work tree may change under a long run
         if (end := targets.version_of(bench.specs[name])) != info["version"]:
             info["version_end"] = end
-    machine["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    machine["loadavg_end"] = common.loadavg()
     data = {
         "meta": {
-            "command": command_line(argv),
+            "command": common.command_line("bench.shutdown", argv),
             "date": f"{began:%Y-%m-%d %H:%M} UTC",
             "machine": machine,
             "config": {"runs": args.runs, "scenarios": args.scenarios, **cfg.__dict__},

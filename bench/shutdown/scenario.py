@@ -17,10 +17,8 @@ or waiting to be redelivered later) or gone.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -30,9 +28,9 @@ from typing import Any
 
 from bench.jobs import targets
 from bench.jobs.targets import CONCURRENCY, Slot, TargetSpec
+from bench.jobs.workloads import run_for_slot
 from bench.shutdown.marks import Marks, Snapshot
 from bench.streams.targets import process_tree
-from bench.streams.workloads import run_child
 
 HELPER = Path(__file__).resolve().parent / "enqueue.py"
 SIGNALS = {"sigterm": signal.SIGTERM, "sigkill": signal.SIGKILL}
@@ -51,20 +49,8 @@ class Config:
 
 
 def helper(slot: Slot, op: str, spec: dict[str, Any], log: Path) -> dict[str, Any]:
-    full = {
-        "op": op,
-        "client": slot.spec.client,
-        "broker_url": slot.broker_url,
-        "marks_url": slot.marks_url,
-        "marks_key": slot.marks_key,
-        "base": slot.base,
-        "producers": 1,
-        "limit": 60,
-        **spec,
-    }
-    out = run_child([sys.executable, str(HELPER), json.dumps(full)], 90, lambda s: None, log)
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
+    full = {"producers": 1, "limit": 60, **spec}
+    return run_for_slot(HELPER, slot, op, full, 90, lambda s: None, log)
 
 
 def wait_for(

@@ -26,7 +26,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -479,17 +479,17 @@ def summarize(
 
 # --------------------------------------------------------------------------------------------
 
-OPS = {"fill": fill, "catchup": catchup, "sse": sse}
 
-
-def main(argv: list[str]) -> None:
-    spec = json.loads(argv[1])
-    op = OPS[spec["op"]]
-    limit = spec.get("limit", 600)  # the whole subprocess is bounded in time
+def run_bounded(
+    main: Callable[[], Coroutine[Any, Any, dict[str, Any]]], limit: float | None
+) -> None:
+    """Run a load generator's coroutine (uvloop when available), cut off after *limit* seconds
+    (``None``: the coroutine bounds itself), and print its result as one JSON line for the
+    harness that started it."""
 
     async def bounded() -> dict[str, Any]:
         async with asyncio.timeout(limit):
-            return await op(spec)
+            return await main()
 
     try:
         import uvloop
@@ -498,6 +498,15 @@ def main(argv: list[str]) -> None:
     except ImportError:  # pragma: no cover - depends on the environment
         result = asyncio.run(bounded())
     sys.stdout.write(json.dumps(result) + "\n")
+
+
+OPS = {"fill": fill, "catchup": catchup, "sse": sse}
+
+
+def main(argv: list[str]) -> None:
+    spec = json.loads(argv[1])
+    op = OPS[spec["op"]]
+    run_bounded(lambda: op(spec), spec.get("limit", 600))  # the whole subprocess is bounded
 
 
 if __name__ == "__main__":

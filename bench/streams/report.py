@@ -9,23 +9,14 @@ docs/benchmarks.md is kept structured by section: this module rewrites only the 
 from __future__ import annotations
 
 import math
-import re
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from bench.common import cell, median, ratio
 
 SECTION = "streams"
 BUSY_NOTE = 0.3  # cores used by other processes during a measurement that earn it a note
-DOC_INTRO = """\
-# Benchmarks
-
-outlast's benchmarks run outlast and its peers side by side in the same run, on the kind of machine
-outlast is meant for (2 cores), and report figures as ratios against the peer measured in that same
-run (medians of several runs). Each section below is written by the benchmark named in it; run that
-command to reproduce or refresh it. The harnesses live in [`bench/`](../bench/README.md).
-"""
 
 
 @dataclass(frozen=True)
@@ -101,10 +92,6 @@ def _value(result: dict[str, Any] | None, metric: Metric) -> float | None:
     except (KeyError, TypeError, ValueError):
         return None
     return None if math.isnan(value) else value
-
-
-def median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
 
 
 def summarize(
@@ -209,14 +196,6 @@ def problems(runs: list[dict[str, dict[str, Any]]]) -> list[str]:
 # ---------------------------------------------------------------------------------- markdown
 
 
-def _cell(value: float | None, fmt: str) -> str:
-    return "—" if value is None else format(value, fmt)
-
-
-def _ratio(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}×"
-
-
 def render(data: dict[str, Any]) -> str:
     meta, targets, baseline = data["meta"], data["targets"], data["baseline"]
     names = list(targets)
@@ -266,9 +245,9 @@ def render(data: dict[str, Any]) -> str:
         title = metric.row.format(readers=cfg["sse_readers"], rate=cfg["sse_rate"])
         cells = [title, metric.name]
         for n in names:
-            cells.append(_cell(row["median"].get(n), metric.fmt))
+            cells.append(cell(row["median"].get(n), metric.fmt))
             if baseline and n != baseline and baseline in names:
-                cells.append(_ratio(row["ratio"].get(n)))
+                cells.append(ratio(row["ratio"].get(n)))
         if any(c != "—" for c in cells[2:]):
             lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -297,15 +276,3 @@ def render(data: dict[str, Any]) -> str:
         lines += [f"- {p}" for p in data["problems"]]
     lines += ["", f"<!-- /bench:{SECTION} -->"]
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section_md: str) -> None:
-    """Replace this benchmark's section of *path*, or append it; the rest is left as it is."""
-    text = path.read_text() if path.exists() else DOC_INTRO
-    pattern = re.compile(rf"<!-- bench:{SECTION} -->.*?<!-- /bench:{SECTION} -->\n?", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section_md, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section_md
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)

@@ -14,26 +14,23 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as `python bench/streams/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench import common
+from bench.common import Interrupted, machine_info, on_sigterm, settle
 from bench.streams import report, targets, workloads
-from bench.streams.loadgen import machine_cpu_seconds
-from bench.streams.targets import REPO, Server
+from bench.streams.targets import Server
 from bench.streams.workloads import Config
 from rich.console import Console
 from rich.progress import (
@@ -49,8 +46,8 @@ BASELINE = "ref"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.streams", description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=int, default=3, help="runs per target; figures are medians")
+    p = common.parser("bench.streams", __doc__)
+    common.add_runs(p, "runs per target; figures are medians")
     p.add_argument(
         "--duration", type=float, default=10.0, help="seconds of each timed phase (default 10)"
     )
@@ -70,14 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="add outlast-redis (needs redis-server on PATH; skipped if missing)",
     )
-    p.add_argument(
-        "--out",
-        help="markdown file whose Streams section is (re)written "
-        "(default: docs/benchmarks.md of this repository); 'none' to skip",
-    )
-    p.add_argument(
-        "--json", dest="json_path", help="raw results (default bench/results/streams-<date>.json)"
-    )
+    common.add_outputs(p, section="Streams", results="streams-<date>.json")
     p.add_argument("--catchup-mb", type=int, default=64, help="MiB in the catch-up stream")
     p.add_argument("--sse-readers", type=int, default=100)
     p.add_argument(
@@ -100,14 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run the reference server in the outlast slots (harness test)",
     )
-    p.add_argument(
-        "--settle",
-        type=float,
-        default=30.0,
-        help="before each timed phase, wait at most this many seconds for other processes to "
-        "leave the CPU (default 30; 0 = do not wait)",
-    )
-    p.add_argument("--keep", action="store_true", help="keep server temp dirs and logs")
+    common.add_settle_keep(p, settle=30.0)
     args = p.parse_args(argv)
     if args.runs < 1 or args.duration < 1 or args.sse_readers < 1 or args.warmup < 0:
         p.error("--runs, --sse-readers and --duration (seconds) must be at least 1")
@@ -133,75 +116,11 @@ def choose_targets(args: argparse.Namespace, console: Console) -> list[str]:
     return names
 
 
-def machine_info() -> dict[str, Any]:
-    def out(*cmd: str) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = os.cpu_count() or 0
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    wrk_version = out("wrk", "--version").splitlines()
-    info = {
-        "cpu": model,
-        "cores": cores,
-        "memory_gib": round(mem, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "node": out("node", "--version"),
-        "wrk": wrk_version[0].split(" Copyright")[0] if wrk_version else "",
-        "redis": out("redis-server", "--version").split(" sha=")[0],
-        "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
-    info["summary"] = (
-        f"{cores} cores ({model or 'unknown CPU'}), {info['memory_gib']:g} GiB, "
-        f"Linux {info['kernel']}; Python {info['python']}, Node {info['node']}, "
-        f"{info['wrk']}"
-    )
-    return info
-
-
 def command_line(argv: list[str] | None) -> str:
-    args = sys.argv[1:] if argv is None else argv
     if __package__ in (None, ""):
+        args = sys.argv[1:] if argv is None else argv
         return shlex.join(["python", "bench/streams/run.py", *args])
-    return shlex.join(["python", "-m", "bench.streams", *args])
-
-
-QUIET = 0.25  # cores: what other processes may use before a timed phase starts anyway
-SETTLE_SAMPLE = 0.5  # seconds per sample of the machine's CPU
-
-
-def settle(max_wait: float, show: Callable[[str], None]) -> tuple[float, float]:
-    """Wait, at most *max_wait* s, until the machine is quiet (the servers are idle between
-    phases, so whatever is busy is someone else: this machine is shared with other work).
-    Returns (busy cores in the last sample, seconds waited)."""
-    started = time.monotonic()
-    while True:
-        m0 = machine_cpu_seconds()
-        time.sleep(SETTLE_SAMPLE)
-        busy = (machine_cpu_seconds() - m0) / SETTLE_SAMPLE
-        waited = time.monotonic() - started
-        if busy < QUIET or waited >= max_wait:
-            return busy, waited
-        show(f"waiting for a quiet machine: {busy * 100:.0f} % busy ({waited:.0f} s)")
-
-
-class Interrupted(BaseException):
-    """SIGTERM, turned into an exception so that every `finally` stops its servers."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Interrupted()
+    return common.command_line("bench.streams", argv)
 
 
 def workload_plan(cfg: Config) -> list[tuple[str, str, float]]:
@@ -265,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     plan = workload_plan(cfg)
     started_at = dt.datetime.now(dt.UTC)
-    stamp = started_at.strftime("%Y-%m-%dT%H%M")
-    json_path = Path(args.json_path or REPO / "bench" / "results" / f"streams-{stamp}.json")
+    json_path = common.results_path(args.json_path, "streams", started_at)
     logdir = Path(tempfile.mkdtemp(prefix="outlast-bench-streams-"))
     meta: dict[str, Any] = {
         "command": command_line(argv),
@@ -284,18 +202,14 @@ def main(argv: list[str] | None = None) -> int:
             "message_bytes": workloads.MESSAGE_SIZE,
         },
         "dry_run": args.dry_run,
-        "json": (
-            str(json_path.resolve().relative_to(REPO))
-            if json_path.resolve().is_relative_to(REPO)
-            else str(json_path)
-        ),
+        "json": common.repo_relative(json_path),
     }
     target_info: dict[str, dict[str, Any]] = {
         n: {"label": specs[n].label, "version": "", "command": ""} for n in names
     }
     runs: list[dict[str, dict[str, Any]]] = []
     failed = False
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     console.print(
         f"[bold]streams benchmark[/]: {', '.join(names)} · {args.runs} run(s) · "
         f"{cfg.duration:g} s per phase · logs in {logdir}"
@@ -436,9 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'docs left as they were; ' if (args.out or '').lower() != 'none' else ''}"
             f"see {json_path} and the logs"
         )
-    elif (args.out or "").lower() != "none":
-        out = Path(args.out) if args.out else REPO / "docs" / "benchmarks.md"
-        report.write_section(out, section)
+    elif out := common.publish(args.out, report.SECTION, section):
         console.print(f"wrote {out} (section 'Streams') and {json_path}")
     else:
         console.print(f"wrote {json_path}")

@@ -94,6 +94,22 @@ def worker(
     )
 
 
+@main.command()
+@click.argument("dest", type=click.Path(dir_okay=False))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="outlast.toml")
+@click.option("--store", help="Store URL (default: the configured one): sqlite:///path/outlast.db")
+def backup(dest: str, config_path: str | None, store: str | None) -> None:
+    """Copy a SQLite store, consistently, to the new file DEST while it is in use."""
+    from outlast.store.backup import backup_command
+
+    try:
+        settings = load_settings(config_path, overrides=_overrides(store=store))
+        backup_command(settings.server.store, dest)
+    except (ConfigError, StoreError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
+
+
 def _run(
     log_level: str,
     config_path: str | None,

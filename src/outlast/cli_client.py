@@ -303,7 +303,7 @@ def _follow(client: Client, job: JobInfo, *, offset: str | None, as_json: bool) 
     summary = Text(f"{final.id} ")
     summary.append(final.state.value, style=STATE_STYLES[final.state])
     summary.append(f" after {elapsed:.1f}s (attempt {final.attempt}/{final.max_attempts})")
-    if final.error:
+    if final.error and final.state in (JobState.FAILED, JobState.CANCELLED):
         summary.append(f": {final.error.get('code')}: {final.error.get('message')}", style="red")
     console.print(summary, soft_wrap=True)
     sys.exit(0 if final.state == JobState.SUCCEEDED else EXIT_JOB_FAILED)

@@ -7,11 +7,24 @@
     ├── StoreError               the store failed or cannot be reached
     │   └── StoreUnavailable     transient: retry later (HTTP 503 + Retry-After)
     ├── LeaseLost                a worker no longer owns the job it was running
+    ├── TaskFailure              a job's attempt failed in a way its executor understands
+    │                            (executors/__init__.py: an error code, retryable or not)
+    ├── EgressRefused            an outbound request to a host the egress rules refuse (egress.py)
+    ├── SSELimitError            an SSE line or event over its size limit (sse.py)
+    ├── ClientError              what outlast.Client / AsyncClient raise (client_types.py)
+    │   ├── ServerUnreachable    no answer: refused, dropped or timed out
+    │   ├── InvalidResponse      an answer the API never sends
+    │   └── APIError             an error answer: status, code, message
+    │       ├── AuthError        401 / 403
+    │       ├── JobNotFound      404
+    │       ├── RequestRejected  400, 409, 413, 422: wrong as sent
+    │       └── ServerBusy       429 / 503: retry after retry_after seconds
     └── RequestError             a request that cannot be served as asked (HTTP 4xx)
         ├── BadRequest           400  malformed header, offset, body
         ├── Unauthorized         401
         ├── Forbidden            403  (also: stale producer epoch)
         ├── NotFound             404
+        ├── MethodNotAllowed     405
         ├── Conflict             409  (content type, Stream-Seq, closed stream, producer gap)
         ├── Gone                 410
         ├── PayloadTooLarge      413

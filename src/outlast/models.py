@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 
 class JobState(StrEnum):
@@ -40,6 +40,12 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 def can_transition(old: JobState, new: JobState) -> bool:
     return new in TRANSITIONS[old]
+
+
+# How an attempt ended, as a worker reports it to the store: the job succeeded; failed (retried
+# when it has attempts left and the failure is retryable); was cancelled; or is handed back to
+# its queue without spending the attempt ("release": shutdown, or a node that lacks the task).
+OutcomeKind = Literal["succeeded", "failed", "cancelled", "release"]
 
 
 class ErrorCode(StrEnum):

@@ -120,8 +120,13 @@ async def open_node(settings: Settings, *, workers: bool) -> AsyncIterator[Node]
         try:
             metrics = Metrics()
             registry = build_registry(settings, app, store, http_client, threads)
-            worker = Worker(settings, store, registry, metrics) if workers else None
-            yield Node(settings, store, registry, metrics, Lifecycle(), worker)
+            lifecycle = Lifecycle()
+            worker = (
+                Worker(settings, store, registry, metrics, health=lifecycle.store_health)
+                if workers
+                else None
+            )
+            yield Node(settings, store, registry, metrics, lifecycle, worker)
         finally:
             # Phase 5: every acknowledged write is durable already; close cleanly.
             await store.close()

@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import importlib
 import inspect
+import os
+import signal
 import threading
 import types
 import typing
@@ -205,6 +207,7 @@ class Job:
         input: Any,
         emitter: Callable[[list[dict[str, Any]]], Coroutine[Any, Any, None]],
         loop: asyncio.AbstractEventLoop,
+        cancelled: threading.Event | None = None,
     ) -> None:
         self.id = id
         self.task = task
@@ -215,15 +218,14 @@ class Job:
         self._emitter = emitter
         self._loop = loop
         self._loop_thread = threading.get_ident()
-        self._cancelled = threading.Event()
+        # Set by whoever runs the job (the worker) when it stops the job; the task only reads it.
+        self._cancelled = cancelled if cancelled is not None else threading.Event()
 
     @property
     def cancelled(self) -> bool:
-        """True once the job was cancelled or timed out: a sync task should return soon."""
+        """True once the job was cancelled, timed out or stopped at shutdown: a sync task
+        should return soon."""
         return self._cancelled.is_set()
-
-    def _mark_cancelled(self) -> None:
-        self._cancelled.set()
 
     def emit(self, data: Any) -> Awaitable[None]:
         """Append ``{"type": "output", "data": data}`` to the job's stream.
@@ -243,9 +245,11 @@ class Job:
     ) -> ProcessResult:
         """Run a program to its end; its exit code and output (kept in memory) come back.
 
-        When the job is cancelled, times out or is stopped at shutdown, the program is killed
-        rather than left running without its job. Keyword arguments go to
-        :func:`asyncio.create_subprocess_exec` (``cwd``, ``env``, ...).
+        The program runs in a session (and process group) of its own. When the job is
+        cancelled, times out or is stopped at shutdown, the whole group is killed: the program
+        and whatever it started (``sh -c "...; sleep 30"``), rather than left running without
+        its job. Keyword arguments go to :func:`asyncio.create_subprocess_exec` (``cwd``,
+        ``env``, ...).
         """
         proc = await asyncio.create_subprocess_exec(
             program,
@@ -253,16 +257,18 @@ class Job:
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
             **kwargs,
         )
         try:
             out, err = await proc.communicate(stdin)
         except BaseException:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                # Reap it, so that no zombie is left; the kill makes this immediate.
-                await asyncio.shield(proc.wait())
+            # The group outlives its leader while any member lives: kill it even if the
+            # program itself has exited (its children may still hold the output pipes).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            # Reap it, so that no zombie is left; the kill makes this immediate.
+            await asyncio.shield(proc.wait())
             raise
         assert proc.returncode is not None
         return ProcessResult(proc.returncode, out, err)

@@ -1,6 +1,6 @@
-"""The motivating user: a PHP script (php-cli + curl, examples/php/) asks an LLM through outlast,
-prints the first events and stops reading; a second script later fetches the finished job and
-gets the whole text, which outlast read to the end on its own."""
+"""The motivating user: a PHP script (php-cli, examples/php/, on the PHP client in clients/php/)
+asks an LLM through outlast, prints the first chunks and stops reading; a second script later
+fetches the finished job and gets the whole text, which outlast read to the end on its own."""
 
 from __future__ import annotations
 
@@ -53,9 +53,9 @@ def test_php_stops_reading_and_fetches_the_whole_answer_later(
     lines = first.stdout.splitlines()
     assert lines[0].startswith("job job_")
     job_id = lines[0].split()[1]
-    # Three events: the role chunk (no text), then the first two words.
+    # Three chunks: the role chunk (no text), then the first two words.
     assert lines[1] == "The quick"
-    assert lines[2] == f"stopped reading after 3 events; outlast finishes job {job_id}"
+    assert lines[2] == f"stopped reading after 3 chunks; outlast finishes job {job_id}"
 
     second = php("fetch_result.php", job_id, env=php_env)
     assert second.returncode == 0, second.stderr
@@ -79,5 +79,6 @@ def test_php_reports_an_upstream_error(
     php_env = {"OUTLAST_URL": server.url, "OUTLAST_UPSTREAM": "fake", "PATH": "/usr/bin:/bin"}
     result = php("submit_and_stream.php", env=php_env)
     assert result.returncode == 1
-    assert "outlast answered 401" in result.stderr
+    assert "failed" in result.stderr
+    assert "401" in result.stderr
     assert "fake upstream says 401" in result.stderr

@@ -172,3 +172,18 @@ async def child(job: outlast.Job, seconds: float) -> dict[str, Any]:
         record(job, "cancelled")
         raise
     return {"code": done.returncode, "out": done.stdout.decode().strip()}
+
+
+@app.task(timeout=30, retries=0)
+async def grandchild(job: outlast.Job) -> dict[str, Any]:
+    """Run a shell that starts ``sleep`` in the background, writes its pid to
+    ``grandchild-<job id>`` and waits for it: the shell's child is the job's grandchild."""
+    pid_file = _runs() / f"grandchild-{job.id}"
+    script = 'sleep 300 & echo $! > "$1.tmp" && mv "$1.tmp" "$1"; wait'
+    record(job, "start")
+    try:
+        done = await job.run_process("sh", "-c", script, "sh", str(pid_file))
+    except asyncio.CancelledError:
+        record(job, "cancelled")
+        raise
+    return {"code": done.returncode}

@@ -8,14 +8,22 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import ServerProcess, wait_for
+from tests.conftest import InProcessServer, ServerProcess, wait_for
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
-def submit(server: ServerProcess, task: str, status: int = 202, **fields: Any) -> dict[str, Any]:
+def _http(server: ServerProcess | InProcessServer) -> Any:
+    """What sends requests to *server*: httpx for a real process, its client for an app run in
+    this process (which takes the same absolute ``server.url`` URLs)."""
+    return server.client if isinstance(server, InProcessServer) else httpx
+
+
+def submit(
+    server: ServerProcess | InProcessServer, task: str, status: int = 202, **fields: Any
+) -> dict[str, Any]:
     """Submit a job and check the answer's status; returns the job."""
-    resp = httpx.post(f"{server.url}/v1/jobs", json={"task": task, **fields}, timeout=10)
+    resp = _http(server).post(f"{server.url}/v1/jobs", json={"task": task, **fields}, timeout=10)
     assert resp.status_code == status, resp.text
     job: dict[str, Any] = resp.json()
     if status == 202:
@@ -30,11 +38,13 @@ def get_job(server: ServerProcess, job_id: str) -> dict[str, Any]:
     return job
 
 
-def finished(server: ServerProcess, job_id: str, timeout: float = 60) -> dict[str, Any]:
+def finished(
+    server: ServerProcess | InProcessServer, job_id: str, timeout: float = 60
+) -> dict[str, Any]:
     """Long-poll the job until it is terminal (``timeout`` is a guard, not an expectation)."""
 
     def terminal() -> dict[str, Any] | None:
-        resp = httpx.get(f"{server.url}/v1/jobs/{job_id}", params={"wait": 5}, timeout=15)
+        resp = _http(server).get(f"{server.url}/v1/jobs/{job_id}", params={"wait": 5}, timeout=15)
         assert resp.status_code == 200, resp.text
         job: dict[str, Any] = resp.json()
         return job if job["state"] in TERMINAL else None

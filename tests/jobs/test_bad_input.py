@@ -1,17 +1,28 @@
 """Bad input answers a clear 4xx with ``{"error": {"code", "message"}}`` naming the field, never a
-500, and never leaves a job behind."""
+500, and never leaves a job behind. The app and its workers run in this process (``inproc``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import InProcessServer
+from tests.jobs.conftest import APP
 from tests.jobs.helpers import finished, submit
 
-pytestmark = pytest.mark.slow
+
+@pytest.fixture
+def jobs_server(
+    inproc_factory: Callable[..., InProcessServer], runs: Path
+) -> Iterator[InProcessServer]:
+    """The test tasks, served in this process (requests go through ``jobs_server.client``)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OUTLAST_TEST_RUNS", str(runs))  # read by the tasks, in this process
+        yield inproc_factory(app=APP, workers=True, env={"OUTLAST_JOBS__BACKOFF_BASE": "0.05"})
 
 
 def _error(resp: httpx.Response, status: int) -> dict[str, Any]:
@@ -55,24 +66,24 @@ INVALID_FIELDS: list[tuple[dict[str, Any], str]] = [
 ]
 
 
-def test_invalid_fields_are_422_naming_the_field(jobs_server: ServerProcess) -> None:
+def test_invalid_fields_are_422_naming_the_field(jobs_server: InProcessServer) -> None:
     url = f"{jobs_server.url}/v1/jobs"
     for body, field in INVALID_FIELDS:
-        error = _error(httpx.post(url, json=body), 422)
+        error = _error(jobs_server.client.post(url, json=body), 422)
         assert error["field"] == field, (body, error)
         assert field.split(".")[-1] in error["message"], (body, error)
     # A number too large for a float is still a number, and out of range.
-    resp = httpx.post(url, content=b'{"task": "echo", "timeout": 1e999}')
+    resp = jobs_server.client.post(url, content=b'{"task": "echo", "timeout": 1e999}')
     assert _error(resp, 422)["field"] == "timeout"
-    assert httpx.get(url).json()["jobs"] == []  # nothing was admitted
+    assert jobs_server.client.get(url).json()["jobs"] == []  # nothing was admitted
 
 
-def test_unknown_task_and_queue_are_422(jobs_server: ServerProcess) -> None:
+def test_unknown_task_and_queue_are_422(jobs_server: InProcessServer) -> None:
     url = f"{jobs_server.url}/v1/jobs"
-    error = _error(httpx.post(url, json={"task": "no_such_task"}), 422)
+    error = _error(jobs_server.client.post(url, json={"task": "no_such_task"}), 422)
     assert error["code"] == "unknown_task" and error["field"] == "task"
     assert "no_such_task" in error["message"]
-    error = _error(httpx.post(url, json={"task": "echo", "queue": "nowhere"}), 422)
+    error = _error(jobs_server.client.post(url, json={"task": "echo", "queue": "nowhere"}), 422)
     assert error["code"] == "unknown_queue" and error["field"] == "queue"
     assert "nowhere" in error["message"]
 
@@ -91,25 +102,25 @@ def test_unknown_task_and_queue_are_422(jobs_server: ServerProcess) -> None:
         b'{"task": "echo", "input": {"n": ' + b"9" * 5000 + b"}}",
     ],
 )
-def test_malformed_json_is_400(jobs_server: ServerProcess, raw: bytes) -> None:
-    resp = httpx.post(
+def test_malformed_json_is_400(jobs_server: InProcessServer, raw: bytes) -> None:
+    resp = jobs_server.client.post(
         f"{jobs_server.url}/v1/jobs", content=raw, headers={"Content-Type": "application/json"}
     )
     error = _error(resp, 400)
     assert error["code"] == "invalid_json"
 
 
-def test_a_body_that_is_not_an_object_is_422(jobs_server: ServerProcess) -> None:
+def test_a_body_that_is_not_an_object_is_422(jobs_server: InProcessServer) -> None:
     for raw in (b"[]", b"5", b'"echo"', b"null"):
-        resp = httpx.post(f"{jobs_server.url}/v1/jobs", content=raw)
+        resp = jobs_server.client.post(f"{jobs_server.url}/v1/jobs", content=raw)
         error = _error(resp, 422)
         assert error["field"] == "body"
 
 
-def test_huge_bodies_are_413(jobs_server: ServerProcess) -> None:
+def test_huge_bodies_are_413(jobs_server: InProcessServer) -> None:
     url = f"{jobs_server.url}/v1/jobs"
     big = {"task": "echo", "input": {"blob": "x" * (1 << 20)}}
-    error = _error(httpx.post(url, json=big), 413)
+    error = _error(jobs_server.client.post(url, json=big), 413)
     assert error["code"] == "payload_too_large"
 
     # Without a Content-Length (chunked): counted as it arrives.
@@ -119,15 +130,15 @@ def test_huge_bodies_are_413(jobs_server: ServerProcess) -> None:
             yield b"y" * 65536
         yield b'"}}'
 
-    error = _error(httpx.post(url, content=chunks()), 413)
+    error = _error(jobs_server.client.post(url, content=chunks()), 413)
     assert error["code"] == "payload_too_large"
     # Just under the limit is fine.
     ok = {"task": "echo", "input": {"blob": "z" * ((1 << 20) - 100)}}
-    assert httpx.post(url, json=ok).status_code == 202
-    assert len(httpx.get(url).json()["jobs"]) == 1
+    assert jobs_server.client.post(url, json=ok).status_code == 202
+    assert len(jobs_server.client.get(url).json()["jobs"]) == 1
 
 
-def test_bad_ids_and_query_parameters_are_clear_4xx(jobs_server: ServerProcess) -> None:
+def test_bad_ids_and_query_parameters_are_clear_4xx(jobs_server: InProcessServer) -> None:
     url = jobs_server.url
     real = submit(jobs_server, "echo", input={})["id"]
     for bad in ("nope", "job_", real + "x", real[:-1] + "U", "job_" + "0" * 32, "%00"):
@@ -136,7 +147,7 @@ def test_bad_ids_and_query_parameters_are_clear_4xx(jobs_server: ServerProcess) 
             ("GET", f"/v1/jobs/{bad}/events"),
             ("POST", f"/v1/jobs/{bad}/cancel"),
         ):
-            resp = httpx.request(method, f"{url}{path}")
+            resp = jobs_server.client.request(method, f"{url}{path}")
             assert 400 <= resp.status_code < 500, (bad, path, resp.status_code)
             assert _error(resp, resp.status_code)["code"]
     for params, field in (
@@ -145,11 +156,14 @@ def test_bad_ids_and_query_parameters_are_clear_4xx(jobs_server: ServerProcess) 
         ({"wait": "nan"}, "wait"),
     ):
         delayed = submit(jobs_server, "echo", input={}, delay=3600)["id"]
-        error = _error(httpx.get(f"{url}/v1/jobs/{delayed}", params=params), 422)
+        error = _error(jobs_server.client.get(f"{url}/v1/jobs/{delayed}", params=params), 422)
         assert error["field"] == field
         # The same for a job that has finished: the request is wrong either way.
         finished(jobs_server, real)
-        assert _error(httpx.get(f"{url}/v1/jobs/{real}", params=params), 422)["field"] == field
+        assert (
+            _error(jobs_server.client.get(f"{url}/v1/jobs/{real}", params=params), 422)["field"]
+            == field
+        )
     for params, field, status in (
         ({"state": "sleeping"}, "state", 422),
         ({"limit": "0"}, "limit", 422),
@@ -157,18 +171,18 @@ def test_bad_ids_and_query_parameters_are_clear_4xx(jobs_server: ServerProcess) 
         ({"limit": "100000"}, "limit", 422),
         ({"cursor": "garbage"}, "cursor", 400),
     ):
-        error = _error(httpx.get(f"{url}/v1/jobs", params=params), status)
+        error = _error(jobs_server.client.get(f"{url}/v1/jobs", params=params), status)
         assert field in error["message"] or error.get("field") == field
     for offset in ("garbage", "-5", "9" * 40):
-        resp = httpx.get(f"{url}/v1/jobs/{real}/events", params={"offset": offset})
+        resp = jobs_server.client.get(f"{url}/v1/jobs/{real}/events", params={"offset": offset})
         assert _error(resp, 400)["code"] == "invalid_offset"
     assert finished(jobs_server, real)["state"] == "succeeded"
 
 
-def test_wrong_methods_and_content_are_clear(jobs_server: ServerProcess) -> None:
+def test_wrong_methods_and_content_are_clear(jobs_server: InProcessServer) -> None:
     url = jobs_server.url
-    _error(httpx.put(f"{url}/v1/jobs"), 405)
-    _error(httpx.delete(f"{url}/v1/jobs"), 405)
+    _error(jobs_server.client.put(f"{url}/v1/jobs"), 405)
+    _error(jobs_server.client.delete(f"{url}/v1/jobs"), 405)
     job = submit(jobs_server, "echo", input={})
-    _error(httpx.get(f"{url}/v1/jobs/{job['id']}/cancel"), 405)
+    _error(jobs_server.client.get(f"{url}/v1/jobs/{job['id']}/cancel"), 405)
     finished(jobs_server, job["id"])

@@ -5,6 +5,7 @@ that a CPU-bound task does not lose."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,8 @@ def test_failed_attempts_are_retried_with_backoff_and_each_shows_in_order(
     assert done["state"] == "succeeded", done
     assert done["attempt"] == 3
     assert done["result"] == {"attempt": 3}
+    # The job's error is its outcome's: none. The failed attempts' errors are in its stream.
+    assert done["error"] is None
     assert runs_of(runs, job["id"]) == ["start 1", "start 2", "start 3"]
 
     messages = stream_messages(jobs_server, job["id"])
@@ -226,4 +229,38 @@ def test_a_child_process_is_killed_with_its_job(
     assert done["state"] == ("cancelled" if how == "cancel" else "failed")
     # Killed and reaped by the server: no process (and no zombie) is left.
     wait_for(lambda: not _alive(pid), timeout=10)
+    assert runs_of(runs, job["id"]) == ["start 1", "cancelled 1"]
+
+
+def _running(pid: int) -> bool:
+    """Whether *pid* is a live process. A zombie is dead: an orphan killed here is reaped by
+    whichever process adopted it, which may take its time (or never, as PID 1 of a container)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout", "shutdown"])
+def test_what_a_child_process_started_is_killed_with_its_job(
+    jobs_server_factory: Callable[..., ServerProcess], runs: Path, how: str
+) -> None:
+    server = jobs_server_factory(args=["--grace", "0"]).start()
+    fields = {"timeout": 1.0} if how == "timeout" else {}
+    job = submit(server, "grandchild", **fields)
+    pid_file = runs / f"grandchild-{job['id']}"
+    wait_for(pid_file.exists, timeout=30)
+    pid = int(pid_file.read_text())
+    assert _running(pid)
+    if how == "cancel":
+        assert httpx.post(f"{server.url}/v1/jobs/{job['id']}/cancel").status_code == 202
+        assert finished(server, job["id"])["state"] == "cancelled"
+    elif how == "timeout":
+        assert finished(server, job["id"])["state"] == "failed"
+    else:
+        server.signal(signal.SIGTERM)
+        assert server.wait_exit(timeout=30) == 0
+    # The whole process group goes: the shell and the sleep it started.
+    wait_for(lambda: not _running(pid), timeout=10)
     assert runs_of(runs, job["id"]) == ["start 1", "cancelled 1"]

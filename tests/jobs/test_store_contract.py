@@ -162,7 +162,8 @@ async def test_failed_attempts_retry_then_fail_and_release_spends_nothing(store:
     queued = await store.finish_job(
         job_id, "me", 1, Outcome("failed", error=error, retry_at=retry_at)
     )
-    assert queued.state == JobState.QUEUED and queued.attempt == 1 and queued.error == error
+    assert queued.state == JobState.QUEUED and queued.attempt == 1
+    assert queued.error is None  # only a failed or cancelled job has an error; see below
     assert await store.claim_jobs("q", "me", 1, LEASE) == []  # not before its backoff
     assert await store.next_due("q") == pytest.approx(retry_at)
     # A job waiting for its retry is queued: a cancel ends it at once.
@@ -187,6 +188,32 @@ async def test_failed_attempts_retry_then_fail_and_release_spends_nothing(store:
         ("error", None, 2),
         ("state", "failed", 2),
     ]
+
+
+async def test_a_job_has_an_error_only_when_failed_or_cancelled(store: Store) -> None:
+    """A job's error describes its outcome; each failed attempt's error is in its stream."""
+    first = {"code": "exception", "message": "RuntimeError: first"}
+    job_id = (await store.submit_job(new(attempts=3), capacity=10)).job.id
+    await store.claim_jobs("q", "me", 1, LEASE)
+    retry = await store.finish_job(
+        job_id, "me", 1, Outcome("failed", error=first, retry_at=time.time())
+    )
+    assert retry.state == JobState.QUEUED and retry.error is None
+    [running] = await store.claim_jobs("q", "me", 1, LEASE)
+    assert running.attempt == 2 and running.error is None
+    done = await store.finish_job(job_id, "me", 2, Outcome("succeeded", result=1))
+    assert done.state == JobState.SUCCEEDED and done.error is None
+    assert (await store.get_job(job_id)).error is None
+    errors = [m for m in await messages(store, job_id) if m["type"] == "error"]
+    assert errors == [{"type": "error", "attempt": 1, "error": first}]
+
+    last = {"code": "timeout", "message": "attempt exceeded its 10 s timeout"}
+    other = (await store.submit_job(new(attempts=2), capacity=10)).job.id
+    await store.claim_jobs("q", "me", 1, LEASE)
+    await store.finish_job(other, "me", 1, Outcome("failed", error=first, retry_at=time.time()))
+    await store.claim_jobs("q", "me", 1, LEASE)
+    failed = await store.finish_job(other, "me", 2, Outcome("failed", error=last, retry_at=None))
+    assert failed.state == JobState.FAILED and failed.error == last
 
 
 async def test_cancel_queued_running_and_terminal(store: Store) -> None:

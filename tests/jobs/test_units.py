@@ -110,7 +110,7 @@ def test_render_event_names_outlast_types_and_relays_upstream_events() -> None:
     assert plain == "data: [DONE]\nid: 0_10\n\n"
 
 
-def test_readiness_turns_503_with_retry_after_once_draining() -> None:
+def test_readiness_turns_503_while_the_store_is_unreachable_and_once_draining() -> None:
     import asyncio
 
     import httpx
@@ -124,6 +124,13 @@ def test_readiness_turns_503_with_retry_after_once_draining() -> None:
         app = Starlette(routes=ops_routes(lifecycle))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.get("/readyz")).status_code == 200
+            # Not ready while the store cannot be reached (the workers' loops say so).
+            lifecycle.store_health.failed("claim on default", OSError("refused"))
+            resp = await client.get("/readyz")
+            assert resp.status_code == 503 and "Retry-After" in resp.headers
+            assert resp.json()["error"]["code"] == "store_unreachable"
+            lifecycle.store_health.succeeded("claim")
             assert (await client.get("/readyz")).status_code == 200
             lifecycle.begin_drain()
             resp = await client.get("/readyz")
@@ -141,3 +148,35 @@ def test_state_messages_written_by_hand_are_what_json_dumps_writes(
     state: JobState, attempt: int
 ) -> None:
     assert _state(state, attempt) == _encode(state_message(state, attempt))
+
+
+def test_store_health_logs_an_outage_once_then_summaries_then_its_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from outlast.health import SUMMARY_EVERY, StoreHealth
+
+    now = [100.0]
+    health = StoreHealth(clock=lambda: now[0])
+    health.succeeded("claim")  # nothing to say while reachable
+    assert health.reachable and not caplog.records
+    with caplog.at_level("WARNING", logger="outlast.store"):
+        for _ in range(1000):  # a burst of failures: one line
+            health.failed("claim on default", OSError("refused"))
+            now[0] += 0.01
+        assert not health.reachable
+        assert [r.getMessage() for r in caplog.records] == [
+            "store unreachable (claim on default): refused"
+        ]
+        now[0] = 100.0 + SUMMARY_EVERY
+        health.failed("maintenance", OSError("refused"))
+        health.failed("maintenance", OSError("refused"))
+        assert len(caplog.records) == 2
+        assert "1001 failed calls in the last 30 s" in caplog.records[1].getMessage()
+        now[0] += 1
+        health.succeeded("lease renewal")
+        assert health.reachable
+        assert caplog.records[2].getMessage() == (
+            "store reachable again (lease renewal) after 31.0 s (1002 failed calls)"
+        )
+        health.succeeded("claim")
+        assert len(caplog.records) == 3

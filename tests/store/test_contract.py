@@ -1,4 +1,5 @@
-"""The store contract, run unchanged on every backend (``STORE_BACKENDS``).
+"""The store contract, run unchanged on every backend (``STORE_BACKENDS``, those of
+``OUTLAST_TEST_BACKENDS``).
 
 Each test opens a fresh store through :func:`outlast.store.open_store`, the way the server does.
 """
@@ -15,10 +16,11 @@ import pytest
 from outlast.errors import BadRequest, Conflict, Forbidden, Gone, NotFound
 from outlast.store import Store, open_store
 from outlast.store.base import AppendSpec, CreateSpec, Producer
+from tests.conftest import backend_params
 
 # "sqlite-fsync": the same file store with its fsyncing writer-thread engine. "redis": a real
 # redis-server (AOF, appendfsync always) started for the test.
-STORE_BACKENDS = ["sqlite", "sqlite-fsync", "redis"]
+STORE_BACKENDS = backend_params("sqlite", "sqlite-fsync", "redis")
 
 pytestmark = pytest.mark.anyio
 

@@ -19,9 +19,9 @@ from outlast.models import JobState, NewJob
 from outlast.store import Store, open_store
 from outlast.store.base import AppendSpec, CreateSpec
 from outlast.store.jobs_logic import Outcome
-from tests.conftest import RedisProcess
+from tests.conftest import RedisProcess, backend_params
 
-SHARED_BACKENDS = ["sqlite", "redis"]
+SHARED_BACKENDS = backend_params("sqlite", "redis")
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from outlast.api.jobs import JobsAPI
+from outlast.api.jobs import JobsAPI, LocalCanceller
 from outlast.api.middleware import AuthMiddleware, HeadersMiddleware
 from outlast.api.openapi import openapi_endpoint
 from outlast.api.ops import ops_routes
@@ -25,7 +25,6 @@ from outlast.lifecycle import Lifecycle
 from outlast.logs import AccessLog
 from outlast.metrics import Metrics, MetricsMiddleware
 from outlast.store.base import Store
-from outlast.worker import Worker
 
 log = logging.getLogger("outlast.api")
 
@@ -64,7 +63,7 @@ def create_app(
     lifecycle: Lifecycle,
     metrics: Metrics,
     registry: Registry,
-    worker: Worker | None,
+    worker: LocalCanceller | None,
 ) -> ASGIApp:
     streams = StreamsEndpoint(settings, store, lifecycle, metrics)
     jobs = JobsAPI(settings, store, registry, lifecycle, metrics, worker)

@@ -9,7 +9,7 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,7 +33,6 @@ from outlast.lifecycle import Lifecycle
 from outlast.metrics import Metrics
 from outlast.models import JOB_ID_PATTERN, JobRecord, JobState, NewJob
 from outlast.store.base import Store, format_offset, parse_offset
-from outlast.worker import Worker
 
 SUBMIT_FIELDS = frozenset({"task", "input", "queue", "timeout", "retries", "delay", "key"})
 MAX_RETRIES = 100
@@ -44,6 +43,14 @@ MAX_PAGE = 500
 # Retry-After while draining: a restart or another node should be ready by then.
 DRAIN_RETRY_AFTER = "5"
 _JOB_ID = re.compile(JOB_ID_PATTERN)
+
+
+class LocalCanceller(Protocol):
+    """What the jobs API needs of the worker in its process (a :class:`outlast.worker.Worker`)."""
+
+    def cancel_local(self, job_id: str) -> bool:
+        """Stop the job if it runs in this process; whether it did."""
+        ...
 
 
 def _field_error(field: str, message: str) -> Unprocessable:
@@ -86,7 +93,7 @@ class JobsAPI:
         registry: Registry,
         lifecycle: Lifecycle,
         metrics: Metrics,
-        worker: Worker | None,
+        worker: LocalCanceller | None,
     ) -> None:
         self.settings = settings
         self.store = store

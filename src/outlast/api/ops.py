@@ -1,4 +1,5 @@
-"""Operational endpoints: liveness and readiness."""
+"""Operational endpoints: liveness, and readiness (not while draining, nor while the store
+cannot be reached)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ def ops_routes(lifecycle: Lifecycle) -> list[Route]:
         if not lifecycle.accepting:
             return JSONResponse(
                 {"error": {"code": "draining", "message": "shutting down"}},
+                503,
+                headers={"Retry-After": "5"},
+            )
+        if not lifecycle.store_health.reachable:
+            return JSONResponse(
+                {"error": {"code": "store_unreachable", "message": "the store cannot be reached"}},
                 503,
                 headers={"Retry-After": "5"},
             )

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from outlast.errors import OutlastError
 
-class TaskFailure(Exception):
+
+class TaskFailure(OutlastError):
+    """An attempt failed in a way the executor understands: ``code`` names it for the job's
+    ``error``, and ``retryable`` says whether another attempt may help."""
+
     def __init__(self, code: str, message: str, *, retryable: bool = True, **details: Any) -> None:
         super().__init__(message)
         self.code = code

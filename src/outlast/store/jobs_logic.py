@@ -19,6 +19,7 @@ from outlast.models import (
     JobRecord,
     JobState,
     NewJob,
+    OutcomeKind,
     can_transition,
     evolve_job,
     new_job_id,
@@ -47,7 +48,7 @@ class SubmitResult:
 class Outcome:
     """How an attempt ended, as the worker reports it."""
 
-    kind: str  # "succeeded" | "failed" | "cancelled" | "release"
+    kind: OutcomeKind
     result: Any = None
     error: dict[str, Any] | None = None
     retry_at: float | None = None  # failed with attempts left: when to try again
@@ -301,7 +302,12 @@ def finish(
 ) -> streams.Changed:
     job = _owned(tx, job_id, owner, attempt)
     names: tuple[str, ...] = (job.stream,)
-    released = {"lease_owner": None, "lease_expires": None}
+    released: dict[str, Any] = {"lease_owner": None, "lease_expires": None}
+    # A job's error says why it failed or was cancelled, and nothing else: it is null in every
+    # other state (each failed attempt's error stays in the job's stream). Written only when
+    # there is one to clear (a job stored by an older release kept it while queued for a retry).
+    if job.error is not None:
+        released["error"] = None
     if outcome.kind == "succeeded":
         done = _transition(
             tx, job, JobState.SUCCEEDED, now, result=outcome.result, finished_at=now, **released
@@ -317,7 +323,6 @@ def finish(
                 job,
                 JobState.QUEUED,
                 now,
-                error=outcome.error,
                 run_at=outcome.retry_at,
                 **released,
             )
@@ -325,9 +330,8 @@ def finish(
             _emit(tx, done, now, error, state_message(JobState.QUEUED, attempt, retry_in=retry_in))
             names += (queue_key(job.queue),)
         else:
-            done = _transition(
-                tx, job, JobState.FAILED, now, error=outcome.error, finished_at=now, **released
-            )
+            released["error"] = outcome.error
+            done = _transition(tx, job, JobState.FAILED, now, finished_at=now, **released)
             _emit(tx, done, now, error, _state(JobState.FAILED, attempt), close=True)
     elif outcome.kind == "cancelled":
         done = _cancel_now(tx, job, now)

@@ -65,6 +65,7 @@ from outlast.store.redis_setup import (
     COMMAND_TIMEOUT,
     RedisURL,
     check_durability,
+    check_layout,
     check_version,
     parse_url,
     text,
@@ -144,6 +145,7 @@ class RedisStore(Store):
             raise StoreError(f"cannot reach redis at {parsed.display}: {exc}") from exc
         try:
             check_version(info, parsed.display)
+            await check_layout(client, parsed.prefix, parsed.display)
         except StoreError:
             await client.aclose()
             raise

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from outlast.errors import ConfigError, StoreError
+from outlast.store.versions import REDIS_LAYOUT_VERSION, too_new
 
 log = logging.getLogger("outlast.store.redis")
 
@@ -114,6 +115,26 @@ async def check_durability(client: aioredis.Redis, where: str) -> None:
             where,
             policy,
         )
+
+
+async def check_layout(client: aioredis.Redis, prefix: str, where: str) -> int:
+    """Record the layout version under *prefix*, or check the one recorded; return what was
+    found (keys written before versions were recorded have today's layout, version 1)."""
+    key = prefix + "layout_version"
+    try:
+        await client.set(key, REDIS_LAYOUT_VERSION, nx=True)
+        raw = await client.get(key)
+    except RedisError as exc:
+        raise StoreError(f"cannot read the layout version of redis at {where}: {exc}") from exc
+    try:
+        found = int(text(raw))
+    except (TypeError, ValueError):
+        raise StoreError(f"redis at {where} holds a malformed {key}: {raw!r}") from None
+    if found > REDIS_LAYOUT_VERSION:
+        what = f"the redis store at {where} (prefix {prefix!r})"
+        raise too_new(what, "layout", found, REDIS_LAYOUT_VERSION)
+    # An older layout would be migrated here, then the key raised: none exists yet.
+    return found
 
 
 def text(value: Any) -> str:

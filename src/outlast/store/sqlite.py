@@ -39,7 +39,7 @@ from outlast.store.base import (
 )
 from outlast.store.notify import Notifier
 from outlast.store.recent import RecentUnits
-from outlast.store.sqlite_engine import InlineEngine, ThreadEngine, connect
+from outlast.store.sqlite_engine import InlineEngine, ThreadEngine, prepare
 from outlast.store.sqlite_tx import JOB_COLUMNS, SQLiteTx, job_from_row
 
 log = logging.getLogger("outlast.store.sqlite")
@@ -52,70 +52,6 @@ CROSS_PROCESS_RECHECK = 1.0
 PURGE_SLICE = 500
 # How often expired streams are swept (reads also check expiry on every access).
 SWEEP_INTERVAL = 30.0
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS streams (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    name          TEXT NOT NULL UNIQUE,
-    content_type  TEXT NOT NULL,
-    tail          INTEGER NOT NULL DEFAULT 0,
-    closed        INTEGER NOT NULL DEFAULT 0,
-    created_at    REAL NOT NULL,
-    touched_at    REAL NOT NULL,
-    ttl           INTEGER,
-    expires_at    REAL,
-    last_seq      TEXT,
-    parent_id     INTEGER,
-    fork_key      TEXT,
-    deleted       INTEGER NOT NULL DEFAULT 0,
-    closed_by     TEXT
-);
-CREATE INDEX IF NOT EXISTS streams_parent ON streams(parent_id);
-CREATE TABLE IF NOT EXISTS units (
-    stream_id  INTEGER NOT NULL,
-    start      INTEGER NOT NULL,
-    end        INTEGER NOT NULL,
-    count      INTEGER NOT NULL,
-    data       BLOB NOT NULL,
-    PRIMARY KEY (stream_id, start)
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    id                TEXT PRIMARY KEY,
-    task              TEXT NOT NULL,
-    queue             TEXT NOT NULL,
-    state             TEXT NOT NULL,
-    input             TEXT NOT NULL,
-    result            TEXT,
-    error             TEXT,
-    attempt           INTEGER NOT NULL,
-    max_attempts      INTEGER NOT NULL,
-    timeout           REAL NOT NULL,
-    created_at        REAL NOT NULL,
-    run_at            REAL NOT NULL,
-    started_at        REAL,
-    finished_at       REAL,
-    key               TEXT UNIQUE,
-    lease_owner       TEXT,
-    lease_expires     REAL,
-    cancel_requested  INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs(queue, state, run_at);
-CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(state, lease_expires);
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS job_counts (
-    queue  TEXT NOT NULL,
-    state  TEXT NOT NULL,
-    n      INTEGER NOT NULL,
-    PRIMARY KEY (queue, state)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS producers (
-    stream_id    INTEGER NOT NULL,
-    producer_id  TEXT NOT NULL,
-    epoch        INTEGER NOT NULL,
-    last_seq     INTEGER NOT NULL,
-    PRIMARY KEY (stream_id, producer_id)
-) WITHOUT ROWID;
-"""
 
 
 class _Appended:
@@ -177,14 +113,7 @@ class SQLiteStore(Store):
         parent = Path(path).parent
         if not parent.exists():
             raise ConfigError(f"directory for the sqlite store does not exist: {parent}")
-        try:
-            setup = connect(path, fsync=fsync, busy_timeout_ms=30_000)
-            try:
-                setup.executescript(SCHEMA)
-            finally:
-                setup.close()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open sqlite store {path}: {exc}") from exc
+        await asyncio.to_thread(prepare, path, fsync=fsync)
         notifier = Notifier()
         engine: InlineEngine | ThreadEngine = (
             ThreadEngine(path, notifier) if fsync else InlineEngine(path, notifier)
