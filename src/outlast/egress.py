@@ -19,13 +19,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import http.cookiejar
 import ipaddress
+import re
 import socket
 import ssl
+import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import anyio
 import httpcore
@@ -46,6 +49,12 @@ METADATA_ADDRESSES = frozenset(
     }
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# A named upstream's path: no control characters, spaces or backslashes anywhere (a CR or LF
+# would split the request line; a backslash is a separator to some servers).
+_PATH_REFUSED = re.compile(r"[\x00-\x20\x7f\\]")
+_URL_REFUSED = re.compile(r"[\x00-\x20\x7f]")
+# Percent-decoding rounds looked through for a hidden dot segment (%252e%252e is %2e%2e).
+_DECODE_ROUNDS = 3
 
 
 class EgressRefused(OutlastError):
@@ -110,6 +119,9 @@ def _host_allowed(host: str, allowed: list[str]) -> bool:
 
 def check_url(url: str, egress: EgressSettings, *, field: str = "url") -> Target:
     """Validate a raw URL against the allow-list (no DNS yet): 422 or 403 when refused."""
+    if _URL_REFUSED.search(url):
+        # urlsplit drops CR, LF and tabs silently; the URL sent would not be the one checked.
+        raise Unprocessable(f"{field} holds a control character or space", extra={"field": field})
     try:
         parts = urlsplit(url)
         host = parts.hostname
@@ -127,10 +139,34 @@ def check_url(url: str, egress: EgressSettings, *, field: str = "url") -> Target
     return Target(url, host, egress.allow_private)
 
 
+def check_upstream_path(path: str, *, field: str = "input.path") -> str:
+    """A named upstream's path stays under its base URL: 422 for dot segments (``..``, ``.``,
+    percent-encoded in any case, or behind backslashes) and characters a request line cannot
+    carry. The upstream's secret headers go only where its base path says."""
+    if _PATH_REFUSED.search(path):
+        raise Unprocessable(
+            f"{field} holds a control character, space or backslash", extra={"field": field}
+        )
+    route = path.split("?", 1)[0]
+    for _ in range(_DECODE_ROUNDS):
+        if any(segment in (".", "..") for segment in route.replace("\\", "/").split("/")):
+            raise Unprocessable(
+                f"{field} must not hold '.' or '..' segments (it would leave the upstream's "
+                "base path)",
+                extra={"field": field},
+            )
+        decoded = unquote(route)
+        if decoded == route:
+            return path
+        route = decoded
+    raise Unprocessable(f"{field} is percent-encoded too many times", extra={"field": field})
+
+
 def upstream_target(upstream: UpstreamSettings, path: str) -> Target:
     base = upstream.url.rstrip("/")
     if not path.startswith("/"):
         path = "/" + path
+    check_upstream_path(path)
     host = urlsplit(base).hostname or ""
     return Target(base + path, host, upstream.allow_private)
 
@@ -274,6 +310,20 @@ class LeanStream(httpcore.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> Any:
         return self.inner.get_extra_info(info)
+
+
+class NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that never stores: give it to the shared client as ``cookies=``.
+
+    One client (and its connection pool) serves every job; with a jar that keeps cookies, a
+    ``Set-Cookie`` from one job's upstream would go out with every later job's requests.
+    """
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        pass
+
+    def extract_cookies(self, response: Any, request: urllib.request.Request) -> None:
+        pass
 
 
 def guarded_transport(**kwargs: Any) -> httpx.AsyncHTTPTransport:

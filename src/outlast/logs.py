@@ -201,6 +201,10 @@ def job_id_of(path: str) -> str | None:
     return None
 
 
+# Libraries whose INFO lines hold upstream URLs (with their query secrets).
+QUIET_LOGGERS = ("httpx", "httpcore")
+
+
 def configure_logging(level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())
@@ -209,6 +213,10 @@ def configure_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
     # uvicorn's own error logger is useful; its access log is replaced by ours.
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request's full URL at INFO, query secrets included; outlast's own lines
+    # say what a job did without them.
+    for noisy in QUIET_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     access = logging.getLogger(ACCESS_LOGGER)
     buffered = BufferedLineHandler(sys.stderr)
     buffered.setFormatter(JSONFormatter())

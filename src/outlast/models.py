@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+from outlast import redact
+
 
 class JobState(StrEnum):
     QUEUED = "queued"
@@ -135,7 +137,8 @@ class JobRecord:
             "task": self.task,
             "queue": self.queue,
             "state": self.state.value,
-            "input": self.input,
+            # Upstream credentials stay in storage for the worker, never in what is shown.
+            "input": redact.job_input(self.task, self.input),
             "result": self.result,
             "error": self.error,
             "attempt": self.attempt,

@@ -36,7 +36,7 @@ import uvicorn
 
 from outlast.api.app import create_app
 from outlast.config import Settings
-from outlast.egress import guarded_transport
+from outlast.egress import NoCookies, guarded_transport
 from outlast.errors import ConfigError
 from outlast.executors.registry import Registry, build_registry
 from outlast.lifecycle import Lifecycle
@@ -114,6 +114,7 @@ async def open_node(settings: Settings, *, workers: bool) -> AsyncIterator[Node]
         transport=guarded_transport(limits=UPSTREAM_POOL),
         timeout=httpx.Timeout(None, connect=EGRESS_CONNECT_TIMEOUT),
         follow_redirects=False,
+        cookies=NoCookies(),  # jobs share the pool, never cookies
     )
     try:
         store = await open_store(settings.server.store, fsync=settings.store.fsync)

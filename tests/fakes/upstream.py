@@ -24,6 +24,9 @@ Routes (query parameters in brackets):
 - ``/longline`` [size=2_000_000]: one line longer than any sane limit.
 - ``/forever`` [interval=0.05]: events until the client goes away.
 - ``/echo``: the request's method, headers and body as JSON.
+- ``/cookie`` [name=]: records the ``Cookie`` header it was sent (``cookies_seen``, ``None``
+  when none), then answers ``Set-Cookie: session=<name>`` with a small JSON body, or with
+  ``data: [DONE]`` as an event stream when the request accepts one.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class FakeUpstream:
         self._gate_events: dict[str, asyncio.Event] = {}  # gates answers wait on (fake's loop)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stalled: set[str] = set()
+        self.cookies_seen: list[tuple[str, str | None]] = []  # (name, Cookie header) per request
         self.port = _free_port()
         self.app = Starlette(
             routes=[
@@ -77,6 +81,7 @@ class FakeUpstream:
                 Route("/forever", self.forever, methods=["GET", "POST"]),
                 Route("/gate", self.gated, methods=["GET", "POST"]),
                 Route("/echo", self.echo, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+                Route("/cookie", self.cookie, methods=["GET", "POST"]),
             ]
         )
         self.server = uvicorn.Server(
@@ -320,6 +325,14 @@ class FakeUpstream:
                 await asyncio.sleep(interval)
 
         return StreamingResponse(body(), media_type="text/event-stream")
+
+    async def cookie(self, request: Request) -> Response:
+        name = request.query_params.get("name", "")
+        self.cookies_seen.append((name, request.headers.get("cookie")))
+        headers = {"Set-Cookie": f"session={name}; Path=/"}
+        if "text/event-stream" in request.headers.get("accept", ""):
+            return Response("data: [DONE]\n\n", headers=headers, media_type="text/event-stream")
+        return JSONResponse({"name": name}, headers=headers)
 
     async def echo(self, request: Request) -> Response:
         self._note(request)

@@ -90,8 +90,8 @@ def create_app(
     app.state.lifecycle = lifecycle
     app.state.metrics = metrics
     wrapped: ASGIApp = _StreamsFirst(app, streams)
-    if settings.auth_enabled:
-        wrapped = AuthMiddleware(wrapped, settings.auth)
+    if jobs.links is not None:
+        wrapped = AuthMiddleware(wrapped, settings.auth, jobs.links)
     access_log = AccessLog() if settings.server.access_log else None
     wrapped = MetricsMiddleware(wrapped, metrics, access_log)
     return HeadersMiddleware(wrapped, settings.cors)

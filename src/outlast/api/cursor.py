@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 import time
 
+from outlast.boundary import whole_number
+
 EPOCH = 1728432000.0  # 2024-10-09T00:00:00Z, the protocol's default
 INTERVAL = 20.0  # seconds
 JITTER_SECONDS = (1, 3600)
@@ -21,9 +23,8 @@ def current_interval(now: float | None = None) -> int:
 
 def next_cursor(client_cursor: str | None, now: float | None = None) -> str:
     interval = current_interval(now)
-    if client_cursor is not None and client_cursor.isdigit():
-        echoed = int(client_cursor)
-        if echoed >= interval:
-            jitter = random.randint(*JITTER_SECONDS)
-            return str(echoed + max(1, int(jitter // INTERVAL)))
+    echoed = None if client_cursor is None else whole_number(client_cursor)
+    if echoed is not None and echoed >= interval:
+        jitter = random.randint(*JITTER_SECONDS)
+        return str(echoed + max(1, int(jitter // INTERVAL)))
     return str(interval)

@@ -15,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from outlast.api.capability import sign, signing_key
+from outlast.api.capability import LinkKey, sign
 from outlast.api.sse_response import SSEResponse, sse_comment, sse_event
+from outlast.boundary import parse_json, whole_number
 from outlast.config import Settings
 from outlast.errors import (
     BadRequest,
@@ -43,6 +44,8 @@ MAX_PAGE = 500
 # Retry-After while draining: a restart or another node should be ready by then.
 DRAIN_RETRY_AFTER = "5"
 _JOB_ID = re.compile(JOB_ID_PATTERN)
+# A number of seconds in ASCII digits (float() also takes other scripts' digits, and 'inf').
+_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
 
 
 class LocalCanceller(Protocol):
@@ -66,11 +69,6 @@ def _number(body: dict[str, Any], field: str, low: float, high: float) -> float 
     if not low <= value <= high:
         raise _field_error(field, f"must be between {low:g} and {high:g}")
     return float(value)
-
-
-def _reject_constant(name: str) -> Any:
-    # Python's parser accepts NaN and Infinity; JSON does not, and neither can our answers.
-    raise ValueError(f"{name} is not JSON")
 
 
 def render_event(message: dict[str, Any], offset: str) -> bytes:
@@ -101,7 +99,8 @@ class JobsAPI:
         self.lifecycle = lifecycle
         self.metrics = metrics
         self.worker = worker
-        self.link_key = signing_key(settings.auth) if settings.auth_enabled else None
+        # With tokens on, read links are signed (the auth middleware loads the key first).
+        self.links = LinkKey(settings.auth, store) if settings.auth_enabled else None
         metrics.on_scrape(self.refresh_gauges)
 
     async def refresh_gauges(self) -> None:
@@ -114,6 +113,10 @@ class JobsAPI:
             self.metrics.queue_depth.labels(name).set(states.get(JobState.QUEUED.value, 0))
         for name, queue in self.settings.queues.items():
             self.metrics.queue_capacity.labels(name).set(queue.capacity)
+
+    @property
+    def link_key(self) -> bytes | None:
+        return None if self.links is None else self.links.key
 
     def render(self, job: JobRecord) -> dict[str, Any]:
         """The job as JSON; with tokens on, its read links are signed (for browsers)."""
@@ -140,7 +143,8 @@ class JobsAPI:
     async def _json_body(self, request: Request) -> Any:
         limit = self.settings.limits.job_body_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        size = None if declared is None else whole_number(declared)
+        if size is not None and size > limit:
             raise PayloadTooLarge(f"request body larger than {limit} bytes")
         chunks, size = [], 0
         async for chunk in request.stream():
@@ -148,12 +152,7 @@ class JobsAPI:
             if size > limit:
                 raise PayloadTooLarge(f"request body larger than {limit} bytes")
             chunks.append(chunk)
-        try:
-            return json.loads(b"".join(chunks), parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
-        except RecursionError as exc:
-            raise BadRequest("body is nested too deeply", code="invalid_json") from exc
+        return parse_json(b"".join(chunks))
 
     async def parse_submission(self, body: Any) -> NewJob:
         if not isinstance(body, dict):
@@ -238,12 +237,9 @@ class JobsAPI:
         job = await self._job(request)
         raw_wait = request.query_params.get("wait")
         if raw_wait is not None:
-            try:
-                wait = float(raw_wait)
-            except ValueError as exc:
-                raise _field_error("wait", "must be a number of seconds") from exc
-            if not math.isfinite(wait) or wait < 0:
+            if not _SECONDS.fullmatch(raw_wait):
                 raise _field_error("wait", "must be a non-negative number of seconds")
+            wait = float(raw_wait)
             if not job.state.terminal:
                 job = await self._wait_terminal(job, min(wait, self.settings.jobs.max_wait))
         return JSONResponse(self.render(job))
@@ -284,14 +280,18 @@ class JobsAPI:
         if state is not None and state not in JobState.__members__.values():
             raise _field_error("state", f"must be one of {', '.join(s.value for s in JobState)}")
         raw_limit = params.get("limit", "50")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        limit = whole_number(raw_limit)
+        if limit is None or not 1 <= limit <= MAX_PAGE:
             raise _field_error("limit", f"must be a whole number from 1 to {MAX_PAGE}")
+        cursor = params.get("cursor")
+        if cursor is not None and not _JOB_ID.fullmatch(cursor):
+            raise BadRequest("malformed cursor: it is the id of a job", code="invalid_cursor")
         page = await self.store.list_jobs(
             state=JobState(state) if state else None,
             queue=params.get("queue"),
             task=params.get("task"),
-            limit=int(raw_limit),
-            cursor=params.get("cursor"),
+            limit=limit,
+            cursor=cursor,
         )
         return JSONResponse({"jobs": [self.render(j) for j in page.jobs], "next": page.next_cursor})
 

@@ -13,8 +13,9 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from outlast.api.capability import readable_with_link, signing_key, verify
+from outlast.api.capability import Link, LinkKey, readable_with_link, verify
 from outlast.config import AuthSettings, CorsSettings, TokenSettings
+from outlast.errors import StoreError
 
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     # Browsers must not guess a type for stream bytes (protocol §10.7).
@@ -170,14 +171,20 @@ class AuthMiddleware:
     see :mod:`outlast.api.capability`).
     """
 
-    def __init__(self, app: ASGIApp, auth: AuthSettings) -> None:
+    def __init__(self, app: ASGIApp, auth: AuthSettings, links: LinkKey) -> None:
         self.app = app
         self.tokens = list(auth.tokens)
-        self.link_key = signing_key(auth)
+        self.links = links
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
+            return
+        try:
+            # Once per node (then cached): jobs rendered after this carry links signed with it.
+            link_key = await self.links.load()
+        except StoreError as exc:
+            await _reject(send, 503, "unavailable", f"the store is unreachable: {exc}")
             return
         needed = required_scope(scope["method"], scope["path"])
         raw = _header(scope, b"authorization")
@@ -197,20 +204,26 @@ class AuthMiddleware:
         ):
             await _reject(send, 403, "forbidden", f"this token lacks the '{needed}' scope")
             return
-        if needed is not None and granted is None and not self._signed_read(scope):
-            await _reject(
-                send, 401, "unauthorized", "a bearer token or a valid signed link is required"
-            )
-            return
+        if needed is not None and granted is None:
+            link = self._signed_read(scope, link_key)
+            if link is Link.TOO_LONG:
+                await _reject(
+                    send, 403, "forbidden", "this link expires later than any link outlast makes"
+                )
+                return
+            if link is not Link.VALID:
+                await _reject(
+                    send, 401, "unauthorized", "a bearer token or a valid signed link is required"
+                )
+                return
         await self.app(scope, receive, send)
 
-    def _signed_read(self, scope: Scope) -> bool:
+    @staticmethod
+    def _signed_read(scope: Scope, key: bytes) -> Link:
         """A GET of one job's events or stream with a valid, unexpired ``sig``."""
-        return (
-            scope["method"] in ("GET", "HEAD")
-            and readable_with_link(scope["path"])
-            and verify(self.link_key, scope["path"], scope.get("query_string", b""))
-        )
+        if scope["method"] not in ("GET", "HEAD") or not readable_with_link(scope["path"]):
+            return Link.INVALID
+        return verify(key, scope["path"], scope.get("query_string", b""))
 
 
 async def _reject(send: Send, status: int, code: str, message: str) -> None:

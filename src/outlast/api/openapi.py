@@ -1,7 +1,8 @@
 """``GET /openapi.json``: the OpenAPI 3.1 document of the JSON API (jobs, queues, relays, ops).
 
-The stream endpoints speak the Durable Streams protocol, documented by that protocol; they are
-listed here with a pointer to it rather than re-described.
+The stream endpoints speak the Durable Streams protocol (docs/streams.md); their operations,
+headers and statuses are listed here too. Every secured operation documents 401 and 403; the
+document is checked against the server by a schemathesis run (tests/security/test_openapi_fuzz.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from outlast.api.jobs import MAX_PAGE
+from outlast.boundary import MAX_DEPTH
 from outlast.models import JOB_ID_PATTERN, ErrorCode, JobState
 
 
@@ -31,7 +34,12 @@ def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
     return response
 
 
-JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^" + JOB_ID_PATTERN + "$"},
+}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -127,13 +135,56 @@ SCHEMAS: dict[str, Any] = {
 }
 
 SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+# A stream's bytes are served with the stream's own content type.
+ANY: dict[str, Any] = {"*/*": {"schema": {}}}
+STREAM_HEADERS_DOC = "Stream-Next-Offset, Stream-Up-To-Date, Stream-Closed, Stream-Cursor, ETag"
+
+
+def _header(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+def _raw(description: str, content: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description}
+    if content is not None:
+        response["content"] = content
+    return response
+
+
+WHOLE = {"type": "string", "pattern": "^(0|[1-9][0-9]{0,17})$"}
+OFFSET = {
+    "type": "string",
+    "description": "-1 (the start), now (the tail), or an offset from Stream-Next-Offset "
+    "(16 digits, '_', 16 digits)",
+}
+CURSOR = {
+    "type": "string",
+    "pattern": "^" + JOB_ID_PATTERN + "$",
+    "description": "The `next` of the previous page: the id of its last job",
+}
+STREAM_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "1 to 1024 printable Latin-1 characters (no controls); `jobs/<id>` is a "
+    "job's stream (read-only)",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 1024},
+}
+RELAY_JOB = _json(_ref("Job"), "The relay job")
 
 PATHS: dict[str, Any] = {
     "/v1/jobs": {
         "post": {
             "summary": "Submit a job",
             "description": (
-                "With `Accept: text/event-stream` the answer is 200 and the job's live events."
+                "With `Accept: text/event-stream` the answer is 200 and the job's live events. "
+                "JSON is UTF-8, numbers finite, integers within 64 bits, nesting at most "
+                f"{MAX_DEPTH} levels: anything else is 400 `invalid_json`."
             ),
             "requestBody": {
                 "required": True,
@@ -141,8 +192,13 @@ PATHS: dict[str, Any] = {
             },
             "responses": {
                 "202": _json(_ref("Job"), "Accepted; Location names the job"),
-                "200": _json(_ref("Job"), "The existing job for a repeated idempotency key"),
-                "400": _error("Malformed JSON"),
+                "200": {
+                    "description": "The existing job for a repeated idempotency key, or live "
+                    "events with Accept: text/event-stream",
+                    "content": {"application/json": {"schema": _ref("Job")}, **SSE},
+                },
+                "400": _error("Malformed JSON (invalid_json)"),
+                "403": _error("Missing scope, or egress refused for an http/relay job"),
                 "409": _error("The key was used with a different task or input"),
                 "413": _error("Body too large"),
                 "422": _error("Unknown task or queue, or an invalid field (named in error.field)"),
@@ -153,13 +209,23 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "List jobs, newest first",
             "parameters": [
-                {"name": n, "in": "query", "schema": {"type": "string"}}
-                for n in ("state", "queue", "task", "cursor")
-            ]
-            + [{"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 500}}],
+                {
+                    "name": "state",
+                    "in": "query",
+                    "schema": {"type": "string", "enum": [s.value for s in JobState]},
+                },
+                {"name": "queue", "in": "query", "schema": {"type": "string"}},
+                {"name": "task", "in": "query", "schema": {"type": "string"}},
+                {"name": "cursor", "in": "query", "schema": CURSOR},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50},
+                },
+            ],
             "responses": {
                 "200": _json(_ref("JobPage"), "A page of jobs"),
-                "400": _error("Malformed cursor"),
+                "400": _error("Malformed cursor (invalid_cursor)"),
                 "422": _error("Invalid state or limit"),
             },
         },
@@ -172,8 +238,8 @@ PATHS: dict[str, Any] = {
                 {
                     "name": "wait",
                     "in": "query",
-                    "schema": {"type": "number"},
-                    "description": "Long-poll until terminal (seconds)",
+                    "schema": {"type": "number", "minimum": 0},
+                    "description": "Long-poll until terminal (seconds, capped by [jobs] max_wait)",
                 },
             ],
             "responses": {
@@ -201,18 +267,13 @@ PATHS: dict[str, Any] = {
             ),
             "parameters": [
                 JOB_ID,
-                {
-                    "name": "offset",
-                    "in": "query",
-                    "schema": {"type": "string"},
-                    "description": "-1 (the start, default), now, or an event id",
-                },
-                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                {"name": "offset", "in": "query", "schema": OFFSET},
+                _header("Last-Event-ID", "An event id to resume after"),
             ],
             "responses": {
-                "200": {"description": "Event stream", "content": SSE},
-                "204": {"description": "Nothing more to send"},
-                "400": _error("Malformed offset"),
+                "200": _raw("Event stream", SSE),
+                "204": _raw("Nothing more to send"),
+                "400": _error("Malformed offset, or one past the end"),
                 "404": _error("No such job"),
             },
         }
@@ -226,65 +287,223 @@ PATHS: dict[str, Any] = {
     "/v1/upstreams/{name}/{path}": {
         "post": {
             "summary": "OpenAI-compatible pass-through, run as a relay job",
+            "description": (
+                "The answer is the upstream's: its events when the JSON body says "
+                '`"stream": true`, else its status and body once the job ended (an upstream '
+                "error status is passed on as it came)."
+            ),
             "parameters": [
                 {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
-                {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
-                {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
-            ],
-            "responses": {
-                "200": {
-                    "description": "The upstream's answer (events when the body says stream: true)",
-                    "content": {"application/json": {}, **SSE},
+                {
+                    "name": "path",
+                    "in": "path",
+                    "required": True,
+                    "description": "Under the upstream's base URL: '.' and '..' segments "
+                    "(also percent-encoded, or behind backslashes) are refused (422)",
+                    "schema": {"type": "string"},
                 },
+                _header("Idempotency-Key", "Becomes the job's key: a retry gets the same job"),
+                _header("Last-Event-ID", "With a retry: continue after this event id"),
+            ],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
+            "responses": {
+                "200": _raw("The upstream's answer", {"application/json": {}, **SSE}),
+                "400": _error("Malformed JSON or Last-Event-ID"),
+                "403": _error("Missing scope, or egress refused"),
+                "404": _error("No upstream of that name"),
+                "413": _error("Body too large"),
+                "422": _error("The path leaves the upstream's base path, or a bad header"),
                 "429": _error("The queue is at capacity", retry_after=True),
+                "502": _error("The relay failed (error.job names the job)"),
+                "503": _error("Shutting down", retry_after=True),
+                "504": _error("The relay did not finish in time"),
+                "default": _raw("The upstream's own error status and body", ANY),
             },
         }
     },
     "/v1/proxy": {
         "post": {
-            "summary": "Durable Proxy: start a relay, answer with its stream at once",
+            "summary": "Durable Proxy: start a relay, answer with its job at once",
+            "description": "Location is the job's stream (a signed link when tokens are on).",
             "parameters": [
-                {"name": h, "in": "header", "schema": {"type": "string"}}
-                for h in (
-                    "Upstream-URL",
-                    "Upstream-Name",
-                    "Upstream-Path",
-                    "Upstream-Method",
+                _header("Upstream-URL", "A raw URL (its host in [egress] allowed_hosts)"),
+                _header("Upstream-Name", "A configured upstream, instead of Upstream-URL"),
+                _header("Upstream-Path", "The path under Upstream-Name's base URL"),
+                _header("Upstream-Method", "Default POST"),
+                _header(
                     "Upstream-Authorization",
-                )
+                    "Sent to the upstream as Authorization; never shown (redacted in the job)",
+                ),
+                _header("Idempotency-Key", "Becomes the job's key"),
             ],
-            "responses": {"201": {"description": "Created; Location is the job's stream"}},
+            "requestBody": {"required": False, "content": {"*/*": {"schema": {}}}},
+            "responses": {
+                "201": _json(_ref("Job"), "Created; Location is the job's stream"),
+                "200": _json(_ref("Job"), "The existing job for a repeated Idempotency-Key"),
+                "400": _error("Neither or both of Upstream-URL and Upstream-Name"),
+                "403": _error("Missing scope, or egress refused"),
+                "409": _error("The key was used with a different request"),
+                "413": _error("Body too large"),
+                "422": _error("Invalid URL, path, method or header"),
+                "429": _error("The queue is at capacity", retry_after=True),
+                "503": _error("Shutting down", retry_after=True),
+            },
         }
     },
     "/v1/stream/{name}": {
-        "summary": "Durable Streams protocol 1.0",
-        "description": "See docs/streams.md and the protocol's PROTOCOL.md.",
+        "summary": "Durable Streams protocol 1.0 (see docs/streams.md)",
+        "parameters": [STREAM_NAME],
+        "put": {
+            "summary": "Create a stream (idempotent with the same settings)",
+            "parameters": [
+                _header("Content-Type", "The stream's type (default application/octet-stream)"),
+                _header("Stream-TTL", "Seconds of idleness before it expires", WHOLE),
+                _header("Stream-Expires-At", "RFC 3339 expiry (not with Stream-TTL)"),
+                _header("Stream-Closed", "true: create it closed"),
+                _header("Stream-Forked-From", "/v1/stream/<name> to fork"),
+                _header("Stream-Fork-Offset", "Where the fork branches off"),
+                _header("Stream-Fork-Sub-Offset", "Messages into that unit", WHOLE),
+            ],
+            "requestBody": {"required": False, "content": ANY},
+            "responses": {
+                "201": _raw("Created"),
+                "200": _raw("It exists with these settings"),
+                "400": _error("A malformed header, name or body"),
+                "404": _error("The fork's source does not exist"),
+                "405": _error("Job streams are read-only"),
+                "409": _error("It exists with other settings"),
+                "410": _error("The fork's source was deleted"),
+                "413": _error("Body too large"),
+            },
+        },
+        "post": {
+            "summary": "Append (and/or close)",
+            "parameters": [
+                _header("Content-Type", "Must match the stream's"),
+                _header("Stream-Closed", "true: close after this append"),
+                _header("Stream-Seq", "Writer sequence: must increase"),
+                _header("Producer-Id", "Idempotent producer"),
+                _header("Producer-Epoch", "0 to 2^53-1", WHOLE),
+                _header("Producer-Seq", "0 to 2^53-1", WHOLE),
+            ],
+            "requestBody": {"required": False, "content": ANY},
+            "responses": {
+                "200": _raw("Stored (idempotent producer)"),
+                "204": _raw("Stored, a duplicate, or closed"),
+                "400": _error("Empty body, missing type, malformed header or JSON"),
+                "403": _error("Missing scope, or a stale Producer-Epoch"),
+                "404": _error("No such stream"),
+                "405": _error("Job streams are read-only"),
+                "409": _error("Closed, type mismatch, or out-of-order Stream-Seq/Producer-Seq"),
+                "410": _error("The stream was deleted"),
+                "413": _error("Body too large"),
+            },
+        },
+        "get": {
+            "summary": "Read: catch-up, long-poll or SSE",
+            "description": f"Answers carry {STREAM_HEADERS_DOC}.",
+            "parameters": [
+                {"name": "offset", "in": "query", "schema": OFFSET},
+                {
+                    "name": "live",
+                    "in": "query",
+                    "schema": {"type": "string", "enum": ["long-poll", "sse"]},
+                },
+                {
+                    "name": "cursor",
+                    "in": "query",
+                    "description": "Echo of Stream-Cursor (digits; anything else is ignored)",
+                    "schema": {"type": "string"},
+                },
+                _header("If-None-Match", "An ETag of an earlier catch-up read"),
+                _header("Last-Event-ID", "SSE: resume after this offset"),
+            ],
+            "responses": {
+                "200": _raw("The stream's data (its own type), or SSE", ANY),
+                "204": _raw("Long-poll: nothing new before the timeout, or closed"),
+                "304": _raw("Not modified (If-None-Match)"),
+                "400": _error("Malformed offset, live mode or name"),
+                "404": _error("No such stream"),
+                "410": _error("The stream was deleted"),
+            },
+        },
+        "head": {
+            "summary": "The stream's metadata",
+            "responses": {
+                "200": _raw("Metadata in headers"),
+                "400": _raw("Malformed name"),
+                "401": _raw("A token or signed link is required"),
+                "403": _raw("Missing scope"),
+                "404": _raw("No such stream"),
+                "410": _raw("The stream was deleted"),
+            },
+        },
+        "delete": {
+            "summary": "Delete the stream",
+            "responses": {
+                "204": _raw("Deleted"),
+                "400": _error("Malformed name"),
+                "404": _error("No such stream"),
+                "405": _error("Job streams are read-only"),
+                "409": _error("It cannot be deleted now"),
+                "410": _error("Already deleted"),
+            },
+        },
     },
-    "/healthz": {"get": {"summary": "Alive", "responses": {"200": {"description": "OK"}}}},
+    "/healthz": {"get": {"summary": "Alive", "responses": {"200": _raw("OK", ANY)}}},
     "/readyz": {
         "get": {
             "summary": "Ready (503 while draining)",
-            "responses": {"200": {"description": "Ready"}, "503": _error("Draining")},
+            "responses": {"200": _raw("Ready", ANY), "503": _error("Draining")},
         }
     },
     "/metrics": {
         "get": {
-            "summary": "Prometheus metrics",
-            "responses": {"200": {"description": "text/plain exposition"}},
+            "summary": "Prometheus metrics (admin scope)",
+            "responses": {"200": _raw("text/plain exposition", {"text/plain": {}})},
+        }
+    },
+    "/openapi.json": {
+        "get": {
+            "summary": "This document",
+            "responses": {"200": _raw("OpenAPI 3.1", {"application/json": {}})},
         }
     },
 }
+# Open without a token (in tokens-on mode): everything else answers 401 and 403.
+PUBLIC = frozenset({"/healthz", "/readyz", "/openapi.json"})
+METHODS = ("get", "put", "post", "delete", "head")
+
+
+def _with_auth_errors(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every secured operation documents 401 (no or bad credential) and 403 (missing scope)."""
+    out: dict[str, Any] = {}
+    for path, item in paths.items():
+        item = dict(item)
+        for method in METHODS:
+            if method not in item or path in PUBLIC:
+                continue
+            operation = dict(item[method])
+            responses = dict(operation["responses"])
+            responses.setdefault("401", _error("No valid bearer token (or signed link)"))
+            responses.setdefault("403", _error("The token lacks this route's scope"))
+            operation["responses"] = responses
+            operation["security"] = [{"bearer": []}]
+            item[method] = operation
+        out[path] = item
+    return out
 
 
 def document(version: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "outlast", "version": version},
-        "paths": PATHS,
+        "paths": _with_auth_errors(PATHS),
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
+        # Tokens are optional (without any configured, every request is trusted).
         "security": [{"bearer": []}, {}],
     }
 

@@ -10,12 +10,11 @@ import json
 import re
 import time
 from datetime import UTC, datetime
-from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.types import Scope
 
+from outlast.boundary import check_stream_name, parse_json, whole_number
 from outlast.errors import BadRequest
 from outlast.store.base import (
     Producer,
@@ -26,13 +25,13 @@ from outlast.store.base import (
     parse_offset,
 )
 
-_TTL_RE = re.compile(r"0|[1-9][0-9]*")
-INTEGER_RE = re.compile(r"0|[1-9][0-9]*")
 _RFC3339_RE = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
     r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
 MAX_SAFE_INTEGER = 2**53 - 1
+_JSON_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_JSON_SEPARATORS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
 
 
 def header(request: Request, name: str) -> str | None:
@@ -42,9 +41,12 @@ def header(request: Request, name: str) -> str | None:
 def parse_ttl(raw: str | None) -> int | None:
     if raw is None:
         return None
-    if not _TTL_RE.fullmatch(raw):
-        raise BadRequest("Stream-TTL must be a non-negative integer without sign or leading zeros")
-    return int(raw)
+    ttl = whole_number(raw)
+    if ttl is None:
+        raise BadRequest(
+            "Stream-TTL must be a non-negative integer (ASCII digits, no sign or leading zeros)"
+        )
+    return ttl
 
 
 def parse_expires_at(raw: str | None) -> float | None:
@@ -99,15 +101,11 @@ def parse_producer(headers: dict[bytes, bytes]) -> Producer | None:
         raise BadRequest("Producer-Id must not be empty")
     values = []
     for name, raw in (("Producer-Epoch", epoch), ("Producer-Seq", seq)):
-        raw = raw.strip()
-        if not INTEGER_RE.fullmatch(raw) or int(raw) > MAX_SAFE_INTEGER:
+        value = whole_number(raw.strip())
+        if value is None or value > MAX_SAFE_INTEGER:
             raise BadRequest(f"{name} must be an integer from 0 to 2^53-1")
-        values.append(int(raw))
+        values.append(value)
     return Producer(pid, values[0], values[1])
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def json_messages(body: bytes, *, allow_empty: bool) -> list[bytes]:
@@ -116,21 +114,7 @@ def json_messages(body: bytes, *, allow_empty: bool) -> list[bytes]:
     A single value is stored as it was sent (it is valid JSON: it just parsed); elements of an
     array are re-serialised compactly, as they need cutting apart anyway.
     """
-    stripped = body.strip()
-    if not stripped.startswith(b"["):
-        # The common case, a single value: orjson validates it several times faster. It accepts
-        # a subset of what the json module accepts (UTF-8 only, no lone surrogates, no BOM, no
-        # numbers that overflow a double), so when it refuses, the json module decides below.
-        try:
-            orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            return [stripped]
-    try:
-        value = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
+    value = parse_json(body)
     if not isinstance(value, list):
         return [body.strip()]
     if not value and not allow_empty:
@@ -169,7 +153,10 @@ def sse_control(info: StreamInfo, position: int, client_cursor: str) -> bytes:
 def encode_sse_data(info: StreamInfo, result: ReadResult, binary: bool) -> bytes:
     if info.is_json:
         payload = b"[" + b",".join(unit.data for unit in result.units) + b"]"
-        lines = payload.decode().splitlines() or [""]
+        # Split at line breaks only (CR, LF: they can only be whitespace between JSON tokens),
+        # and escape the separators some clients also split lines at (U+2028, U+2029, U+0085:
+        # in JSON they can only be inside strings, where the escape means the same).
+        lines = _JSON_LINE_BREAK.split(payload.decode().translate(_JSON_SEPARATORS))
     elif binary:
         lines = [base64.b64encode(b"".join(unit.data for unit in result.units)).decode()]
     else:
@@ -213,5 +200,5 @@ def stream_name_from_path(raw: str) -> str:
         path = "/" + path.split("://", 1)[1].split("/", 1)[-1]
     prefix = "/v1/stream/"
     if path.startswith(prefix):
-        return path[len(prefix) :]
+        return check_stream_name(path[len(prefix) :], len(path))
     raise BadRequest("Stream-Forked-From must be a stream path such as /v1/stream/<name>")

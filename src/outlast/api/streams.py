@@ -22,7 +22,6 @@ from starlette.types import Receive, Scope, Send
 from outlast.api import cursor
 from outlast.api.sse_response import SSEResponse
 from outlast.api.stream_protocol import (
-    INTEGER_RE,
     body_unit,
     encode_sse_data,
     header,
@@ -37,6 +36,7 @@ from outlast.api.stream_protocol import (
     sse_control,
     stream_name_from_path,
 )
+from outlast.boundary import check_stream_name, whole_number
 from outlast.config import Settings
 from outlast.errors import (
     BadRequest,
@@ -121,10 +121,7 @@ class StreamsEndpoint:
         )
 
     def _name(self, scope: Scope) -> str:
-        name: str = scope["path"][len(PREFIX) :]
-        if not name or len(name) > self.max_name:
-            raise BadRequest(f"stream name must be 1 to {self.max_name} characters")
-        return name
+        return check_stream_name(scope["path"][len(PREFIX) :], self.max_name)
 
     async def _dispatch(self, scope: Scope, receive: Receive) -> Response | SSEResponse:
         request = Request(scope, receive)
@@ -147,7 +144,8 @@ class StreamsEndpoint:
 
     async def _body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_append:
+        size = None if declared is None else whole_number(declared)
+        if size is not None and size > self.max_append:
             raise PayloadTooLarge(f"body larger than {self.max_append} bytes")
         chunks = []
         size = 0
@@ -185,9 +183,10 @@ class StreamsEndpoint:
                 fork_offset = parse_offset_or_400(raw_offset)
             raw_sub = header(request, "stream-fork-sub-offset")
             if raw_sub is not None:
-                if not INTEGER_RE.fullmatch(raw_sub.strip()):
+                sub_offset = whole_number(raw_sub.strip())
+                if sub_offset is None:
                     raise BadRequest("Stream-Fork-Sub-Offset must be a non-negative integer")
-                fork_sub = int(raw_sub.strip())
+                fork_sub = sub_offset
         body = await self._body(request)
         units = []
         if body:

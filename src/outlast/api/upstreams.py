@@ -120,14 +120,16 @@ class UpstreamsAPI:
             "headers": _forwarded_headers(request),
             "body": raw,
         }
+        # Checked before the job exists: a refused request must not call the upstream.
+        resume = self._resume_from(request)
         job, _ = await self._relay_job(value, key)
         headers = {"Outlast-Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"}
         if streaming:
-            return await self._stream_answer(job, headers, self._resume_from(request, job))
+            return await self._stream_answer(job, headers, resume)
         job = await self.jobs._wait_terminal(job, job.timeout + 5)
         return self._final_answer(job, headers)
 
-    def _resume_from(self, request: Request, job: JobRecord) -> int | None:
+    def _resume_from(self, request: Request) -> int | None:
         raw = request.headers.get("last-event-id")
         if not raw:
             return None

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from outlast.boundary import check_headers
 from outlast.config import EgressSettings
 from outlast.egress import EgressRefused, check_url, egress_scope, resolve_and_check
 from outlast.errors import Unprocessable
@@ -49,6 +50,7 @@ async def validate_input(value: Any, egress: EgressSettings) -> None:
         raise Unprocessable(
             "input.headers must map names to strings", extra={"field": "input.headers"}
         )
+    check_headers(headers, "input.headers")
 
 
 def _body(value: Any) -> tuple[bytes | None, dict[str, str]]:

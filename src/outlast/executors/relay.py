@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from outlast.boundary import check_headers
 from outlast.config import RelaySettings, Settings
 from outlast.egress import (
     EgressRefused,
@@ -99,6 +100,7 @@ async def validate_input(value: Any, settings: Settings) -> None:
         raise Unprocessable(
             "input.headers must map names to strings", extra={"field": "input.headers"}
         )
+    check_headers(headers, "input.headers")
 
 
 def resolve_target(value: dict[str, Any], settings: Settings) -> Target:

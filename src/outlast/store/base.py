@@ -282,3 +282,10 @@ class JobStore(abc.ABC):
 
 class Store(StreamStore, JobStore, abc.ABC):
     """Everything outlast keeps: streams and jobs, in one backend."""
+
+    # -- settings shared by every node ------------------------------------------------------
+
+    @abc.abstractmethod
+    async def meta_setdefault(self, key: str, value: str) -> str:
+        """The value stored under *key*; stores *value* first if there is none. Atomic: every
+        node that asks gets the same value (the first one stored)."""

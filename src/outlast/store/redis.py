@@ -503,6 +503,14 @@ class RedisStore(Store):
         await self.engine.close()
         await self.client.aclose()
 
+    # -- settings shared by every node ------------------------------------------------------
+
+    async def meta_setdefault(self, key: str, value: str) -> str:
+        name = f"{self.keys.prefix}meta:{key}"
+        await self._redis(self.client.set(name, value, nx=True))
+        stored = await self._redis(self.client.get(name))
+        return text(stored)
+
 
 def _touch(tx: RedisTx, name: str, stream_id: int, now: float) -> logic.Changed:
     row = tx.get_stream(name)

@@ -343,3 +343,16 @@ class SQLiteStore(Store):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self.engine.close()
+
+    # -- settings shared by every node ------------------------------------------------------
+
+    async def meta_setdefault(self, key: str, value: str) -> str:
+        def op(conn: sqlite3.Connection) -> str:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return str(row[0])
+
+        return await self._write(op)
