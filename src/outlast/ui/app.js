@@ -247,7 +247,9 @@ function followStream (url, onMessages) {
       if (live) u.searchParams.set('live', 'long-poll')
       controller = new AbortController()
       try {
-        const headers = state.token ? { Authorization: `Bearer ${state.token}` } : {}
+        // A signed link (tokens on) reads this one job's stream by itself; a token is sent only
+        // without one (a token whose scopes are narrower would be refused where the link is not).
+        const headers = state.token && !u.searchParams.has('sig') ? { Authorization: `Bearer ${state.token}` } : {}
         const resp = await fetch(u, { headers, signal: controller.signal, cache: 'no-store' })
         if (resp.status !== 200 && resp.status !== 204) {
           const data = await resp.json().catch(() => ({}))
