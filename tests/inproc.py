@@ -31,6 +31,7 @@ from outlast.server import Node, open_node
 T = TypeVar("T")
 
 BASE_URL = "http://outlast.test"
+_HOST = httpx.URL(BASE_URL).host
 # A guard on every hand-off to the app's loop, never a pace.
 LOOP_TIMEOUT = 60.0
 
@@ -144,7 +145,11 @@ def inproc_factory(
             app: str | None = None,
             workers: bool = False,
         ) -> InProcessServer:
-            server: dict[str, Any] = {"store": store_url_factory()}
+            # BASE_URL's host is not a loopback name: allowed, as a local proxy's name would be.
+            server: dict[str, Any] = {
+                "store": store_url_factory(),
+                "allowed_hosts": ["outlast.test"],
+            }
             if app is not None:
                 server["app"] = app
             settings = load_settings(environ=env or {}, overrides={"server": server})

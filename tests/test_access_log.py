@@ -113,3 +113,30 @@ def test_job_ids_from_paths() -> None:
     assert job_id_of("/v1/stream/jobs/job_abc") == "job_abc"
     assert job_id_of("/v1/jobs") is None
     assert job_id_of("/v1/stream/other") is None
+
+
+def test_a_submission_is_logged_with_its_job_id_and_no_colour_codes(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    loopback = {
+        "OUTLAST_EGRESS__ALLOWED_HOSTS": '["127.0.0.1"]',
+        "OUTLAST_EGRESS__ALLOW_PRIVATE": "1",
+    }
+    server = server_factory(env=loopback).start()
+    # Delayed far ahead: accepted (202), never run.
+    job = {"task": "http", "input": {"url": "http://127.0.0.1:9/"}, "delay": 3600}
+    resp = httpx.post(f"{server.url}/v1/jobs", json=job)
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["id"]
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit() == 0
+
+    lines = _access_lines(server.log())
+    submit = next(line for line in lines if (line["method"], line["path"]) == ("POST", "/v1/jobs"))
+    assert submit["status"] == 202
+    assert submit["job_id"] == job_id
+    # uvicorn's lines carry their message again with ANSI colours: not a field of ours.
+    every = [json.loads(raw) for raw in server.log().splitlines() if raw.startswith("{")]
+    assert any(line["logger"].startswith("uvicorn") for line in every)
+    assert not [line for line in every if "color_message" in line]
+    assert "\x1b[" not in server.log()

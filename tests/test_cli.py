@@ -346,3 +346,37 @@ def test_token_from_the_environment(server_factory: Callable[..., ServerProcess]
     assert lines(follow.stdout) == ['{"i":0}', '{"n":1}']
     flag = CliRunner(env={"OUTLAST_URL": server.url}).invoke(main, ["jobs", "--token", token])
     assert flag.exit_code == 0 and "count" in flag.stdout
+
+
+def test_a_403_shows_the_servers_refusal_not_a_token_hint(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    token = "read-only-token"
+    tokens = [
+        {
+            "name": "reader",
+            "token_sha256": hashlib.sha256(token.encode()).hexdigest(),
+            "scopes": ["jobs:read"],
+        }
+    ]
+    server = server_factory(
+        env=app_env(OUTLAST_AUTH__TOKENS=json.dumps(tokens)), args=["--app", APP]
+    ).start()
+    env = {"OUTLAST_URL": server.url, "OUTLAST_TOKEN": token}
+    scope = CliRunner(env=env).invoke(main, ["submit", "count"])
+    assert scope.exit_code == EXIT_REFUSED
+    assert "this token lacks the 'jobs:write' scope (403 forbidden)" in scope.stderr
+    assert "--token" not in scope.stderr
+    no_traceback(scope)
+
+    open_server = server_factory(env=app_env(), args=["--app", APP]).start()
+    egress = run(open_server, "submit", "http", "--input", '{"url": "https://example.com/"}')
+    assert egress.exit_code == EXIT_REFUSED
+    assert "(403 egress_denied)" in egress.stderr
+    assert "--token" not in egress.stderr
+    no_traceback(egress)
+
+    # A missing token is what the hint is for.
+    missing = run(server, "jobs")
+    assert missing.exit_code == EXIT_REFUSED
+    assert "(401 unauthorized); pass --token or set OUTLAST_TOKEN" in missing.stderr

@@ -205,7 +205,9 @@ def test_unknown_config_key_is_named(tmp_path: object) -> None:
     assert "streams.long_poll_timeuot" in proc.stderr
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[]"])
+@pytest.mark.parametrize(
+    "body", [b"{not json", b"[]", b"[" * 100_000 + b"]" * 100_000], ids=["bad", "empty", "deep"]
+)
 def test_bad_json_appends_are_400(inproc: InProcessServer, body: bytes) -> None:
     http = inproc.client
     url = "/v1/stream/json-bad"

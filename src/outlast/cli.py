@@ -15,9 +15,21 @@ from outlast.config import Settings, load_settings
 from outlast.errors import ConfigError, StoreError
 
 
-def _overrides(**flags: Any) -> dict[str, Any]:
+def _overrides(log_format: str | None = None, **flags: Any) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
     server = {key: value for key, value in flags.items() if value is not None}
-    return {"server": server} if server else {}
+    if server:
+        overrides["server"] = server
+    if log_format is not None:
+        overrides["logs"] = {"format": log_format}
+    return overrides
+
+
+_log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["auto", "text", "json"]),
+    help="text for people, json for machines; auto (default): text when stderr is a terminal.",
+)
 
 
 @click.group()
@@ -40,6 +52,7 @@ def main() -> None:
     "--workers/--no-workers", default=None, help="Run workers in this process (default: yes)."
 )
 @click.option("--log-level", default="info", show_default=True)
+@_log_format_option
 def serve(
     config_path: str | None,
     host: str | None,
@@ -50,12 +63,14 @@ def serve(
     insecure: bool | None,
     workers: bool | None,
     log_level: str,
+    log_format: str | None,
 ) -> None:
     """Run the API and the workers in one process."""
     from outlast import server
 
     _run(
         log_level,
+        log_format,
         config_path,
         lambda settings: server.serve(settings),
         host=host,
@@ -74,18 +89,21 @@ def serve(
 @click.option("--app", "app_path", help="module:attr holding an outlast.App.")
 @click.option("--grace", type=float, help="Seconds running jobs get at shutdown (default 30).")
 @click.option("--log-level", default="info", show_default=True)
+@_log_format_option
 def worker(
     config_path: str | None,
     store: str | None,
     app_path: str | None,
     grace: float | None,
     log_level: str,
+    log_format: str | None,
 ) -> None:
     """Run workers only (no HTTP listener)."""
     from outlast import server
 
     _run(
         log_level,
+        log_format,
         config_path,
         lambda settings: server.work(settings),
         store=store,
@@ -112,18 +130,24 @@ def backup(dest: str, config_path: str | None, store: str | None) -> None:
 
 def _run(
     log_level: str,
+    log_format: str | None,
     config_path: str | None,
     main: Callable[[Settings], Coroutine[Any, Any, None]],
     **flags: Any,
 ) -> None:
-    from outlast.logs import configure_logging
+    from outlast.logs import configure_logging, use_log_format
     from outlast.server import run
 
     configure_logging(log_level)
+    # The flag's format (or auto) until the settings are read: a bad config file is reported.
+    use_log_format(log_format or "auto")
     # The current directory is importable, as for `python -m`: --app names the user's module.
     sys.path.insert(0, os.getcwd())
     try:
-        settings = load_settings(config_path, overrides=_overrides(**flags))
+        settings = load_settings(config_path, overrides=_overrides(log_format, **flags))
+        if settings.logs.format != (log_format or "auto"):  # from outlast.toml or the env
+            configure_logging(log_level)
+            use_log_format(settings.logs.format)
         run(main(settings))
     except ConfigError as exc:
         logging.getLogger("outlast").error("%s", exc)

@@ -113,7 +113,9 @@ def _client(url: str, token: str | None) -> Iterator[Client]:
     except ServerUnreachable as exc:
         _fail(f"{exc}\n(is `outlast serve` running there? see --url / {URL_ENV})", EXIT_UNREACHABLE)
     except AuthError as exc:
-        _fail(f"{exc.message} ({exc.status}); pass --token or set {TOKEN_ENV}", EXIT_REFUSED)
+        # Only a 401 is about the token itself; a 403 says what was refused (a scope, egress).
+        hint = f"; pass --token or set {TOKEN_ENV}" if exc.status == 401 else ""
+        _fail(f"{exc.message} ({exc.status} {exc.code}){hint}", EXIT_REFUSED)
     except ServerBusy as exc:
         later = f"; retry in {exc.retry_after:g} s" if exc.retry_after is not None else ""
         _fail(f"{exc.message} ({exc.status} {exc.code}){later}", EXIT_REFUSED)

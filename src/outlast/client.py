@@ -204,6 +204,12 @@ def _filters(**params: Any) -> dict[str, Any]:
     return {name: value for name, value in params.items() if value is not None}
 
 
+def _wait_param(wait: float | None) -> str | None:
+    """``?wait=`` as the server reads it: plain decimal seconds (no exponent, at most 9
+    decimals), never ``repr`` of a float such as ``29.998731851577759`` or ``1e-05``."""
+    return None if wait is None else f"{max(0.0, wait):.3f}"
+
+
 class _Base:
     def __init__(
         self,
@@ -287,7 +293,7 @@ class Client(_Base):
     def get(self, job_id: str, *, wait: float | None = None) -> JobInfo:
         """The job; with ``wait``, the server holds the answer up to that many seconds (it caps
         them) until the job is terminal."""
-        params = _filters(wait=wait)
+        params = _filters(wait=_wait_param(wait))
         timeout = self._wait_timeout(wait)
         return JobInfo.from_json(
             self._request("GET", _job_path(job_id), params=params, timeout=timeout)
@@ -440,7 +446,7 @@ class AsyncClient(_Base):
 
     async def get(self, job_id: str, *, wait: float | None = None) -> JobInfo:
         """See :meth:`Client.get`."""
-        params = _filters(wait=wait)
+        params = _filters(wait=_wait_param(wait))
         timeout = self._wait_timeout(wait)
         return JobInfo.from_json(
             await self._request("GET", _job_path(job_id), params=params, timeout=timeout)

@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -36,6 +36,19 @@ class ServerSettings(_Section):
     workers: bool = True  # run workers in `serve` (false: API only)
     # One JSON line per request on the `outlast.access` logger.
     access_log: bool = True
+    # Without tokens, only requests whose Host is a loopback name or address are served (a web
+    # page cannot reach outlast through DNS rebinding); these host names are served too (a
+    # local reverse proxy's name, with or without a port). "*" serves any.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Request headers beyond either limit answer 431 and close the connection.
+    max_header_bytes: int = Field(default=64 << 10, gt=0)
+    max_header_count: int = Field(default=100, gt=0)
+    # A request's headers must arrive within this; a connection that sends nothing is closed.
+    header_timeout: float = Field(default=10.0, gt=0)
+    # An idle connection between two requests is closed after this.
+    keep_alive_timeout: float = Field(default=5.0, gt=0)
+    # Open connections at most (live readers included); more are answered 503 and closed.
+    max_connections: int = Field(default=20_000, gt=0)
 
 
 class StoreSettings(_Section):
@@ -127,8 +140,15 @@ class LimitSettings(_Section):
     stream_name_length: int = Field(default=1024, gt=0)
 
 
+class LogSettings(_Section):
+    # auto: text lines for people when stderr is a terminal, JSON lines otherwise.
+    format: Literal["auto", "text", "json"] = "auto"
+
+
 class CorsSettings(_Section):
-    origins: list[str] = Field(default_factory=lambda: ["*"])
+    # Origins (scheme://host[:port]) whose pages may call outlast; "*" allows any. Requests
+    # from any other origin are refused.
+    origins: list[str] = Field(default_factory=list)
 
 
 def _default_queues() -> dict[str, QueueSettings]:
@@ -148,6 +168,7 @@ class Settings(_Section):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
+    logs: LogSettings = Field(default_factory=LogSettings)
 
     @field_validator("queues")
     @classmethod
@@ -175,8 +196,12 @@ def _parse_env_value(raw: str) -> Any:
         return raw
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+def _env_overrides(
+    environ: Mapping[str, str],
+) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """The settings the environment sets, and which variable set each key path."""
     tree: dict[str, Any] = {}
+    names: dict[tuple[str, ...], str] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
@@ -189,7 +214,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise ConfigError(f"environment variable {name} conflicts with another one")
         node[path[-1]] = _parse_env_value(raw)
-    return tree
+        names[tuple(path)] = name
+    return tree, names
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -202,15 +228,44 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def _describe(
+    error: ValidationError,
+    source: str,
+    env_names: Mapping[tuple[str, ...], str],
+    flags: Mapping[str, Any],
+) -> str:
     lines = []
+    sources = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"])
+        loc = tuple(str(part) for part in item["loc"])
+        where = ".".join(loc)
         if item["type"] == "extra_forbidden":
             lines.append(f"unknown key '{where}'")
         else:
             lines.append(f"'{where}': {item['msg']}")
-    return f"invalid configuration ({source}): " + "; ".join(lines)
+        origin = _origin(loc, env_names, flags) or source
+        if origin not in sources:
+            sources.append(origin)
+    return f"invalid configuration ({', '.join(sources)}): " + "; ".join(lines)
+
+
+def _origin(
+    loc: tuple[str, ...], env_names: Mapping[tuple[str, ...], str], flags: Mapping[str, Any]
+) -> str | None:
+    """Where the value at *loc* came from when the environment or a flag set it (the latest
+    source wins, as in the merge)."""
+    node: Any = flags
+    for part in loc:
+        if not isinstance(node, Mapping) or part not in node:
+            break
+        node = node[part]
+    else:
+        return "command-line flag --" + loc[-1].replace("_", "-")
+    for length in range(len(loc), 0, -1):
+        name = env_names.get(loc[:length])
+        if name is not None:
+            return f"environment variable {name}"
+    return None
 
 
 def load_settings(
@@ -237,10 +292,11 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
         source = str(path)
-    data = _merge(data, _env_overrides(os.environ if environ is None else environ))
+    env, env_names = _env_overrides(os.environ if environ is None else environ)
+    data = _merge(data, env)
     if overrides:
         data = _merge(data, overrides)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from exc
+        raise ConfigError(_describe(exc, source, env_names, overrides or {})) from exc

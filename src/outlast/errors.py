@@ -5,7 +5,8 @@
     OutlastError
     ├── ConfigError              bad settings; names the key
     ├── StoreError               the store failed or cannot be reached
-    │   └── StoreUnavailable     transient: retry later (HTTP 503 + Retry-After)
+    │   ├── StoreUnavailable     transient: retry later (HTTP 503 + Retry-After)
+    │   └── StoreTooNew          the store's schema is newer than this outlast (store/versions.py)
     ├── LeaseLost                a worker no longer owns the job it was running
     ├── TaskFailure              a job's attempt failed in a way its executor understands
     │                            (executors/__init__.py: an error code, retryable or not)

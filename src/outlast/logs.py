@@ -1,4 +1,7 @@
-"""Structured logs: one JSON object per line on stderr.
+"""Logs on stderr: one JSON object per line, or (``text``) a plain line for people.
+
+``--log-format auto`` (the default, also ``[logs] format``) writes text when stderr is a terminal
+and JSON otherwise (a file, a pipe, journald, a log shipper).
 
 Every request also gets a line on the ``outlast.access`` logger (:class:`AccessLog`). That one
 is written on the hot path of every request, so it skips the usual ``LogRecord`` machinery when
@@ -16,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import orjson
 from starlette.types import Scope
@@ -28,7 +31,13 @@ ACCESS_FLUSH_INTERVAL = 0.2
 ACCESS_FLUSH_LINES = 512
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is a field.
-_STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+# uvicorn adds ``color_message``, the message again with ANSI colours: not a field either.
+_STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {
+    "message",
+    "asctime",
+    "color_message",
+}
+LOG_FORMATS = ("auto", "text", "json")
 
 
 class JSONFormatter(logging.Formatter):
@@ -46,6 +55,52 @@ class JSONFormatter(logging.Formatter):
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """One line for people: time, level, logger, message, then the fields as ``key=value``.
+
+    An access line reads ``POST /v1/jobs 202 1.2 ms 310 B job_id=job_...``. With *colour* the
+    level is coloured, as uvicorn does on a terminal.
+    """
+
+    COLOURS: ClassVar[dict[str, int]] = {
+        "DEBUG": 36,
+        "INFO": 32,
+        "WARNING": 33,
+        "ERROR": 31,
+        "CRITICAL": 91,
+    }
+
+    def __init__(self, colour: bool = False) -> None:
+        super().__init__()
+        self.colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        level = f"{record.levelname:<7}"
+        if self.colour and record.levelname in self.COLOURS:
+            level = f"\x1b[{self.COLOURS[record.levelname]}m{level}\x1b[0m"
+        message = record.getMessage()
+        if {"method", "path", "status"} <= fields.keys():
+            method, path, status = fields.pop("method"), fields.pop("path"), fields.pop("status")
+            message = f"{method} {path} {status}"
+            if "duration_ms" in fields:
+                message += f" {fields.pop('duration_ms'):g} ms"
+            if "bytes" in fields:
+                message += f" {fields.pop('bytes')} B"
+        parts = [f"{stamp}.{int(record.msecs):03d} {level} {record.name}: {message}"]
+        parts += [f"{key}={_text_value(value)}" for key, value in fields.items()]
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _text_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return json.dumps(text) if not text or any(c in text for c in ' "=\n') else text
 
 
 class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -283,3 +338,28 @@ def configure_job_log(stream: IO[str]) -> None:
     buffered.setFormatter(JSONFormatter())
     jobs.handlers[:] = [buffered]
     jobs.propagate = False
+
+
+def resolve_log_format(log_format: str, stream: IO[str]) -> str:
+    """``text`` or ``json``: ``auto`` is text on a terminal, JSON anywhere else."""
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}: {log_format!r}")
+    if log_format != "auto":
+        return log_format
+    try:
+        return "text" if stream.isatty() else "json"
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return "json"
+
+
+def use_log_format(log_format: str) -> None:
+    """Write what :func:`configure_logging` set up in *log_format* (``auto``, ``text`` or
+    ``json``, which it already is). Text lines are for people on a terminal: plain records,
+    each written as it comes, on one handler for every logger."""
+    stream = sys.stderr
+    if resolve_log_format(log_format, stream) == "json":
+        return
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter(colour=stream.isatty()))
+    for name in ("", ACCESS_LOGGER, JOBS_LOGGER):
+        logging.getLogger(name).handlers[:] = [handler]

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from outlast.logs import AccessLog
+from outlast.logs import AccessLog, job_id_of
 
 log = logging.getLogger("outlast.metrics")
 
@@ -163,17 +163,30 @@ class Metrics:
         return self.render()
 
 
+# Route templates are the only route labels: a label taken from the path itself would make a
+# new series for every made-up path anyone sends (authenticated or not).
+UNMATCHED = "unmatched"
+_FIXED_ROUTES = frozenset(
+    ["/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/jobs", "/v1/queues", "/v1/proxy"]
+)
+_JOB_ACTIONS = frozenset(["cancel", "events"])
+
+
 def route_of(path: str) -> str:
-    """A low-cardinality label for a request path."""
+    """The route template a request path matches, or :data:`UNMATCHED`."""
     if path.startswith("/v1/stream/"):
         return "/v1/stream/{name}"
-    if path.startswith("/v1/jobs/"):
-        return "/v1/jobs/{id}" + ("/" + path.rsplit("/", 1)[-1] if path.count("/") > 3 else "")
-    if path.startswith("/v1/upstreams/"):
-        return "/v1/upstreams/{name}/{path}"
-    if path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/jobs", "/v1/proxy"):
+    if path in _FIXED_ROUTES:
         return path
-    return "other"
+    parts = path.split("/")  # "", "v1", "jobs", id, ...
+    if path.startswith("/v1/jobs/") and parts[3]:
+        if len(parts) == 4:
+            return "/v1/jobs/{id}"
+        if len(parts) == 5 and parts[4] in _JOB_ACTIONS:
+            return "/v1/jobs/{id}/" + parts[4]
+    if path.startswith("/v1/upstreams/") and parts[3] and len(parts) >= 5:
+        return "/v1/upstreams/{name}/{path}"
+    return UNMATCHED
 
 
 class _RouteStats:
@@ -298,7 +311,12 @@ class MetricsMiddleware:
 
 
 def _job_id_header(message: Message) -> str | None:
+    """The job an answer names: its ``Outlast-Job-Id``, else its ``Location`` (a submission's
+    ``202`` points at the new job that way)."""
+    located = None
     for name, value in message.get("headers", ()):
         if name == b"outlast-job-id":
             return bytes(value).decode("latin-1")
-    return None
+        if name == b"location":
+            located = job_id_of(bytes(value).decode("latin-1").split("?", 1)[0])
+    return located

@@ -99,8 +99,13 @@ def rfc3339(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+# Where job streams live: only outlast writes under it.
+JOB_STREAMS = "jobs/"
+
+
 def job_stream_name(job_id: str) -> str:
-    return f"jobs/{job_id}"
+    """The name of the stream that holds a job's events."""
+    return JOB_STREAMS + job_id
 
 
 @dataclass(frozen=True, slots=True)

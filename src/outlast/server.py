@@ -6,7 +6,9 @@ On SIGTERM or SIGINT the phases run in this order (SPEC §4):
               stop claiming.
 2. listener   uvicorn stops accepting connections; requests in flight complete.
 3. readers    live readers (SSE, long-poll, job events) end within a second, cleanly, so that
-              they resume from their offset elsewhere or after the restart.
+              they resume from their offset elsewhere or after the restart. A connection
+              whose written bytes have not drained by then (a reader that stopped reading
+              without closing) is aborted: it would hold the listener's drain forever.
 4. jobs       running jobs get ``grace`` seconds to finish; the rest are stopped and handed back
               to their queue without spending an attempt.
 5. store      closed; every acknowledged write is already durable. The process exits 0.
@@ -36,6 +38,7 @@ import uvicorn
 
 from outlast.api.app import create_app
 from outlast.config import Settings
+from outlast.connections import ConnectionLimits, abort_stalled, limited_protocol
 from outlast.egress import NoCookies, guarded_transport
 from outlast.errors import ConfigError
 from outlast.executors.registry import Registry, build_registry
@@ -54,6 +57,9 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 # How long uvicorn may wait for in-flight requests once the listener is closed. Live readers are
 # ended by phase 3, so what remains are ordinary requests that finish quickly.
 REQUEST_DRAIN_TIMEOUT = 10
+# Live readers are told to end at the signal; by then they have ended or their connection's
+# writes are not draining (the client stopped reading), and those connections are aborted.
+READERS_END_DEADLINE = 1.0
 SWITCH_INTERVAL = 0.0005
 # Python's default collector thresholds (700, 10, 10) run a young collection every 700 net
 # allocations and a full one every 100 young ones: a server holding thousands of live
@@ -180,7 +186,15 @@ class _Signals:
             self.server.should_exit = True
         # Phase 3: live readers end now; clients resume from their last offset.
         self.node.lifecycle.end_readers()
+        if self.server is not None:
+            asyncio.get_running_loop().call_later(READERS_END_DEADLINE, self._abort_stalled)
         self.first.set()
+
+    def _abort_stalled(self) -> None:
+        assert self.server is not None
+        aborted = abort_stalled(self.server.server_state.connections)
+        if aborted:
+            log.info("aborted %d connections whose readers stopped reading", aborted)
 
 
 async def _drain_jobs(node: Node, signals: _Signals) -> None:
@@ -203,19 +217,28 @@ async def serve(settings: Settings) -> None:
     check_binding(settings)
     if not settings.auth_enabled:
         log.warning(
-            "no auth tokens configured: every request is trusted (bound to %s)",
+            "no auth tokens configured: every request is trusted (bound to %s); only requests "
+            "to a loopback Host name or one in [server] allowed_hosts are served",
             settings.server.host,
         )
     async with open_node(settings, workers=settings.server.workers) as node:
         app = create_app(
             settings, node.store, node.lifecycle, node.metrics, node.registry, node.worker
         )
+        limits = ConnectionLimits(
+            max_header_bytes=settings.server.max_header_bytes,
+            max_header_count=settings.server.max_header_count,
+            header_timeout=settings.server.header_timeout,
+            max_connections=settings.server.max_connections,
+        )
         config = uvicorn.Config(
             app,
             host=settings.server.host,
             port=settings.server.port,
+            http=limited_protocol(limits),
             log_config=None,
             access_log=False,
+            timeout_keep_alive=settings.server.keep_alive_timeout,  # type: ignore[arg-type]
             timeout_graceful_shutdown=REQUEST_DRAIN_TIMEOUT,
             lifespan="off",
             server_header=False,

@@ -38,8 +38,7 @@ from outlast.logs import JobLog
 from outlast.metrics import Metrics
 from outlast.models import ErrorCode, JobRecord, JobState
 from outlast.queue_runner import QueueRunner
-from outlast.store.base import Store
-from outlast.store.jobs_logic import Outcome
+from outlast.store.base import Outcome, Store
 from outlast.tasks import Job
 
 __all__ = ["StopReason", "Worker", "backoff"]

@@ -4,9 +4,12 @@ as they come."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,53 @@ from tests.conftest import ServerProcess
 from tests.relay.helpers import all_messages
 
 CLIENTS = Path(__file__).parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def in_chromium(url: str, *, until: str, result: str, timeout: float = 60) -> Any:
+    """Open *url* in headless Chromium, wait until the page's JavaScript *until* holds, and
+    return the value of *result* evaluated in the page."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_function(until, timeout=timeout * 1000)
+            return page.evaluate(result)
+        finally:
+            browser.close()
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def static_site(directory: Path) -> Iterator[str]:
+    """The files of *directory* served on 127.0.0.1 (a port of its own: another origin than
+    outlast's); yields its base URL."""
+    handler = lambda *a: _Quiet(*a, directory=str(directory))  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
 
 
 def expected_events(server: ServerProcess, job_id: str) -> list[tuple[str, Any]]:

@@ -26,8 +26,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from tests.clients.helpers import CLIENTS, as_received, expected_events
-from tests.clients.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.clients.helpers import CHROMIUM, CHROMIUM_ARGS, CLIENTS, as_received, expected_events
 from tests.conftest import ServerProcess, free_port, wait_for
 from tests.relay.helpers import finished, relay_server, submit
 from tests.tiers import backend_params

@@ -11,7 +11,11 @@ Routes (query parameters in brackets):
   header), ending with ``data: [DONE]``; otherwise one ``chat.completion`` JSON answer. Header
   ``x-fake-key`` names the counters, ``x-fake-status`` answers that error status instead,
   ``x-fake-gate`` holds the answer until the test opens that gate, ``x-fake-cut-after`` cuts
-  the stream after that many words (ids are never sent, so it cannot be resumed).
+  the stream after that many words (ids are never sent, so it cannot be resumed),
+  ``x-fake-end-after`` ends the response cleanly after that many words, without a
+  ``finish_reason`` or ``[DONE]`` (a proxy closing mid-answer; once per key), and
+  ``x-fake-ids: 1`` gives each word chunk ``id: <word index>`` and resumes after
+  ``Last-Event-ID``.
 - ``/status/{code}``: that status with a JSON error body.
 - ``/hang``: waits ``seconds`` before answering (never, by default).
 - ``/stall`` [after=3, n=6, ids=1]: ``after`` events, then silence (the first time per key;
@@ -61,6 +65,7 @@ class FakeUpstream:
         self.requests: Counter[str] = Counter()  # requests, per path
         self.last_headers: dict[str, dict[str, str]] = {}
         self.dropped: set[str] = set()
+        self.ended: set[str] = set()  # chat keys whose answer was ended early once
         self.completed: Counter[str] = Counter()  # streams sent to their end, per key
         self.opened: set[str] = set()  # gates the test opened
         self._gate_events: dict[str, asyncio.Event] = {}  # gates answers wait on (fake's loop)
@@ -172,6 +177,12 @@ class FakeUpstream:
             error = {"message": f"fake upstream says {code}", "type": "fake_error", "code": code}
             return JSONResponse({"error": error}, code)
         cut_after = int(request.headers.get("x-fake-cut-after", "-1"))
+        end_after = int(request.headers.get("x-fake-end-after", "-1"))
+        if end_after >= 0:
+            end_after = -1 if key in self.ended else end_after
+            self.ended.add(key)
+        ids = request.headers.get("x-fake-ids") == "1"
+        start = int(request.headers.get("last-event-id", "-1")) + 1
         if not payload.get("stream"):
             self.completed[key] += 1
             return JSONResponse(
@@ -195,7 +206,7 @@ class FakeUpstream:
                 }
             )
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        def chunk(delta: dict[str, Any], finish: str | None = None, i: int = -1) -> bytes:
             body = {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion.chunk",
@@ -203,14 +214,20 @@ class FakeUpstream:
                 "model": payload.get("model", "fake"),
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
-            return b"data: " + json.dumps(body).encode() + b"\n\n"
+            line = b"data: " + json.dumps(body).encode() + b"\n"
+            return line + (f"id: {i}\n".encode() if ids and i >= 0 else b"") + b"\n"
 
         async def body() -> AsyncIterator[bytes]:
-            yield chunk({"role": "assistant", "content": ""})
+            if start == 0:
+                yield chunk({"role": "assistant", "content": ""})
             for i, word in enumerate(words):
+                if i < start:
+                    continue
                 if i == cut_after:
                     raise ConnectionResetError("the fake upstream cuts the connection")
-                yield chunk({"content": word if i == 0 else " " + word})
+                if i == end_after:
+                    return  # a clean end, mid-answer
+                yield chunk({"content": word if i == 0 else " " + word}, i=i)
                 self.sent[key] += 1
                 if interval:
                     await asyncio.sleep(interval)

@@ -14,6 +14,9 @@ from tests.conftest import InProcessServer
 from tests.jobs.conftest import APP
 from tests.jobs.helpers import finished, submit
 
+# Job submissions are JSON bodies; any other type is refused (415).
+JSON = {"Content-Type": "application/json"}
+
 
 @pytest.fixture
 def jobs_server(
@@ -73,7 +76,7 @@ def test_invalid_fields_are_422_naming_the_field(jobs_server: InProcessServer) -
         assert error["field"] == field, (body, error)
         assert field.split(".")[-1] in error["message"], (body, error)
     # A number too large for a float is not one outlast accepts anywhere (no infinities).
-    resp = jobs_server.client.post(url, content=b'{"task": "echo", "timeout": 1e999}')
+    resp = jobs_server.client.post(url, content=b'{"task": "echo", "timeout": 1e999}', headers=JSON)
     assert _error(resp, 400)["code"] == "invalid_json"
     assert jobs_server.client.get(url).json()["jobs"] == []  # nothing was admitted
 
@@ -112,7 +115,7 @@ def test_malformed_json_is_400(jobs_server: InProcessServer, raw: bytes) -> None
 
 def test_a_body_that_is_not_an_object_is_422(jobs_server: InProcessServer) -> None:
     for raw in (b"[]", b"5", b'"echo"', b"null"):
-        resp = jobs_server.client.post(f"{jobs_server.url}/v1/jobs", content=raw)
+        resp = jobs_server.client.post(f"{jobs_server.url}/v1/jobs", content=raw, headers=JSON)
         error = _error(resp, 422)
         assert error["field"] == "body"
 
@@ -130,7 +133,7 @@ def test_huge_bodies_are_413(jobs_server: InProcessServer) -> None:
             yield b"y" * 65536
         yield b'"}}'
 
-    error = _error(jobs_server.client.post(url, content=chunks()), 413)
+    error = _error(jobs_server.client.post(url, content=chunks(), headers=JSON), 413)
     assert error["code"] == "payload_too_large"
     # Just under the limit is fine.
     ok = {"task": "echo", "input": {"blob": "z" * ((1 << 20) - 100)}}

@@ -28,6 +28,9 @@ from tests.jobs.helpers import (
     submit,
 )
 
+# Job submissions are JSON bodies; any other type is refused (415).
+JSON = {"Content-Type": "application/json"}
+
 pytestmark = pytest.mark.slow
 
 
@@ -75,7 +78,7 @@ def test_sigterm_drains_refuses_new_work_and_lets_running_jobs_finish(
 
     def slow_submit() -> None:
         with httpx.Client(timeout=30) as client:
-            answers.append(client.post(f"{server.url}/v1/jobs", content=slow_body()))
+            answers.append(client.post(f"{server.url}/v1/jobs", content=slow_body(), headers=JSON))
 
     submitter = threading.Thread(target=slow_submit)
     submitter.start()
@@ -185,7 +188,7 @@ def test_a_second_signal_stops_at_once(
 
     def endless_submit() -> None:
         with contextlib.suppress(httpx.TransportError), httpx.Client(timeout=130) as client:
-            client.post(f"{server.url}/v1/jobs", content=endless_body())
+            client.post(f"{server.url}/v1/jobs", content=endless_body(), headers=JSON)
 
     submitter = threading.Thread(target=endless_submit, daemon=True)
     submitter.start()

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from outlast.errors import BadRequest, Conflict, LeaseLost, NotFound, QueueFull
-from outlast.models import JobState, NewJob
+from outlast.models import JobState, NewJob, job_stream_name
 from outlast.store import Store, open_store
-from outlast.store.jobs_logic import Outcome
+from outlast.store.base import Outcome
 
 pytestmark = pytest.mark.anyio
 
@@ -57,7 +57,7 @@ def new(
 async def messages(store: Store, job_id: str) -> list[dict[str, object]]:
     import json
 
-    result = await store.read(f"jobs/{job_id}", 0, 1 << 20)
+    result = await store.read(job_stream_name(job_id), 0, 1 << 20)
     return [m for u in result.units for m in json.loads(b"[" + u.data + b"]")]
 
 
@@ -139,7 +139,7 @@ async def test_only_the_lease_holder_renews_emits_and_finishes(store: Store) -> 
     assert done.finished_at is not None and done.lease_owner is None
     with pytest.raises(LeaseLost):
         await store.finish_job(job_id, "me", 1, Outcome("succeeded", result=1))
-    assert (await store.head(f"jobs/{job_id}")).closed
+    assert (await store.head(job_stream_name(job_id))).closed
     assert await messages(store, job_id) == [
         {"type": "state", "state": "queued", "attempt": 0},
         {"type": "state", "state": "running", "attempt": 1},
@@ -221,7 +221,7 @@ async def test_cancel_queued_running_and_terminal(store: Store) -> None:
     done = await store.cancel_job(queued)
     assert done.state == JobState.CANCELLED and done.error is not None
     assert (await store.cancel_job(queued)) == done  # idempotent
-    assert (await store.head(f"jobs/{queued}")).closed
+    assert (await store.head(job_stream_name(queued))).closed
 
     running = (await store.submit_job(new(), capacity=10)).job.id
     await store.claim_jobs("q", "me", 1, LEASE)
@@ -274,7 +274,7 @@ async def test_purge_removes_old_terminal_jobs_and_their_streams(store: Store) -
     with pytest.raises(NotFound):
         await store.get_job(old)
     with pytest.raises(NotFound):
-        await store.head(f"jobs/{old}")
+        await store.head(job_stream_name(old))
     assert (await store.get_job(waiting)).state == JobState.QUEUED
     assert (await store.get_job(running)).state == JobState.RUNNING
     assert (await store.queue_counts())["q"].get("cancelled", 0) == 0

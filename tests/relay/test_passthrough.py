@@ -295,6 +295,23 @@ def test_a_relay_that_breaks_mid_stream_raises_in_the_sdk(
     assert upstream.requests[CHAT] == 1  # never repeated: it would duplicate output
 
 
+def test_an_answer_closed_cleanly_mid_way_raises_in_the_sdk(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    # The upstream's body ends without a finish_reason or [DONE]: half an answer, not a whole.
+    server = passthrough_server(server_factory, upstream)
+    received = ""
+    with sdk(server, _Tee()) as client, pytest.raises(openai.APIError) as err:
+        stream = client.chat.completions.create(
+            model="fake", messages=MESSAGES, stream=True, extra_headers={"x-fake-end-after": "4"}
+        )
+        for chunk in stream:
+            received += chunk.choices[0].delta.content or ""
+    assert received == " ".join(FAKE_TEXT.split(" ")[:4])
+    assert "without data: [DONE] or a finish_reason" in err.value.message
+    assert upstream.requests[CHAT] == 1
+
+
 def test_unknown_upstream_is_404(server: ServerProcess) -> None:
     resp = httpx.post(f"{server.url}/v1/upstreams/nope/v1/chat/completions", json={})
     assert resp.status_code == 404

@@ -96,7 +96,7 @@ def test_a_stalled_reader_holds_nothing_back(
         stalled.append(sock)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", server.port))
-        sock.sendall(f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        sock.sendall(f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         wait_for(lambda: _open_readers(server) >= len(stalled), timeout=30)
         upstream.open_gate(name)
         # The upstream is read to its end and the job finishes, the stalled reader regardless.

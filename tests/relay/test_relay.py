@@ -111,6 +111,49 @@ def test_a_cut_without_ids_ends_as_interrupted(
     assert len(stored_events(server, job["id"])) == 3
 
 
+def _chat_relay(server: ServerProcess, headers: dict[str, str]) -> dict[str, Any]:
+    body = {
+        "task": "relay",
+        "input": {
+            "upstream": "fake",
+            "path": "/v1/chat/completions",
+            "body": {"stream": True},
+            "headers": headers,
+        },
+    }
+    resp = httpx.post(f"{server.url}/v1/jobs", json=body)
+    assert resp.status_code == 202, resp.text
+    return finished(server, resp.json()["id"])
+
+
+def test_an_openai_answer_closed_cleanly_mid_way_is_interrupted_not_succeeded(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    # No [DONE], no finish_reason: a proxy closed the connection mid-answer.
+    server = relay_server(server_factory, upstream)
+    job = _chat_relay(server, {"x-fake-end-after": "4", "x-fake-key": "end1"})
+    assert job["state"] == "failed", job
+    assert job["error"]["code"] == "interrupted"
+    assert "without data: [DONE] or a finish_reason" in job["error"]["message"]
+    assert upstream.requests["/v1/chat/completions"] == 1  # never repeated without ids
+    assert len(stored_events(server, job["id"])) == 5  # the role chunk and four words
+
+
+def test_an_openai_answer_closed_mid_way_with_ids_resumes(
+    server_factory: Callable[..., ServerProcess], upstream: Any
+) -> None:
+    from tests.fakes.upstream import FAKE_TEXT
+
+    server = relay_server(server_factory, upstream)
+    headers = {"x-fake-end-after": "4", "x-fake-ids": "1", "x-fake-key": "end2"}
+    job = _chat_relay(server, headers)
+    assert job["state"] == "succeeded", job
+    assert job["attempt"] == 2
+    assert upstream.last_headers["end2"]["last-event-id"] == "3"
+    assert job["result"]["text"] == FAKE_TEXT
+    assert job["result"]["done"] is True
+
+
 @pytest.mark.parametrize("status", [500, 429])
 def test_upstream_errors_before_any_event_are_retried_then_fail(
     server_factory: Callable[..., ServerProcess], upstream: Any, status: int

@@ -268,3 +268,50 @@ def test_an_error_status_keeps_a_bounded_excerpt() -> None:
     assert failure.value.retryable
     assert failure.value.details["status"] == 503
     assert failure.value.details["body"] == ("overloaded " * 1000)[:2048]
+
+
+def _chat_chunk(content: str | None, finish: str | None = None) -> str:
+    delta = {} if content is None else {"content": content}
+    return json.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_an_openai_stream_ending_without_done_or_finish_reason_was_cut(with_ids: bool) -> None:
+    # A proxy closed the connection cleanly mid-answer: the body ended, the answer did not.
+    def event(data: str, i: int) -> bytes:
+        return f"data: {data}\n".encode() + (f"id: {i}\n".encode() if with_ids else b"") + b"\n"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = event(_chat_chunk("The"), 1) + event(_chat_chunk(" quick"), 2)
+        return httpx.Response(200, headers=SSE, content=body)
+
+    stream = FakeJobStream()
+    with pytest.raises(TaskFailure) as failure:
+        asyncio.run(relay(stream, handler))
+    assert "ended without data: [DONE] or a finish_reason" in failure.value.message
+    assert len(stream.events()) == 2  # what arrived is kept
+    if with_ids:  # retried, resuming after the last id
+        assert failure.value.code == "upstream_error"
+        assert failure.value.retryable
+        assert failure.value.message.endswith("(a retry resumes after id 2)")
+    else:  # repeating the request would duplicate output
+        assert failure.value.code == "interrupted"
+        assert not failure.value.retryable
+
+
+def test_an_openai_stream_with_a_finish_reason_and_no_done_is_whole() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = f"data: {_chat_chunk('Hi')}\n\ndata: {_chat_chunk(None, 'stop')}\n\n"
+        return httpx.Response(200, headers=SSE, content=body.encode())
+
+    result = asyncio.run(relay(FakeJobStream(), handler))
+    assert result == {"status": 200, "events": 2, "done": False, "text": "Hi"}
+
+
+def test_other_formats_end_with_their_body() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = b'event: delta\ndata: {"text": "a"}\n\ndata: plain\n\n'
+        return httpx.Response(200, headers=SSE, content=body)
+
+    result = asyncio.run(relay(FakeJobStream(), handler))
+    assert result == {"status": 200, "events": 2, "done": False}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from outlast.store.base import StreamInfo, Unit
+from dataclasses import replace
+
+from outlast.store.base import AppendResult, AppendSpec, ReadResult, StreamInfo, Unit
 from outlast.store.recent import MAX_UNITS, RecentUnits
 
 
@@ -21,8 +23,8 @@ def info(tail: int, *, stream_id: int = 1, ttl: int | None = None) -> StreamInfo
 
 def test_serves_units_inside_its_range_only() -> None:
     recent = RecentUnits()
-    recent.appended("s", info(3), Unit(0, 3, 1, b"abc"))
-    recent.appended("s", info(5), Unit(3, 5, 1, b"de"))
+    recent.committed("s", info(3), [Unit(0, 3, 1, b"abc")])
+    recent.committed("s", info(5), [Unit(3, 5, 1, b"de")])
     hit = recent.read("s", 3, 1 << 20)
     assert hit is not None and [u.data for u in hit.units] == [b"de"] and hit.next == 5
     assert recent.read("s", 5, 1 << 20) is None  # the tail itself: ask the store
@@ -32,11 +34,11 @@ def test_serves_units_inside_its_range_only() -> None:
 
 def test_a_gap_or_a_new_stream_starts_over() -> None:
     recent = RecentUnits()
-    recent.appended("s", info(3), Unit(0, 3, 1, b"abc"))
-    recent.appended("s", info(9), Unit(7, 9, 1, b"xy"))  # 3..7 was written elsewhere
+    recent.committed("s", info(3), [Unit(0, 3, 1, b"abc")])
+    recent.committed("s", info(9), [Unit(7, 9, 1, b"xy")])  # 3..7 was written elsewhere
     assert recent.read("s", 0, 1 << 20) is None
     assert recent.read("s", 7, 1 << 20) is not None
-    recent.appended("s", info(2, stream_id=2), Unit(0, 2, 1, b"zz"))  # re-created
+    recent.committed("s", info(2, stream_id=2), [Unit(0, 2, 1, b"zz")])  # re-created
     hit = recent.read("s", 0, 1 << 20)
     assert hit is not None and hit.units[0].data == b"zz"
 
@@ -44,27 +46,27 @@ def test_a_gap_or_a_new_stream_starts_over() -> None:
 def test_bounded_and_skips_ttl_streams() -> None:
     recent = RecentUnits()
     for i in range(MAX_UNITS + 10):
-        recent.appended("s", info(i + 1), Unit(i, i + 1, 1, b"x"))
+        recent.committed("s", info(i + 1), [Unit(i, i + 1, 1, b"x")])
     assert recent.read("s", 0, 1 << 20) is None
     assert recent.read("s", 10, 1 << 20) is not None
-    recent.appended("t", info(1, ttl=60), Unit(0, 1, 1, b"x"))
+    recent.committed("t", info(1, ttl=60), [Unit(0, 1, 1, b"x")])
     assert recent.read("t", 0, 1 << 20) is None
 
 
 def test_bounded_in_streams_and_in_total_the_least_recent_first() -> None:
     recent = RecentUnits(max_streams=3, max_total_bytes=10)
     for name in "abc":
-        recent.appended(name, info(2), Unit(0, 2, 1, b"xx"))
-    recent.appended("a", info(4), Unit(2, 4, 1, b"yy"))  # a is now the most recent
-    recent.appended("d", info(2), Unit(0, 2, 1, b"zz"))  # a fourth stream: b goes
+        recent.committed(name, info(2), [Unit(0, 2, 1, b"xx")])
+    recent.committed("a", info(4), [Unit(2, 4, 1, b"yy")])  # a is now the most recent
+    recent.committed("d", info(2), [Unit(0, 2, 1, b"zz")])  # a fourth stream: b goes
     assert recent.read("b", 0, 1 << 20) is None
     assert all(recent.read(name, 0, 1 << 20) is not None for name in "acd")
     assert recent.total_bytes == 8
-    recent.appended("d", info(6), Unit(2, 6, 1, b"wwww"))  # 12 bytes: c goes, then 10 fit
+    recent.committed("d", info(6), [Unit(2, 6, 1, b"wwww")])  # 12 bytes: c goes, then 10 fit
     assert recent.read("c", 0, 1 << 20) is None
     assert recent.total_bytes == 10
     recent.forget("a")
-    recent.appended("d", info(7), Unit(6, 7, 1, b"v"))
+    recent.committed("d", info(7), [Unit(6, 7, 1, b"v")])
     assert recent.total_bytes == 7
     recent.forget()
     assert recent.total_bytes == 0
@@ -72,7 +74,7 @@ def test_bounded_in_streams_and_in_total_the_least_recent_first() -> None:
 
 def test_one_commit_of_several_units() -> None:
     recent = RecentUnits()
-    recent.appended("s", info(2), Unit(0, 2, 1, b"ab"))
+    recent.committed("s", info(2), [Unit(0, 2, 1, b"ab")])
     recent.committed("s", info(7), [Unit(2, 5, 1, b"cde"), Unit(5, 7, 1, b"fg")])
     hit = recent.read("s", 2, 1 << 20)
     assert hit is not None and [u.data for u in hit.units] == [b"cde", b"fg"]
@@ -85,3 +87,15 @@ def test_one_commit_of_several_units() -> None:
     hit = recent.read("s", 0, 1 << 20)
     assert hit is not None and [u.data for u in hit.units] == [b"zz"]
     assert recent.total_bytes == 2
+
+
+def test_an_append_is_recorded_as_asked_and_answered() -> None:
+    recent = RecentUnits()
+    spec = AppendSpec(content_type="text/plain", unit=(b"abc", 1))
+    recent.appended("s", spec, AppendResult(info(3)))
+    recent.appended("s", spec, AppendResult(info(3), duplicate=True))  # a retry: nothing new
+    assert recent.read("s", 0, 100) == ReadResult(info(3), [Unit(0, 3, 1, b"abc")], 3)
+    closed = replace(info(3), closed=True)
+    recent.appended("s", AppendSpec(content_type=None, unit=None, close=True), AppendResult(closed))
+    assert recent.info("s") == closed
+    assert recent.read("s", 0, 100) == ReadResult(closed, [Unit(0, 3, 1, b"abc")], 3)

@@ -17,8 +17,7 @@ import pytest
 from outlast.errors import LeaseLost, QueueFull
 from outlast.models import JobState, NewJob
 from outlast.store import Store, open_store
-from outlast.store.base import AppendSpec, CreateSpec
-from outlast.store.jobs_logic import Outcome
+from outlast.store.base import AppendSpec, CreateSpec, Outcome
 from tests.conftest import RedisProcess, backend_params
 
 SHARED_BACKENDS = backend_params("sqlite", "redis")

@@ -3,7 +3,6 @@ long-poll, list, cancel, the native SSE view of a job's stream, and queue statis
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
@@ -15,24 +14,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from outlast.api.body import read_json
 from outlast.api.capability import LinkKey, sign
-from outlast.api.sse_response import SSEResponse, sse_comment, sse_event
-from outlast.boundary import parse_json, whole_number
+from outlast.api.sse_response import PING, SSEResponse, sse_event
+from outlast.boundary import whole_number
 from outlast.config import Settings
 from outlast.errors import (
     BadRequest,
     NotFound,
-    PayloadTooLarge,
     QueueFull,
-    RequestError,
     ServiceUnavailable,
-    StoreError,
     Unprocessable,
 )
 from outlast.executors.registry import Registry
+from outlast.follow import Readers
 from outlast.lifecycle import Lifecycle
 from outlast.metrics import Metrics
-from outlast.models import JOB_ID_PATTERN, JobRecord, JobState, NewJob
+from outlast.models import JOB_ID_PATTERN, JobRecord, JobState, NewJob, job_stream_name
 from outlast.store.base import Store, format_offset, parse_offset
 
 SUBMIT_FIELDS = frozenset({"task", "input", "queue", "timeout", "retries", "delay", "key"})
@@ -101,6 +99,7 @@ class JobsAPI:
         self.worker = worker
         # With tokens on, read links are signed (the auth middleware loads the key first).
         self.links = LinkKey(settings.auth, store) if settings.auth_enabled else None
+        self.readers = Readers(store, lifecycle.stop_readers, settings.streams.max_read_bytes)
         metrics.on_scrape(self.refresh_gauges)
 
     async def refresh_gauges(self) -> None:
@@ -139,20 +138,6 @@ class JobsAPI:
         ]
 
     # -- submit ---------------------------------------------------------------------------
-
-    async def _json_body(self, request: Request) -> Any:
-        limit = self.settings.limits.job_body_bytes
-        declared = request.headers.get("content-length")
-        size = None if declared is None else whole_number(declared)
-        if size is not None and size > limit:
-            raise PayloadTooLarge(f"request body larger than {limit} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body larger than {limit} bytes")
-            chunks.append(chunk)
-        return parse_json(b"".join(chunks))
 
     async def parse_submission(self, body: Any) -> NewJob:
         if not isinstance(body, dict):
@@ -215,7 +200,9 @@ class JobsAPI:
         return result.job, result.created
 
     async def submit(self, request: Request) -> Response | SSEResponse:
-        new = await self.parse_submission(await self._json_body(request))
+        new = await self.parse_submission(
+            await read_json(request, self.settings.limits.job_body_bytes)
+        )
         job, created = await self.admit(new)
         location = f"/v1/jobs/{job.id}"
         if "text/event-stream" in request.headers.get("accept", ""):
@@ -241,38 +228,22 @@ class JobsAPI:
                 raise _field_error("wait", "must be a non-negative number of seconds")
             wait = float(raw_wait)
             if not job.state.terminal:
-                job = await self._wait_terminal(job, min(wait, self.settings.jobs.max_wait))
+                job = await self.wait_terminal(job, min(wait, self.settings.jobs.max_wait))
         return JSONResponse(self.render(job))
 
-    async def _wait_terminal(self, job: JobRecord, wait: float) -> JobRecord:
+    async def wait_terminal(self, job: JobRecord, wait: float) -> JobRecord:
+        """*job* once it has ended, or as it is after *wait* seconds (or when readers stop)."""
         deadline = time.monotonic() + wait
-        while not job.state.terminal and not self.lifecycle.stop_readers.is_set():
+        while not job.state.terminal and not self.readers.stopped:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             info = await self.store.head(job.stream)
             if info.closed:
                 return await self.store.get_job(job.id)
-            await self._wait(job.stream, info.tail, remaining)
+            await self.readers.wait(job.stream, info.tail, remaining)
             job = await self.store.get_job(job.id)
         return job
-
-    async def _wait(self, stream: str, position: int, timeout: float) -> bool:
-        """Wait for the stream to grow; ends early when live readers are stopped."""
-        stop = self.lifecycle.stop_readers
-        waiter = asyncio.ensure_future(self.store.wait(stream, position, timeout))
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            stopper.cancel()
-        return (
-            waiter.done()
-            and not waiter.cancelled()
-            and waiter.exception() is None
-            and waiter.result()
-        )
 
     async def list(self, request: Request) -> Response:
         params = request.query_params
@@ -347,38 +318,14 @@ class JobsAPI:
         )
 
     async def event_stream(self, job_id: str, position: int) -> AsyncIterator[bytes]:
-        stream = f"jobs/{job_id}"
-        keepalive = self.settings.sse.keepalive
-        reader_gauge = self.metrics.readers.labels("job-events")
-        reader_gauge.inc()
-        try:
-            while True:
-                try:
-                    result = await self.store.read(
-                        stream, position, self.settings.streams.max_read_bytes
+        follow = self.readers.follow(job_stream_name(job_id), position, self.settings.sse.keepalive)
+        with self.metrics.readers.labels("job-events").track_inprogress():
+            async for result in follow:
+                if result is None:
+                    yield PING
+                elif result.units:
+                    yield b"".join(
+                        render_event(message, format_offset(unit.end))
+                        for unit in result.units
+                        for message in json.loads(b"[" + unit.data + b"]")
                     )
-                except RequestError:
-                    return  # deleted (retention) while being read
-                except StoreError:
-                    return  # the store is unreachable: end cleanly, the client resumes
-                if result.units:
-                    out = []
-                    for unit in result.units:
-                        for message in json.loads(b"[" + unit.data + b"]"):
-                            out.append(render_event(message, format_offset(unit.end)))
-                    yield b"".join(out)
-                    position = result.next
-                    if position < result.info.tail:
-                        continue  # more is there already
-                # At the end as of this read: wait for more rather than read again (a read at
-                # the tail finds nothing, and costs a store round trip per event delivered).
-                if result.info.closed:
-                    return
-                if self.lifecycle.stop_readers.is_set():
-                    return
-                if not await self._wait(stream, position, keepalive):
-                    if self.lifecycle.stop_readers.is_set():
-                        return
-                    yield sse_comment("ping")
-        finally:
-            reader_gauge.dec()

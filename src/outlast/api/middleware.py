@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: headers every response carries, CORS, and bearer-token auth.
+"""Pure ASGI middleware: headers every response carries, CORS, what browsers may send, and
+bearer-token auth.
 
 Each class wraps an ASGI ``app`` and touches only the start of the response, so streaming
 responses pass through untouched and nothing is buffered.
@@ -8,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from outlast.api import scopes
 from outlast.api.capability import Link, LinkKey, readable_with_link, verify
-from outlast.config import AuthSettings, CorsSettings, TokenSettings
+from outlast.config import AuthSettings, CorsSettings, Settings, TokenSettings
 from outlast.errors import StoreError
 
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
@@ -71,40 +74,43 @@ PREFLIGHT_MAX_AGE = "86400"
 
 
 class HeadersMiddleware:
-    """Adds the browser security headers and CORS headers; answers CORS preflights."""
+    """Adds the browser security headers and CORS headers; answers CORS preflights.
+
+    Only the configured origins get ``Access-Control-Allow-Origin``; a preflight from any other
+    origin is answered (it gives nothing away) without it, so the browser sends nothing more.
+    """
 
     def __init__(self, app: ASGIApp, cors: CorsSettings) -> None:
         self.app = app
-        self.any_origin = "*" in cors.origins
-        self.origins = frozenset(cors.origins)
-        # With any origin allowed (the default) every response gets the same headers.
-        self._any_origin_headers = self._extra(b"*")
-
-    def _allow_origin(self, scope: Scope) -> bytes | None:
-        if self.any_origin:
-            return b"*"
-        for name, value in scope["headers"]:
-            if name == b"origin":
-                return value if value.decode("latin-1") in self.origins else None
-        return None
+        self.origins = _CorsOrigins(cors)
+        self._any_origin_headers = self._extra(b"*", vary=False)
+        # Without configured origins (the default) every response gets the same headers.
+        self._plain_headers = self._extra(None, vary=bool(self.origins.listed))
 
     @staticmethod
-    def _extra(origin: bytes | None) -> list[tuple[bytes, bytes]]:
+    def _extra(origin: bytes | None, *, vary: bool) -> list[tuple[bytes, bytes]]:
         extra = list(SECURITY_HEADERS)
         if origin is not None:
             extra.append((b"access-control-allow-origin", origin))
             extra.append((b"access-control-expose-headers", EXPOSED_HEADERS.encode()))
-            if origin != b"*":
-                extra.append((b"vary", b"Origin"))
+        if vary:
+            extra.append((b"vary", b"Origin"))
         return extra
+
+    def _headers_for(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        if self.origins.any:
+            return self._any_origin_headers
+        if self.origins.listed:
+            origin = _header(scope, b"origin")
+            if origin is not None and self.origins.allows(origin):
+                return self._extra(origin, vary=True)
+        return self._plain_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = (
-            self._any_origin_headers if self.any_origin else self._extra(self._allow_origin(scope))
-        )
+        extra = self._headers_for(scope)
 
         if scope["method"] == "OPTIONS" and _has_header(scope, b"access-control-request-method"):
             headers = [
@@ -124,6 +130,163 @@ class HeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class _CorsOrigins:
+    """``[cors] origins``: the origins whose pages may call outlast ("*": any)."""
+
+    def __init__(self, cors: CorsSettings) -> None:
+        self.any = "*" in cors.origins
+        self.listed = frozenset(o.strip().rstrip("/").lower() for o in cors.origins if o != "*")
+
+    def allows(self, origin: bytes) -> bool:
+        return self.any or origin.decode("latin-1").lower() in self.listed
+
+
+# Host values whose verdict is kept (the cache is emptied when full).
+HOSTS_REMEMBERED = 256
+# Ports a browser leaves out of an origin and a Host header.
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+class BrowserGuard:
+    """Refuses what only a web page in a browser would send, before anything else runs.
+
+    Loopback is not a trust boundary for browsers: any page open on the machine can send
+    requests to 127.0.0.1. So, on every route:
+
+    * without tokens, a ``Host`` that is neither a loopback name or address nor listed in
+      ``[server] allowed_hosts`` is refused (DNS rebinding: the page's own name resolved to
+      127.0.0.1, and the browser takes outlast for the page's origin);
+    * an ``Origin`` that is neither the server's own nor in ``[cors] origins`` is refused;
+    * a body sent to a JSON endpoint must be declared ``application/json``: a page may send
+      ``text/plain`` or a form without asking first. Stream appends and ``/v1/proxy`` carry
+      bodies of their own types (``/v1/proxy`` needs ``Upstream-*`` headers, which a page
+      cannot send without a preflight).
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        allowed = [h.strip().lower() for h in settings.server.allowed_hosts]
+        self.check_host = not settings.auth_enabled and "*" not in allowed
+        self.allowed_hosts = frozenset(allowed)
+        self.origins = _CorsOrigins(settings.cors)
+        self._hosts_seen: dict[bytes, bool] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = _header(scope, b"host")
+        if self.check_host and host is not None and not self._host_allowed(host):
+            await _reject(
+                send,
+                403,
+                "forbidden_host",
+                "this Host is not served without tokens; list it in [server] allowed_hosts",
+            )
+            return
+        origin = _header(scope, b"origin")
+        if origin is not None and not self._origin_allowed(origin, host):
+            await _reject(
+                send,
+                403,
+                "forbidden_origin",
+                "requests from this origin are not allowed; list it in [cors] origins",
+            )
+            return
+        if (
+            scope["method"] not in ("GET", "HEAD")
+            and not _own_content_types(scope["path"])
+            and not _json_or_no_body(scope)
+        ):
+            await _reject(
+                send,
+                415,
+                "unsupported_media_type",
+                "the body must be sent as Content-Type: application/json",
+            )
+            return
+        await self.app(scope, receive, send)
+
+    def _host_allowed(self, raw: bytes) -> bool:
+        # Clients send the same few Host values again and again: decide each once.
+        known = self._hosts_seen.get(raw)
+        if known is None:
+            if len(self._hosts_seen) >= HOSTS_REMEMBERED:
+                self._hosts_seen.clear()
+            known = self._hosts_seen[raw] = self._decide_host(raw)
+        return known
+
+    def _decide_host(self, raw: bytes) -> bool:
+        value = raw.decode("latin-1").strip().lower()
+        name, port = _split_host(value)
+        if name == "localhost" or _is_loopback(name):
+            return True
+        allowed = self.allowed_hosts
+        return name in allowed or (port is not None and f"{name}:{port}" in allowed)
+
+    def _origin_allowed(self, raw: bytes, host: bytes | None) -> bool:
+        if self.origins.allows(raw):
+            return True
+        origin = raw.decode("latin-1").strip().lower()
+        scheme, sep, authority = origin.partition("://")
+        if not sep or host is None:
+            return False  # "null", or no Host to compare with
+        default = _DEFAULT_PORTS.get(scheme, "")
+        own = host.decode("latin-1").strip().lower()
+        return _without(authority, default) == _without(own, default)
+
+
+def _without(authority: str, default_port: str) -> str:
+    if default_port and authority.endswith(default_port):
+        return authority[: -len(default_port)]
+    return authority
+
+
+def _split_host(value: str) -> tuple[str, str | None]:
+    """``host[:port]`` or ``[v6]:port`` → (host, port)."""
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return value, None
+        rest = value[end + 1 :]
+        return value[1:end], rest[1:] if rest.startswith(":") else None
+    if value.count(":") == 1:
+        name, port = value.split(":")
+        return name, port
+    return value, None
+
+
+def _is_loopback(name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _own_content_types(path: str) -> bool:
+    return path.startswith("/v1/stream/") or path == "/v1/proxy"
+
+
+def _json_or_no_body(scope: Scope) -> bool:
+    """The body is declared JSON, or there is none, or it cannot come from a web page."""
+    length = _header(scope, b"content-length")
+    raw = _header(scope, b"content-type")
+    if length is None:
+        # No body, or a chunked one: a browser sends chunked bodies only over HTTP/2 and
+        # later, never to outlast, so one without a declared type is left to the endpoint.
+        return raw is None or _is_json(raw)
+    if length.strip() == b"0":
+        return True
+    return raw is not None and _is_json(raw)
+
+
+def _is_json(raw: bytes) -> bool:
+    media = raw.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
 
 
 def _has_header(scope: Scope, name: bytes) -> bool:
@@ -148,22 +311,6 @@ def scopes_for(tokens: Iterable[TokenSettings], presented: str) -> frozenset[str
     return found
 
 
-def required_scope(method: str, path: str) -> str | None:
-    """The scope a request needs, or ``None`` for public endpoints."""
-    if path in ("/healthz", "/readyz", "/openapi.json", "/ui") or path.startswith("/ui/"):
-        return None
-    if path == "/metrics":
-        return "admin"
-    reading = method in ("GET", "HEAD")
-    if path.startswith("/v1/stream/"):
-        return "streams:read" if reading else "streams:write"
-    if path.startswith("/v1/jobs"):
-        return "jobs:read" if reading else "jobs:write"
-    if path.startswith("/v1/upstreams/") or path == "/v1/proxy":
-        return "jobs:write"
-    return "admin"
-
-
 class AuthMiddleware:
     """Bearer tokens with scopes. Installed only when tokens are configured.
 
@@ -186,7 +333,7 @@ class AuthMiddleware:
         except StoreError as exc:
             await _reject(send, 503, "unavailable", f"the store is unreachable: {exc}")
             return
-        needed = required_scope(scope["method"], scope["path"])
+        needed = scopes.required_scopes(scope["method"], scope["path"])
         raw = _header(scope, b"authorization")
         granted: frozenset[str] | None = None
         if raw is not None:
@@ -197,14 +344,14 @@ class AuthMiddleware:
                 await _reject(send, 401, "unauthorized", "invalid bearer token")
                 return
         scope["outlast.auth"] = granted
-        if (
-            needed is not None
-            and granted is not None
-            and not (needed in granted or "admin" in granted)
-        ):
-            await _reject(send, 403, "forbidden", f"this token lacks the '{needed}' scope")
+        if needed is not None and granted is not None and not scopes.allows(granted, needed):
+            lacking = scopes.describe(needed)
+            await _reject(send, 403, "forbidden", f"this token lacks the {lacking} scope")
             return
-        if needed is not None and granted is None:
+        if needed is None:
+            await self.app(scope, receive, send)
+            return
+        if granted is None:
             link = self._signed_read(scope, link_key)
             if link is Link.TOO_LONG:
                 await _reject(
@@ -216,7 +363,14 @@ class AuthMiddleware:
                     send, 401, "unauthorized", "a bearer token or a valid signed link is required"
                 )
                 return
-        await self.app(scope, receive, send)
+
+        async def send_private(message: Message) -> None:
+            # A credential was needed: no shared cache may keep the answer for others.
+            if message["type"] == "http.response.start":
+                message["headers"] = _private(message.get("headers", ()))
+            await send(message)
+
+        await self.app(scope, receive, send_private)
 
     @staticmethod
     def _signed_read(scope: Scope, key: bytes) -> Link:
@@ -224,6 +378,15 @@ class AuthMiddleware:
         if scope["method"] not in ("GET", "HEAD") or not readable_with_link(scope["path"]):
             return Link.INVALID
         return verify(key, scope["path"], scope.get("query_string", b""))
+
+
+def _private(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    out = [
+        (name, value.replace(b"public", b"private") if name == b"cache-control" else value)
+        for name, value in headers
+    ]
+    out.append((b"vary", b"Authorization"))
+    return out
 
 
 async def _reject(send: Send, status: int, code: str, message: str) -> None:

@@ -8,8 +8,14 @@ from collections.abc import AsyncIterator, Mapping
 
 from starlette.types import Receive, Scope, Send
 
+from outlast.errors import RequestError, StoreError
+
 
 class SSEResponse:
+    """Sends *events* as they come. Events that stop on a :class:`RequestError` (the stream was
+    removed while being read) or a :class:`StoreError` (the store is unreachable) end the
+    response cleanly: the client resumes from the last id it saw."""
+
     media_type = b"text/event-stream"
 
     def __init__(
@@ -52,8 +58,11 @@ class SSEResponse:
                     await aclose()
 
     async def _write(self, send: Send) -> None:
-        async for chunk in self.events:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        try:
+            async for chunk in self.events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (RequestError, StoreError):
+            pass
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -83,3 +92,7 @@ def sse_comment(text: str) -> bytes:
     """A comment line. No blank line follows: after ids were sent, a blank line after a comment
     dispatches an empty event in some clients (the openai SDK among them)."""
     return f": {text}\n".encode()
+
+
+# The keepalive every live SSE reader sends after a quiet interval.
+PING = sse_comment("ping")

@@ -7,20 +7,17 @@ state live in :mod:`outlast.store.streams_logic`, executed atomically by the sto
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
-from prometheus_client import Gauge
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from outlast.api import cursor
-from outlast.api.sse_response import SSEResponse
+from outlast.api.body import read_body
+from outlast.api.error_response import error_response
+from outlast.api.sse_response import PING, SSEResponse
 from outlast.api.stream_protocol import (
     body_unit,
     encode_sse_data,
@@ -38,18 +35,11 @@ from outlast.api.stream_protocol import (
 )
 from outlast.boundary import check_stream_name, whole_number
 from outlast.config import Settings
-from outlast.errors import (
-    BadRequest,
-    Conflict,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    RequestError,
-    StoreError,
-    StoreUnavailable,
-)
+from outlast.errors import BadRequest, Conflict, MethodNotAllowed
+from outlast.follow import Readers
 from outlast.lifecycle import Lifecycle
 from outlast.metrics import Metrics
+from outlast.models import JOB_STREAMS
 from outlast.store.base import (
     AppendSpec,
     CreateSpec,
@@ -60,10 +50,7 @@ from outlast.store.base import (
     media_type,
 )
 
-log = logging.getLogger("outlast.api.streams")
-
 PREFIX = "/v1/stream/"
-JOBS_NAMESPACE = "jobs/"
 ALLOWED_METHODS = "GET, HEAD, PUT, POST, DELETE, OPTIONS"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 NOW = -1  # read position meaning "the tail, whatever it is"
@@ -81,15 +68,11 @@ class StreamsEndpoint:
         self.settings = settings
         self.metrics = metrics
         self.store = store
-        self.lifecycle = lifecycle
+        self.readers = Readers(store, lifecycle.stop_readers, settings.streams.max_read_bytes)
         self.max_append = settings.limits.append_bytes
         self.max_name = settings.limits.stream_name_length
         self._appends = metrics.stream_appends
         self._append_bytes = metrics.stream_append_bytes
-        self._stop_task: asyncio.Future[Any] | None = None
-        # Readers waiting for data, and those of them that stopping readers cancelled.
-        self._waiting: set[asyncio.Task[Any]] = set()
-        self._cancelled_by_stop: set[asyncio.Task[Any]] = set()
         # The last SSE data event encoded per stream: every reader at that position shares it.
         self._sse_encoded: dict[str, tuple[tuple[int, int, int, bool], bytes]] = {}
 
@@ -102,23 +85,8 @@ class StreamsEndpoint:
         try:
             response = await self._dispatch(scope, receive)
         except Exception as exc:
-            response = self._error(exc, scope)
+            response = error_response(exc, scope)
         await response(scope, receive, send)
-
-    def _error(self, exc: Exception, scope: Scope) -> Response:
-        if isinstance(exc, RequestError):
-            return JSONResponse(exc.body(), exc.status, headers=exc.headers)
-        if isinstance(exc, StoreUnavailable):
-            return JSONResponse(
-                {"error": {"code": "unavailable", "message": str(exc)}},
-                503,
-                headers={"Retry-After": str(max(1, round(exc.retry_after)))},
-            )
-        log.error("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
-        return JSONResponse(
-            {"error": {"code": "internal", "message": "internal error; see the server log"}},
-            500,
-        )
 
     def _name(self, scope: Scope) -> str:
         return check_stream_name(scope["path"][len(PREFIX) :], self.max_name)
@@ -131,7 +99,7 @@ class StreamsEndpoint:
             return await self.get(request, name)
         if method == "HEAD":
             return await self.head(name)
-        if name.startswith(JOBS_NAMESPACE) and method in ("PUT", "DELETE"):
+        if name.startswith(JOB_STREAMS) and method in ("PUT", "DELETE"):
             raise _read_only()
         if method == "PUT":
             return await self.put(request, name)
@@ -141,20 +109,6 @@ class StreamsEndpoint:
         raise MethodNotAllowed(
             f"{method} is not allowed on a stream", headers={"Allow": ALLOWED_METHODS}
         )
-
-    async def _body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        size = None if declared is None else whole_number(declared)
-        if size is not None and size > self.max_append:
-            raise PayloadTooLarge(f"body larger than {self.max_append} bytes")
-        chunks = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_append:
-                raise PayloadTooLarge(f"body larger than {self.max_append} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -187,7 +141,7 @@ class StreamsEndpoint:
                 if sub_offset is None:
                     raise BadRequest("Stream-Fork-Sub-Offset must be a non-negative integer")
                 fork_sub = sub_offset
-        body = await self._body(request)
+        body = await read_body(request.receive, header(request, "content-length"), self.max_append)
         units = []
         if body:
             unit = body_unit(content_type, body, allow_empty_json=True)
@@ -221,10 +175,10 @@ class StreamsEndpoint:
         """``POST``: the hot path, on the raw ASGI messages (no Request or Response objects)."""
         try:
             status, headers = await self._append(scope, receive)
-        except _Disconnected:
+        except ClientDisconnect:
             return  # nothing to answer; an append whose body did not arrive was not made
         except Exception as exc:
-            await self._error(exc, scope)(scope, receive, send)
+            await error_response(exc, scope)(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
@@ -233,14 +187,14 @@ class StreamsEndpoint:
         self, scope: Scope, receive: Receive
     ) -> tuple[int, list[tuple[bytes, bytes]]]:
         name = self._name(scope)
-        if name.startswith(JOBS_NAMESPACE):
+        if name.startswith(JOB_STREAMS):
             raise _read_only()
         headers = raw_headers(scope)
         close = parse_bool_header(latin1(headers.get(b"stream-closed")), "Stream-Closed")
         producer = parse_producer(headers)
         stream_seq = latin1(headers.get(b"stream-seq"))
         raw_type = latin1(headers.get(b"content-type"))
-        body = await self._read_body(headers.get(b"content-length"), receive)
+        body = await read_body(receive, headers.get(b"content-length"), self.max_append)
         if not body and not close:
             raise BadRequest("an append needs a body", code="empty_append")
         if body and (raw_type is None or not raw_type.strip()):
@@ -284,26 +238,6 @@ class StreamsEndpoint:
             answer.append((b"content-length", b"0"))
             return 200, answer
         return 204, answer
-
-    async def _read_body(self, declared: bytes | None, receive: Receive) -> bytes:
-        if declared is not None and declared.isdigit() and int(declared) > self.max_append:
-            raise PayloadTooLarge(f"body larger than {self.max_append} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                raise _Disconnected
-            chunk: bytes = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_append:
-                raise PayloadTooLarge(f"body larger than {self.max_append} bytes")
-            if not message.get("more_body", False):
-                if not chunks:
-                    return chunk  # the whole body in one message: the usual case
-                chunks.append(chunk)
-                return b"".join(chunks)
-            chunks.append(chunk)
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -377,8 +311,9 @@ class StreamsEndpoint:
         if position > info.tail:
             raise BadRequest("offset is beyond the end of the stream", code="invalid_offset")
         if position == info.tail and not info.closed:
-            with _counted(self.metrics.readers.labels("long-poll")):
-                changed = await self._wait(name, position, self.settings.streams.long_poll_timeout)
+            timeout = self.settings.streams.long_poll_timeout
+            with self.metrics.readers.labels("long-poll").track_inprogress():
+                changed = await self.readers.wait(name, position, timeout)
             if not changed:
                 # Nothing new was sent, so the client resumes where it asked: the tail may have
                 # moved since the wait timed out, and naming it would skip that data.
@@ -396,44 +331,6 @@ class StreamsEndpoint:
             return Response(status_code=204, headers=headers)
         return self._read_response(request, result, position, live=True)
 
-    async def _wait(self, name: str, position: int, timeout: float) -> bool:
-        """Wait for data past *position*; ends early (as a timeout) when readers are stopped.
-
-        The wait runs in the reader's own task; stopping readers cancels the waiting tasks
-        (:meth:`_stop_waiting`), and that cancellation is taken back here.
-        """
-        if self._stopper().done():
-            return False
-        task = asyncio.current_task()
-        assert task is not None
-        self._waiting.add(task)
-        try:
-            return await self.store.wait(name, position, timeout)
-        except asyncio.CancelledError:
-            if task in self._cancelled_by_stop:
-                self._cancelled_by_stop.discard(task)
-                if task.uncancel() == 0:
-                    return False  # only the stop cancelled us; the reader ends cleanly
-            raise
-        except Exception:
-            return False  # the caller reads again and meets the error there
-        finally:
-            self._waiting.discard(task)
-            self._cancelled_by_stop.discard(task)
-
-    def _stopper(self) -> asyncio.Future[Any]:
-        """One task for all readers that completes when readers are stopped."""
-        stopper = self._stop_task
-        if stopper is None or stopper.get_loop() is not asyncio.get_running_loop():
-            stopper = self._stop_task = asyncio.ensure_future(self.lifecycle.stop_readers.wait())
-            stopper.add_done_callback(self._stop_waiting)
-        return stopper
-
-    def _stop_waiting(self, _: object) -> None:
-        for task in list(self._waiting):
-            self._cancelled_by_stop.add(task)
-            task.cancel()
-
     async def sse(self, request: Request, name: str, raw_offset: str) -> SSEResponse:
         info = await self.store.head(name)
         position = info.tail if raw_offset == "now" else parse_offset_or_400(raw_offset)
@@ -445,13 +342,6 @@ class StreamsEndpoint:
             headers["Stream-SSE-Data-Encoding"] = "base64"
         events = self._sse_events(request, name, position, binary)
         return SSEResponse(events, headers=headers)
-
-    async def _sse_events(
-        self, request: Request, name: str, position: int, binary: bool
-    ) -> AsyncIterator[bytes]:
-        with _counted(self.metrics.readers.labels("sse")):
-            async for chunk in self._sse_loop(request, name, position, binary):
-                yield chunk
 
     def _sse_data(
         self, name: str, info: StreamInfo, result: ReadResult, position: int, binary: bool
@@ -467,52 +357,30 @@ class StreamsEndpoint:
         self._sse_encoded[name] = (key, data)
         return data
 
-    async def _sse_loop(
+    async def _sse_events(
         self, request: Request, name: str, position: int, binary: bool
     ) -> AsyncIterator[bytes]:
         settings = self.settings
         deadline = time.monotonic() + settings.streams.sse_max_duration
+        follow = self.readers.follow(name, position, settings.sse.keepalive, deadline=deadline)
         client_cursor = request.query_params.get("cursor")
         first = True
-        while True:
-            try:
-                result = await self.store.read(name, position, settings.streams.max_read_bytes)
-            except NotFound:
-                return
-            except RequestError:
-                return
-            except StoreError:
-                # The store is unreachable (a Redis outage): end the stream cleanly; the
-                # client reconnects from its last offset.
-                return
-            info = result.info
-            data = b""
-            if result.units:
-                data = self._sse_data(name, info, result, position, binary)
-                position = result.next
-            if result.units or first:
-                client_cursor = cursor.next_cursor(client_cursor)
-                # One write for the pair: a client never sees data without its control event.
-                yield data + sse_control(info, position, client_cursor)
-                first = False
-            if position >= info.tail:
-                if info.closed:
-                    return
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                keepalive = settings.sse.keepalive
-                changed = await self._wait(name, position, min(remaining, keepalive))
-                if self.lifecycle.stop_readers.is_set():
-                    return
-                if not changed:
-                    if time.monotonic() >= deadline:
-                        return
-                    yield b": ping\n"
-
-
-class _Disconnected(Exception):
-    """The client went away before its request body arrived."""
+        with self.metrics.readers.labels("sse").track_inprogress():
+            async for result in follow:
+                if result is None:
+                    yield PING
+                elif result.units or first:
+                    info = result.info
+                    data = (
+                        self._sse_data(name, info, result, position, binary)
+                        if result.units
+                        else b""
+                    )
+                    position = result.next
+                    client_cursor = cursor.next_cursor(client_cursor)
+                    # One write for the pair: a client never sees data without its control event.
+                    yield data + sse_control(info, position, client_cursor)
+                    first = False
 
 
 def _read_only() -> MethodNotAllowed:
@@ -522,12 +390,3 @@ def _read_only() -> MethodNotAllowed:
         code="read_only_stream",
         headers={"Allow": "GET, HEAD, OPTIONS"},
     )
-
-
-@contextlib.contextmanager
-def _counted(gauge: Gauge) -> Iterator[None]:
-    gauge.inc()
-    try:
-        yield
-    finally:
-        gauge.dec()

@@ -26,11 +26,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from outlast.api.body import read_body, read_json
 from outlast.api.capability import sign
 from outlast.api.jobs import JobsAPI
-from outlast.api.sse_response import SSEResponse, sse_comment, sse_event
-from outlast.errors import BadRequest, NotFound, PayloadTooLarge, RequestError
-from outlast.models import JobRecord, JobState, NewJob
+from outlast.api.sse_response import PING, SSEResponse, sse_event
+from outlast.errors import BadRequest, NotFound, RequestError
+from outlast.models import JobRecord, JobState, NewJob, job_stream_name
 from outlast.store.base import format_offset, parse_offset
 
 # Request headers a client sends that must not reach the upstream: the upstream's own secret
@@ -79,6 +80,7 @@ class UpstreamsAPI:
         self.jobs = jobs
         self.settings = jobs.settings
         self.store = jobs.store
+        self.readers = jobs.readers
 
     def routes(self) -> list[Route]:
         return [
@@ -106,7 +108,7 @@ class UpstreamsAPI:
         name = request.path_params["name"]
         if name not in self.settings.upstreams:
             raise NotFound(f"no upstream named {name!r}", code="unknown_upstream")
-        raw = await self.jobs._json_body(request)
+        raw = await read_json(request, self.settings.limits.job_body_bytes)
         streaming = isinstance(raw, dict) and raw.get("stream") is True
         idem = request.headers.get("idempotency-key")
         key = f"upstream:{name}:{idem}" if idem else None
@@ -126,7 +128,7 @@ class UpstreamsAPI:
         headers = {"Outlast-Job-Id": job.id, "Location": f"/v1/jobs/{job.id}"}
         if streaming:
             return await self._stream_answer(job, headers, resume)
-        job = await self.jobs._wait_terminal(job, job.timeout + 5)
+        job = await self.jobs.wait_terminal(job, job.timeout + 5)
         return self._final_answer(job, headers)
 
     def _resume_from(self, request: Request) -> int | None:
@@ -154,59 +156,35 @@ class UpstreamsAPI:
 
     async def _first_event_or_end(self, job: JobRecord) -> int | None:
         """The position of the first upstream event; ``None`` if the job ended without one."""
-        stream, position = job.stream, 0
-        while True:
-            result = await self.store.read(stream, position, self.settings.streams.max_read_bytes)
-            for unit in result.units:
+        follow = self.readers.follow(job.stream, 0, self.settings.sse.keepalive)
+        async for result in follow:
+            for unit in result.units if result is not None else ():
                 if any(m.get("type") == "event" for m in _messages(unit.data)):
                     return unit.start
-            position = result.next
-            if result.info.closed and result.up_to_date:
-                return None
-            if self.jobs.lifecycle.stop_readers.is_set():
-                raise RequestError("shutting down", code="draining")
-            await self.jobs._wait(stream, position, self.settings.sse.keepalive)
+        if follow.end == "stopped":
+            raise RequestError("shutting down", code="draining")
+        return None
 
     async def _upstream_events(self, job_id: str, position: int) -> AsyncIterator[bytes]:
         """The upstream's own events, as it sent them (ids are outlast offsets, for resuming),
         then an error event if the relay failed after them."""
-        stream = f"jobs/{job_id}"
-        keepalive = self.settings.sse.keepalive
-        while True:
-            try:
-                result = await self.store.read(
-                    stream, position, self.settings.streams.max_read_bytes
-                )
-            except RequestError:
-                return  # removed (retention) while being read
-            out = []
-            for unit in result.units:
-                for message in _messages(unit.data):
-                    if message.get("type") == "event":
-                        event = message.get("event")
-                        out.append(
-                            sse_event(
-                                data=str(message.get("data", "")),
-                                event=None if event in (None, "", "message") else event,
-                                id=format_offset(unit.end),
-                            )
-                        )
+        follow = self.readers.follow(job_stream_name(job_id), position, self.settings.sse.keepalive)
+        async for result in follow:
+            if result is None:
+                yield PING
+                continue
+            out = [
+                _upstream_event(message, format_offset(unit.end))
+                for unit in result.units
+                for message in _messages(unit.data)
+                if message.get("type") == "event"
+            ]
             if out:
                 yield b"".join(out)
-            position = result.next
-            if result.units:
-                continue
-            if result.info.closed:
-                job = await self.store.get_job(job_id)
-                if job.state != JobState.SUCCEEDED:
-                    yield _error_event(job)
-                return
-            if self.jobs.lifecycle.stop_readers.is_set():
-                return
-            if not await self.jobs._wait(stream, position, keepalive):
-                if self.jobs.lifecycle.stop_readers.is_set():
-                    return
-                yield sse_comment("ping")
+        if follow.end == "closed":
+            job = await self.store.get_job(job_id)
+            if job.state != JobState.SUCCEEDED:
+                yield _error_event(job)
 
     def _final_answer(self, job: JobRecord, headers: dict[str, str]) -> Response:
         if job.state == JobState.SUCCEEDED and isinstance(job.result, dict):
@@ -244,12 +222,11 @@ class UpstreamsAPI:
                 "send Upstream-URL, or Upstream-Name with Upstream-Path", code="missing_upstream"
             )
         method = (request.headers.get("upstream-method") or "POST").upper()
-        limit = self.settings.limits.job_body_bytes
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise PayloadTooLarge(f"a proxied request body is limited to {limit} bytes")
+        body = await read_body(
+            request.receive,
+            request.headers.get("content-length"),
+            self.settings.limits.job_body_bytes,
+        )
         headers = _forwarded_headers(request)
         auth = request.headers.get("upstream-authorization")
         if auth:
@@ -272,6 +249,16 @@ class UpstreamsAPI:
             status_code=201 if created else 200,
             headers={"Location": location, "Outlast-Job-Id": job.id},
         )
+
+
+def _upstream_event(message: dict[str, Any], offset: str) -> bytes:
+    """A relayed event as the upstream sent it (``message``, its default type, is implied)."""
+    event = message.get("event")
+    return sse_event(
+        data=str(message.get("data", "")),
+        event=None if event in (None, "", "message") else event,
+        id=offset,
+    )
 
 
 def _error_event(job: JobRecord) -> bytes:

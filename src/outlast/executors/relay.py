@@ -17,7 +17,10 @@ cannot slow the upstream down. Each attempt:
 
 A failure before any event is retried like any failed attempt. After events were stored, a retry
 resumes with ``Last-Event-ID`` when the upstream gave ids; without ids the job ends as
-``interrupted`` rather than risk duplicate output. An attempt that finds the stream already
+``interrupted`` rather than risk duplicate output. An OpenAI-style stream (chunks with
+``choices``) that ends cleanly without ``data: [DONE]`` and without any ``finish_reason`` was cut
+(a proxy closing the connection mid-answer), and is treated like any other break; streams in
+other formats end when their body ends. An attempt that finds the stream already
 complete (``data: [DONE]`` stored, the worker stopped before it could finish the job) finishes
 without calling the upstream again. A non-event-stream 2xx answer (a plain JSON completion,
 say) is kept whole as the result's ``body``.
@@ -46,6 +49,8 @@ from outlast.egress import (
 )
 from outlast.errors import Forbidden, Unprocessable
 from outlast.executors import TaskFailure
+from outlast.follow import Follow
+from outlast.models import job_stream_name
 from outlast.sse import SSEDecoder, SSEEvent, SSELimitError
 from outlast.store.base import Store
 from outlast.tasks import Job
@@ -140,6 +145,8 @@ class _Progress:
     done: bool = False
     text_parts: list[str] = field(default_factory=list)
     saw_chat_chunks: bool = False
+    openai_style: bool = False  # chunks with ``choices``: such a stream says when it is over
+    finished: bool = False  # a ``finish_reason`` was given
 
     def add(self, event: SSEEvent) -> None:
         self.events += 1
@@ -156,16 +163,36 @@ class _Progress:
             parsed = json.loads(data)
         except ValueError:
             return
+        choices = _choices(parsed)
+        if choices:
+            self.openai_style = True
+            if any(choice.get("finish_reason") for choice in choices):
+                self.finished = True
         content = _delta_content(parsed)
         if content is not None:
             self.saw_chat_chunks = True
             self.text_parts.append(content)
+
+    @property
+    def cut_short(self) -> bool:
+        """An OpenAI-style stream that has not said it is over: no ``[DONE]``, no finish."""
+        return self.openai_style and not self.done and not self.finished
 
     def result(self, status: int) -> dict[str, Any]:
         out: dict[str, Any] = {"status": status, "events": self.events, "done": self.done}
         if self.saw_chat_chunks:
             out["text"] = "".join(self.text_parts)
         return out
+
+
+def _choices(chunk: Any) -> list[dict[str, Any]]:
+    """The ``choices`` of an OpenAI-style streaming chunk (chat or legacy completions), or []."""
+    if not isinstance(chunk, dict):
+        return []
+    choices = chunk.get("choices")
+    if not isinstance(choices, list):
+        return []
+    return [c for c in choices if isinstance(c, dict) and ("delta" in c or "finish_reason" in c)]
 
 
 def _delta_content(chunk: Any) -> str | None:
@@ -184,10 +211,8 @@ def _delta_content(chunk: Any) -> str | None:
 
 async def _stored_progress(store: Store, job: Job, max_bytes: int) -> _Progress:
     progress = _Progress()
-    position = 0
-    while True:
-        result = await store.read(f"jobs/{job.id}", position, max_bytes)
-        for unit in result.units:
+    async for result in Follow(store, job_stream_name(job.id), 0, max_bytes):
+        for unit in result.units if result is not None else ():
             for message in json.loads(b"[" + unit.data + b"]"):
                 if message.get("type") == "event":
                     progress.add(
@@ -197,9 +222,7 @@ async def _stored_progress(store: Store, job: Job, max_bytes: int) -> _Progress:
                             id=message.get("id"),
                         )
                     )
-        position = result.next
-        if result.up_to_date:
-            return progress
+    return progress
 
 
 def _request_body(value: Any) -> tuple[bytes | None, dict[str, str]]:
@@ -416,6 +439,11 @@ async def _consume(
     # The unfinished last event (no blank line after it) is dropped, as WHATWG says.
     decoder.close()
     await appender.flush()
+    if progress.cut_short:
+        raise _after_break(
+            "the upstream stream ended without data: [DONE] or a finish_reason (cut short)",
+            progress,
+        )
     return progress.result(status)
 
 
@@ -467,6 +495,12 @@ def _transport_failure(
         what = f"the upstream connection broke: {exc or type(exc).__name__}"
     else:
         what = f"{type(exc).__name__}: {exc}"
+    return _after_break(what, progress)
+
+
+def _after_break(what: str, progress: _Progress) -> TaskFailure:
+    """The failure for a stream that broke after *progress*: retried (resuming after the last
+    id) when it can be, ``interrupted`` when events were stored without ids to resume from."""
     if progress.events and progress.last_id is None:
         return TaskFailure(
             "interrupted",

@@ -9,6 +9,9 @@ start; offsets exposed to clients are positions formatted by :func:`format_offse
 Every method is a single atomic step in the backend: correctness never depends on state held in
 one process, so many processes may share one store. Protocol violations raise the matching
 :class:`~outlast.errors.RequestError` (``NotFound``, ``Conflict``, ``Gone``, ...).
+
+This module depends on no implementation: the backends implement it through
+:class:`~outlast.store.template.RuleStore` (the layers are drawn in :mod:`outlast.store`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from outlast.models import JobRecord, JobState, NewJob
-    from outlast.store.jobs_logic import Outcome, SubmitResult
+    from outlast.models import JobRecord, JobState, NewJob, OutcomeKind
 
 # Offsets look like the reference server's: "<16 digits>_<16 digits>", fixed width so that
 # lexicographic order is stream order. The first part is reserved (always zero here).
@@ -181,6 +183,22 @@ class StreamStore(abc.ABC):
 class JobPage:
     jobs: list[JobRecord]
     next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    job: JobRecord
+    created: bool  # False: an earlier submission with the same idempotency key
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an attempt ended, as the worker reports it."""
+
+    kind: OutcomeKind
+    result: Any = None
+    error: dict[str, Any] | None = None
+    retry_at: float | None = None  # failed with attempts left: when to try again
 
 
 class JobStore(abc.ABC):

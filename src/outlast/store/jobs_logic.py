@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from outlast.errors import Conflict, Gone, LeaseLost, NotFound, QueueFull
@@ -19,14 +19,15 @@ from outlast.models import (
     JobRecord,
     JobState,
     NewJob,
-    OutcomeKind,
     can_transition,
     evolve_job,
+    job_stream_name,
     new_job_id,
     state_message,
 )
 from outlast.store import streams_logic as streams
-from outlast.store.base import CreateSpec, Unit
+from outlast.store.base import CreateSpec, Outcome, SubmitResult, Unit
+from outlast.store.streams_logic import Changed
 
 JSON = "application/json"
 # A message for a job's stream: a dict, or already encoded (see _state).
@@ -36,22 +37,6 @@ QUEUE_PREFIX = "\0queue:"  # notifier key for "a job became claimable in this qu
 
 def queue_key(queue: str) -> str:
     return QUEUE_PREFIX + queue
-
-
-@dataclass(frozen=True, slots=True)
-class SubmitResult:
-    job: JobRecord
-    created: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How an attempt ended, as the worker reports it."""
-
-    kind: OutcomeKind
-    result: Any = None
-    error: dict[str, Any] | None = None
-    retry_at: float | None = None  # failed with attempts left: when to try again
 
 
 class JobTx(streams.Tx):
@@ -152,7 +137,7 @@ def _same_request(job: JobRecord, new: NewJob) -> bool:
     return job.task == new.task and canon(job.input) == canon(new.input)
 
 
-def submit(tx: JobTx, new: NewJob, capacity: int, now: float) -> streams.Changed:
+def submit(tx: JobTx, new: NewJob, capacity: int, now: float) -> Changed[SubmitResult]:
     if new.key is not None:
         existing = tx.find_job_by_key(new.key)
         if existing is not None:
@@ -161,7 +146,7 @@ def submit(tx: JobTx, new: NewJob, capacity: int, now: float) -> streams.Changed
                     "this idempotency key was used with a different task or input",
                     code="idempotency_conflict",
                 )
-            return streams.Changed(SubmitResult(existing, created=False), ())
+            return Changed(SubmitResult(existing, created=False), ())
     if tx.count_waiting(new.queue) >= capacity:
         raise QueueFull(new.queue, capacity)
     job = JobRecord(
@@ -182,7 +167,7 @@ def submit(tx: JobTx, new: NewJob, capacity: int, now: float) -> streams.Changed
     # The stream is created with its first message, as a stream created then appended to.
     first = _state(JobState.QUEUED, 0)
     streams.create(tx, job.stream, CreateSpec(content_type=JSON, units=[(first, 1)]), now)
-    return streams.Changed(SubmitResult(job, created=True), (job.stream, queue_key(job.queue)))
+    return Changed(SubmitResult(job, created=True), (job.stream, queue_key(job.queue)))
 
 
 # -- claim, heartbeat, emit -----------------------------------------------------------------
@@ -204,11 +189,11 @@ def _begin(tx: JobTx, job: JobRecord, owner: str, lease: float, now: float) -> J
 
 def claim(
     tx: JobTx, queue: str, owner: str, limit: int, lease: float, now: float
-) -> streams.Changed:
+) -> Changed[list[JobRecord]]:
     claimed = [_begin(tx, job, owner, lease, now) for job in tx.claimable(queue, now, limit)]
     if claimed:  # every claimable job is queued in this queue: counted at once
         tx.move_count(queue, JobState.QUEUED, JobState.RUNNING, len(claimed))
-    return streams.Changed(claimed, tuple(job.stream for job in claimed))
+    return Changed(claimed, tuple(job.stream for job in claimed))
 
 
 # -- reservations: claimed ahead, started later ---------------------------------------------
@@ -222,13 +207,13 @@ def claim(
 
 def reserve(
     tx: JobTx, queue: str, owner: str, limit: int, hold: float, now: float
-) -> streams.Changed:
+) -> Changed[list[JobRecord]]:
     """Hold up to *limit* due jobs of *queue* for *owner* for *hold* seconds. Returns them as
     they were (``run_at`` is still when they became due)."""
     held = tx.claimable(queue, now, limit)
     for job in held:
         tx.update_job(job.id, run_at=now + hold, lease_owner=owner, lease_expires=now + hold)
-    return streams.Changed(held, ())
+    return Changed(held, ())
 
 
 def _held(tx: JobTx, job_id: str, owner: str) -> JobRecord | None:
@@ -238,7 +223,7 @@ def _held(tx: JobTx, job_id: str, owner: str) -> JobRecord | None:
     return job
 
 
-def start(tx: JobTx, job_id: str, owner: str, lease: float, now: float) -> streams.Changed:
+def start(tx: JobTx, job_id: str, owner: str, lease: float, now: float) -> Changed[JobRecord]:
     """A job *owner* reserved starts its attempt (``LeaseLost`` if it is no longer held: it
     was cancelled, or its hold ended and another worker took it)."""
     job = _held(tx, job_id, owner)
@@ -246,10 +231,10 @@ def start(tx: JobTx, job_id: str, owner: str, lease: float, now: float) -> strea
         raise LeaseLost(job_id)
     running = _begin(tx, job, owner, lease, now)
     tx.move_count(job.queue, JobState.QUEUED, JobState.RUNNING)
-    return streams.Changed(running, (running.stream,))
+    return Changed(running, (running.stream,))
 
 
-def unreserve(tx: JobTx, owner: str, held: list[tuple[str, float]], now: float) -> streams.Changed:
+def unreserve(tx: JobTx, owner: str, held: list[tuple[str, float]], now: float) -> Changed[int]:
     """Hand back reservations (job id, the ``run_at`` it had) that *owner* will not start: each
     goes back to its place in its queue."""
     names: list[str] = []
@@ -259,10 +244,12 @@ def unreserve(tx: JobTx, owner: str, held: list[tuple[str, float]], now: float) 
             continue
         tx.update_job(job_id, run_at=run_at, lease_owner=None, lease_expires=None)
         names.append(queue_key(job.queue))
-    return streams.Changed(len(names), tuple(dict.fromkeys(names)))
+    return Changed(len(names), tuple(dict.fromkeys(names)))
 
 
-def renew(tx: JobTx, owner: str, job_ids: list[str], lease: float, now: float) -> streams.Changed:
+def renew(
+    tx: JobTx, owner: str, job_ids: list[str], lease: float, now: float
+) -> Changed[tuple[list[str], list[str]]]:
     """Extend the leases *owner* still holds. Returns (ids still owned, ids asked to cancel)."""
     owned: list[str] = []
     cancel: list[str] = []
@@ -274,7 +261,7 @@ def renew(tx: JobTx, owner: str, job_ids: list[str], lease: float, now: float) -
         owned.append(job_id)
         if job.cancel_requested:
             cancel.append(job_id)
-    return streams.Changed((owned, cancel), ())
+    return Changed((owned, cancel), ())
 
 
 def _owned(tx: JobTx, job_id: str, owner: str, attempt: int) -> JobRecord:
@@ -288,10 +275,10 @@ def _owned(tx: JobTx, job_id: str, owner: str, attempt: int) -> JobRecord:
 
 def emit(
     tx: JobTx, job_id: str, owner: str, attempt: int, messages: list[dict[str, Any]], now: float
-) -> streams.Changed:
+) -> Changed[None]:
     job = _owned(tx, job_id, owner, attempt)
     _emit(tx, job, now, *messages)
-    return streams.Changed(None, (job.stream,))
+    return Changed(None, (job.stream,))
 
 
 # -- the end of an attempt ------------------------------------------------------------------
@@ -299,7 +286,7 @@ def emit(
 
 def finish(
     tx: JobTx, job_id: str, owner: str, attempt: int, outcome: Outcome, now: float
-) -> streams.Changed:
+) -> Changed[JobRecord]:
     job = _owned(tx, job_id, owner, attempt)
     names: tuple[str, ...] = (job.stream,)
     released: dict[str, Any] = {"lease_owner": None, "lease_expires": None}
@@ -345,7 +332,7 @@ def finish(
         names += (queue_key(job.queue),)
     else:  # pragma: no cover - a programming error
         raise ValueError(outcome.kind)
-    return streams.Changed(done, names)
+    return Changed(done, names)
 
 
 def _cancel_now(tx: JobTx, job: JobRecord, now: float) -> JobRecord:
@@ -364,25 +351,25 @@ def _cancel_now(tx: JobTx, job: JobRecord, now: float) -> JobRecord:
     return done
 
 
-def cancel(tx: JobTx, job_id: str, now: float) -> streams.Changed:
+def cancel(tx: JobTx, job_id: str, now: float) -> Changed[JobRecord]:
     """Queued: cancelled at once. Running: flagged; its worker stops it. Terminal: as it is."""
     job = tx.get_job(job_id)
     if job is None:
         raise NotFound(f"job not found: {job_id}")
     if job.state.terminal:
-        return streams.Changed(job, ())
+        return Changed(job, ())
     if job.state == JobState.QUEUED:
-        return streams.Changed(_cancel_now(tx, job, now), (job.stream,))
+        return Changed(_cancel_now(tx, job, now), (job.stream,))
     if not job.cancel_requested:
         tx.update_job(job_id, cancel_requested=True)
         job = replace(job, cancel_requested=True)
-    return streams.Changed(job, (job.stream,))
+    return Changed(job, (job.stream,))
 
 
 # -- recovery and retention -----------------------------------------------------------------
 
 
-def recover_expired(tx: JobTx, now: float) -> streams.Changed:
+def recover_expired(tx: JobTx, now: float) -> Changed[list[JobRecord]]:
     """Jobs whose worker vanished (lease expired) go back to their queue, or fail if spent."""
     names: list[str] = []
     recovered: list[JobRecord] = []
@@ -415,10 +402,10 @@ def recover_expired(tx: JobTx, now: float) -> streams.Changed:
             _emit(tx, done, now, message, _state(JobState.FAILED, job.attempt), close=True)
         names.append(job.stream)
         recovered.append(done)
-    return streams.Changed(recovered, tuple(names))
+    return Changed(recovered, tuple(names))
 
 
-def purge(tx: JobTx, before: float, limit: int, now: float) -> streams.Changed:
+def purge(tx: JobTx, before: float, limit: int, now: float) -> Changed[int]:
     """Remove terminal jobs finished before *before*, with their streams."""
     removed = tx.finished_before(before, limit)
     for job_id in removed:
@@ -427,7 +414,7 @@ def purge(tx: JobTx, before: float, limit: int, now: float) -> streams.Changed:
             continue
         tx.delete_job(job_id)
         tx.move_count(job.queue, job.state, None)
-        row = tx.get_stream(f"jobs/{job_id}")
+        row = tx.get_stream(job_stream_name(job_id))
         if row is not None:
             streams.delete(tx, row.name, now)
-    return streams.Changed(len(removed), ())
+    return Changed(len(removed), ())

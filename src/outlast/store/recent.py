@@ -17,7 +17,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from outlast.store.base import ReadResult, StreamInfo, Unit
+from outlast.store.base import AppendResult, AppendSpec, ReadResult, StreamInfo, Unit
 
 MAX_STREAMS = 8192
 MAX_UNITS = 64
@@ -41,9 +41,16 @@ class RecentUnits:
         self._max_total = max_total_bytes
         self._total = 0  # bytes of data held, every stream
 
-    def appended(self, name: str, info: StreamInfo, unit: Unit | None) -> None:
-        """Record a committed append (``unit`` is ``None`` for a close without data)."""
-        self.committed(name, info, () if unit is None else (unit,))
+    def appended(self, name: str, spec: AppendSpec, result: AppendResult) -> None:
+        """Record a committed append, as it was asked for and as the store answered."""
+        if result.duplicate:
+            return  # an idempotent producer's retry: nothing was written
+        info = result.info
+        if spec.unit is None:  # a close without data
+            self.committed(name, info, ())
+            return
+        data, count = spec.unit
+        self.committed(name, info, (Unit(info.tail - len(data), info.tail, count, data),))
 
     def committed(self, name: str, info: StreamInfo, units: Sequence[Unit]) -> None:
         """Record the units one commit appended, in order, and the stream as that commit left

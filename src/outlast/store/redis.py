@@ -36,21 +36,11 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from outlast.errors import BadRequest, NotFound, StoreError, StoreUnavailable
-from outlast.models import JobRecord, JobState, NewJob
-from outlast.store import jobs_logic as jobs
+from outlast.errors import NotFound, StoreError, StoreUnavailable
+from outlast.models import JobRecord, job_stream_name
 from outlast.store import streams_logic as logic
-from outlast.store.base import (
-    AppendResult,
-    AppendSpec,
-    CreateResult,
-    CreateSpec,
-    JobPage,
-    ReadResult,
-    Store,
-    StreamInfo,
-    Unit,
-)
+from outlast.store.base import ReadResult, StreamInfo, Unit
+from outlast.store.jobs_logic import JobTx
 from outlast.store.notify import Notifier
 from outlast.store.recent import RecentUnits
 from outlast.store.redis_data import (
@@ -71,13 +61,13 @@ from outlast.store.redis_setup import (
     text,
 )
 from outlast.store.redis_tx import Due, Prefetch, RedisTx
+from outlast.store.streams_logic import Changed
+from outlast.store.template import JobFilter, Rule, RuleStore
 
 log = logging.getLogger("outlast.store.redis")
 
 T = TypeVar("T")
 
-PURGE_SLICE = 500
-SWEEP_INTERVAL = 30.0
 LIST_BATCH = 200
 # The subscription is re-established after a drop with this back-off (seconds, doubling).
 RESUBSCRIBE_MIN = 0.05
@@ -108,7 +98,7 @@ def _no_calls(commands: Any) -> list[Any]:
     raise AssertionError("a snapshot does not query Redis")
 
 
-class RedisStore(Store):
+class RedisStore(RuleStore[Prefetch]):
     def __init__(self, url: RedisURL, client: aioredis.Redis, engine: WriterEngine) -> None:
         self.url = url
         self.client = client
@@ -161,7 +151,7 @@ class RedisStore(Store):
         engine.start()
         store = cls(parsed, client, engine)
         store._tasks.append(asyncio.create_task(store._listen(), name="outlast-redis-listen"))
-        store._tasks.append(asyncio.create_task(store._sweep(), name="outlast-redis-sweep"))
+        store._tasks.append(asyncio.create_task(store._sweep_forever(), name="outlast-redis-sweep"))
         # Changes committed after open() returns must reach this process's readers.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(store._subscribed.wait(), SUBSCRIBE_TIMEOUT)
@@ -179,15 +169,32 @@ class RedisStore(Store):
                 retry_after=OUTAGE_RETRY_AFTER,
             ) from exc
 
-    async def _change(
-        self, op: Callable[[RedisTx, float], logic.Changed], prefetch: Sequence[Prefetch] = ()
-    ) -> Any:
-        changed = await self.engine.write(op, prefetch)
-        return changed.value
+    # -- the template's primitives -----------------------------------------------------------
 
-    def _job_keys(self, job_ids: list[str]) -> list[str]:
-        """A job's hash and its stream's: what operations on running jobs read."""
-        return [k for j in job_ids for k in (self.keys.job(j), self.keys.stream(f"jobs/{j}"))]
+    def _change(self, rule: Rule[T], prefetch: Sequence[Prefetch] = ()) -> Awaitable[Changed[T]]:
+        return self.engine.write(rule, prefetch)
+
+    def _view(self, query: Callable[[JobTx], T]) -> Awaitable[T]:
+        # A transaction on the writer thread that only reads. The contract's reads do not come
+        # here: they read from the client, faster (see below).
+        return self.engine.write(lambda tx, now: query(tx))
+
+    def _prefetch_counts(self, queue: str) -> Sequence[Prefetch]:
+        return [self.keys.counts(queue)]
+
+    def _prefetch_due(self, queue: str, limit: int) -> Sequence[Prefetch]:
+        return [Due(queue, limit)]
+
+    def _prefetch_jobs(self, job_ids: list[str]) -> Sequence[Prefetch]:
+        return [self.keys.job(j) for j in job_ids]
+
+    def _prefetch_held(self, held: list[tuple[str, float]]) -> Sequence[Prefetch]:
+        return [self.keys.job(job_id) for job_id, _ in held]
+
+    def _prefetch_running(self, job_id: str) -> Sequence[Prefetch]:
+        return [self.keys.job(job_id), self.keys.stream(job_stream_name(job_id))]
+
+    # -- following other nodes ----------------------------------------------------------------
 
     async def _listen(self) -> None:
         """Follow other processes' commits; reconnect after a drop and wake every waiter."""
@@ -265,36 +272,11 @@ class RedisStore(Store):
             while len(self.heads) > MAX_HEADS:
                 self.heads.popitem(last=False)
 
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
-            try:
-                await self.engine.write(logic.sweep_expired)
-            except StoreError as exc:
-                log.warning("expiry sweep failed: %s", exc)
+    # -- streams: reads straight from the client ---------------------------------------------
 
-    # -- streams ----------------------------------------------------------------------------
-
-    async def create_stream(self, name: str, spec: CreateSpec) -> CreateResult:
-        result: CreateResult = await self._change(lambda tx, now: logic.create(tx, name, spec, now))
-        if result.created:
-            self.recent.forget(name)
-        return result
-
-    async def append(self, name: str, spec: AppendSpec) -> AppendResult:
-        result: AppendResult = await self._change(lambda tx, now: logic.append(tx, name, spec, now))
-        if not result.duplicate:
-            unit = None
-            if spec.unit is not None:
-                data, count = spec.unit
-                unit = Unit(result.info.tail - len(data), result.info.tail, count, data)
-            self.recent.appended(name, result.info, unit)
-        return result
-
-    async def _snapshot(self, name: str, position: int, max_bytes: int) -> _Snapshot:
-        if position < 0:
-            flat = await self._redis(self.client.hgetall(self.keys.stream(name)))
-            return _Snapshot(self.keys, decode_row(_texts(flat)) if flat else None, [])
+    async def _read_stream(
+        self, name: str, position: int, max_bytes: int, now: float
+    ) -> ReadResult:
         # The row and its units in one transaction, so that they agree. A unit's score is its
         # start offset, and offsets count bytes: the units that start within max_bytes of the
         # position hold what the read may return, and Redis sends them straight from the set
@@ -312,30 +294,15 @@ class RedisStore(Store):
                 break  # at least one unit, then no more than max_bytes
             units.append(unit)
             size += len(unit.data)
-        return _Snapshot(self.keys, row, units)
-
-    async def read(self, name: str, position: int, max_bytes: int) -> ReadResult:
-        cached = self.recent.read(name, position, max_bytes)
-        if cached is not None:
-            return cached
-        snapshot = await self._snapshot(name, position, max_bytes)
-        now = time.time()
-        result = logic.read(snapshot, name, position, max_bytes, now)
-        if logic.needs_touch(result.info, now):
-            stream_id = result.info.id
-            # Sliding TTL: an access renews the stream (if it is still the same stream).
-            await self._change(lambda tx, t: _touch(tx, name, stream_id, t))
-        return result
+        return logic.read(_Snapshot(self.keys, row, units), name, position, max_bytes, now)
 
     async def head(self, name: str) -> StreamInfo:
         known = self.heads.get(name)
         if known is not None:
             return known
-        snapshot = await self._snapshot(name, -1, 0)
-        return logic.head(snapshot, name, time.time())
-
-    async def delete_stream(self, name: str) -> None:
-        await self._change(lambda tx, now: logic.delete(tx, name, now))
+        flat = await self._redis(self.client.hgetall(self.keys.stream(name)))
+        row = decode_row(_texts(flat)) if flat else None
+        return logic.head(_Snapshot(self.keys, row, []), name, time.time())
 
     async def wait(self, name: str, position: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -354,13 +321,7 @@ class RedisStore(Store):
                 return False
             # Woken: re-check (a wake-up may be for a reconnect, not for this stream's data).
 
-    # -- jobs -------------------------------------------------------------------------------
-
-    async def submit_job(self, new: NewJob, capacity: int) -> jobs.SubmitResult:
-        result: jobs.SubmitResult = await self._change(
-            lambda tx, now: jobs.submit(tx, new, capacity, now), [self.keys.counts(new.queue)]
-        )
-        return result
+    # -- jobs: reads straight from the client -------------------------------------------------
 
     async def get_job(self, job_id: str) -> JobRecord:
         flat = await self._redis(self.client.hgetall(self.keys.job(job_id)))
@@ -368,20 +329,10 @@ class RedisStore(Store):
             raise NotFound(f"job not found: {job_id}", code="job_not_found")
         return decode_job(_texts(flat))
 
-    async def list_jobs(
-        self,
-        *,
-        state: JobState | None = None,
-        queue: str | None = None,
-        task: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> JobPage:
-        if cursor is not None and not cursor.startswith("job_"):
-            raise BadRequest("malformed cursor", code="invalid_cursor")
+    async def _find_jobs(self, where: JobFilter, below: str | None, limit: int) -> list[JobRecord]:
         found: list[JobRecord] = []
-        upper = "+" if cursor is None else "(" + cursor
-        while len(found) <= limit:
+        upper = "+" if below is None else "(" + below
+        while len(found) < limit:
             ids = await self._redis(
                 self.client.zrevrangebylex(self.keys.jobs, upper, "-", start=0, num=LIST_BATCH)
             )
@@ -394,86 +345,10 @@ class RedisStore(Store):
                 if not flat:
                     continue  # removed meanwhile
                 job = decode_job(_texts(flat))
-                if (state is None or job.state == state) and (
-                    (queue is None or job.queue == queue) and (task is None or job.task == task)
-                ):
+                if where.matches(job):
                     found.append(job)
             upper = "(" + text(ids[-1])
-        page = found[:limit]
-        return JobPage(page, page[-1].id if len(found) > limit else None)
-
-    async def claim_jobs(self, queue: str, owner: str, limit: int, lease: float) -> list[JobRecord]:
-        claimed: list[JobRecord] = await self._change(
-            lambda tx, now: jobs.claim(tx, queue, owner, limit, lease, now), [Due(queue, limit)]
-        )
-        return claimed
-
-    async def reserve_jobs(
-        self, queue: str, owner: str, limit: int, hold: float
-    ) -> list[JobRecord]:
-        held: list[JobRecord] = await self._change(
-            lambda tx, now: jobs.reserve(tx, queue, owner, limit, hold, now), [Due(queue, limit)]
-        )
-        return held
-
-    async def start_job(self, job_id: str, owner: str, lease: float) -> JobRecord:
-        job: JobRecord = await self._change(
-            lambda tx, now: jobs.start(tx, job_id, owner, lease, now), self._job_keys([job_id])
-        )
-        return job
-
-    async def unreserve_jobs(self, owner: str, held: list[tuple[str, float]]) -> int:
-        n: int = await self._change(
-            lambda tx, now: jobs.unreserve(tx, owner, held, now),
-            [self.keys.job(job_id) for job_id, _ in held],
-        )
-        return n
-
-    async def renew_leases(
-        self, owner: str, job_ids: list[str], lease: float
-    ) -> tuple[list[str], list[str]]:
-        renewed: tuple[list[str], list[str]] = await self._change(
-            lambda tx, now: jobs.renew(tx, owner, job_ids, lease, now),
-            [self.keys.job(j) for j in job_ids],
-        )
-        return renewed
-
-    async def emit(
-        self, job_id: str, owner: str, attempt: int, messages: list[dict[str, Any]]
-    ) -> None:
-        await self._change(
-            lambda tx, now: jobs.emit(tx, job_id, owner, attempt, messages, now),
-            self._job_keys([job_id]),
-        )
-
-    async def finish_job(
-        self, job_id: str, owner: str, attempt: int, outcome: jobs.Outcome
-    ) -> JobRecord:
-        job: JobRecord = await self._change(
-            lambda tx, now: jobs.finish(tx, job_id, owner, attempt, outcome, now),
-            self._job_keys([job_id]),
-        )
-        return job
-
-    async def cancel_job(self, job_id: str) -> JobRecord:
-        job: JobRecord = await self._change(
-            lambda tx, now: jobs.cancel(tx, job_id, now), self._job_keys([job_id])
-        )
-        return job
-
-    async def recover_expired(self) -> list[JobRecord]:
-        recovered: list[JobRecord] = await self._change(jobs.recover_expired)
-        return recovered
-
-    async def purge_jobs(self, finished_before: float) -> int:
-        total = 0
-        while True:  # in slices, so that one purge never makes one huge transaction
-            n: int = await self._change(
-                lambda tx, now: jobs.purge(tx, finished_before, PURGE_SLICE, now)
-            )
-            total += n
-            if n < PURGE_SLICE:
-                return total
+        return found
 
     async def queue_counts(self) -> dict[str, dict[str, int]]:
         members = await self._redis(self.client.smembers(self.keys.queues))
@@ -491,9 +366,6 @@ class RedisStore(Store):
         first = await self._redis(self.client.zrange(self.keys.due(queue), 0, 0, withscores=True))
         return float(first[0][1]) if first else None
 
-    def watch_queue(self, queue: str) -> asyncio.Event:
-        return self.notifier.event(jobs.queue_key(queue))
-
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -510,13 +382,6 @@ class RedisStore(Store):
         await self._redis(self.client.set(name, value, nx=True))
         stored = await self._redis(self.client.get(name))
         return text(stored)
-
-
-def _touch(tx: RedisTx, name: str, stream_id: int, now: float) -> logic.Changed:
-    row = tx.get_stream(name)
-    if row is not None and row.id == stream_id:
-        logic.touch(tx, stream_id, now)
-    return logic.Changed(None, ())
 
 
 def _texts(flat: dict[Any, Any]) -> dict[str, str]:

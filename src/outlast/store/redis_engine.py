@@ -33,6 +33,7 @@ from redis.retry import Retry
 from outlast.errors import StoreError, StoreUnavailable
 from outlast.store import streams_logic as logic
 from outlast.store.base import Unit
+from outlast.store.group_commit import groups, resolve
 from outlast.store.notify import Notifier
 from outlast.store.redis_data import Command, IdBlock, Keys
 from outlast.store.redis_tx import Prefetch, RedisTx
@@ -137,25 +138,9 @@ class WriterEngine(threading.Thread):
         return await future
 
     def run(self) -> None:
-        while True:
-            item = self.ops.get()
-            if item is None:
-                break
-            group = [item]
-            stop = False
-            while len(group) < MAX_GROUP:
-                try:
-                    nxt = self.ops.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                group.append(nxt)
+        for group in groups(self.ops, MAX_GROUP):
             for part in self._split_runs(group):
                 self.loop.call_soon_threadsafe(self._deliver, part)
-            if stop:
-                break
         self.wire.close()
 
     def _split_runs(self, group: list[Item]) -> list[Result]:
@@ -233,16 +218,7 @@ class WriterEngine(threading.Thread):
             self.on_unknown()
         elif changes:
             self.on_commit(changes)
-        for future, value, error in outcomes:
-            if error is None:
-                for name in getattr(value, "changed_names", ()):
-                    self.notifier.changed(name)
-            if future.cancelled():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(value)
+        resolve(outcomes, self.notifier)
 
     async def close(self) -> None:
         self.ops.put(None)

@@ -1,5 +1,13 @@
 """One optimistic Redis transaction, as the stream and job rules see it (:class:`RedisTx`).
 
+Where it stands (the whole map is in :mod:`outlast.store`)::
+
+    rules (streams_logic, jobs_logic)  ->  JobTx  ->  RedisTx (here)  ->  redis_engine (runs
+    groups of rules in one RedisTx, commits)  ->  template.RuleStore / redis.RedisStore
+
+Operations may name what they will read (:data:`Prefetch`: hashes, a queue's due jobs): the
+engine reads it for the whole group in one round trip before the rules run.
+
 The rules (:mod:`~outlast.store.streams_logic`, :mod:`~outlast.store.jobs_logic`) are synchronous
 functions of a transaction. Here they run on the engine's thread against Redis like this:
 
@@ -23,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from outlast.models import JobRecord, JobState, evolve_job
+from outlast.models import JobRecord, JobState, evolve_job, job_stream_name
 from outlast.store import streams_logic as logic
 from outlast.store.base import Unit
 from outlast.store.jobs_logic import JobTx
@@ -164,7 +172,7 @@ class RedisTx(JobTx):
     def prefetch_jobs(self, job_ids: list[str]) -> None:
         """A batch of jobs and their streams, in one round trip."""
         keys = [self.k.job(j) for j in job_ids]
-        self.prefetch(keys + [self.k.stream(f"jobs/{j}") for j in job_ids])
+        self.prefetch(keys + [self.k.stream(job_stream_name(j)) for j in job_ids])
 
     def _unwritten(self, key: str) -> bool:
         """Whether nothing was written to *key* here yet: Redis's reply is all there is."""

@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 
 from outlast.errors import StoreError, StoreUnavailable
 from outlast.store import versions
+from outlast.store.group_commit import groups, resolve
 from outlast.store.notify import Notifier
 
 log = logging.getLogger("outlast.store.sqlite")
@@ -258,19 +259,12 @@ def deliver(outcomes: list[Outcome], notifier: Notifier) -> None:
     A result with an ``on_commit()`` method has it called first: the store updates what it
     keeps in memory before any reader is woken.
     """
-    for future, value, error in outcomes:
+    for _, value, error in outcomes:
         if error is None:
             on_commit = getattr(value, "on_commit", None)
             if on_commit is not None:
                 on_commit()
-            for name in getattr(value, "changed_names", ()):
-                notifier.changed(name)
-        if future.cancelled():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
+    resolve(outcomes, notifier)
 
 
 class InlineEngine:
@@ -386,21 +380,7 @@ class ThreadEngine(threading.Thread):
         return await asyncio.to_thread(run)
 
     def run(self) -> None:
-        while True:
-            item = self.ops.get()
-            if item is None:
-                return
-            group = [item]
-            stop = False
-            while len(group) < MAX_GROUP:
-                try:
-                    nxt = self.ops.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                group.append(nxt)
+        for group in groups(self.ops, MAX_GROUP):
             self.checkpointer.writes_open.wait()
             try:
                 outcomes = run_group(self.conn, group)
@@ -409,8 +389,6 @@ class ThreadEngine(threading.Thread):
                 outcomes = [(f, None, StoreError(f"sqlite write failed: {exc}")) for _, f in group]
             self.loop.call_soon_threadsafe(deliver, outcomes, self.notifier)
             self.checkpointer.poke_if_large()
-            if stop:
-                return
 
     async def close(self) -> None:
         self.ops.put(None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import json
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from outlast.errors import BadRequest, Conflict, Forbidden, Gone, NotFound
 from outlast.store.base import (
@@ -24,6 +24,8 @@ from outlast.store.base import (
     format_offset,
     media_type,
 )
+
+T = TypeVar("T")
 
 # Reads renew a TTL stream at most this often (as a share of its TTL, capped at one second), so
 # that a busy reader does not turn every read into a write.
@@ -70,10 +72,11 @@ class Row:
 
 
 @dataclass(frozen=True, slots=True)
-class Changed:
-    """Wraps a result with the stream names whose readers must wake."""
+class Changed(Generic[T]):
+    """What a rule returns: its result, with the stream names whose readers must wake (and
+    the queues, as :func:`outlast.store.jobs_logic.queue_key`, whose workers must)."""
 
-    value: Any
+    value: T
     changed_names: tuple[str, ...]
 
 
@@ -155,8 +158,12 @@ def needs_touch(info: StreamInfo, now: float) -> bool:
     return now - info.touched_at >= min(TOUCH_MAX_INTERVAL, info.ttl * TOUCH_SHARE)
 
 
-def touch(tx: Tx, stream_id: int, now: float) -> None:
-    tx.update_stream(stream_id, touched_at=now)
+def touch(tx: Tx, name: str, stream_id: int, now: float) -> Changed[None]:
+    """A read renews the stream's TTL, if *name* is still the stream that was read."""
+    row = tx.get_stream(name)
+    if row is not None and row.id == stream_id:
+        tx.update_stream(stream_id, touched_at=now)
+    return Changed(None, ())
 
 
 # -- create and fork -------------------------------------------------------------------------
@@ -178,7 +185,7 @@ def _fork_key(spec: CreateSpec) -> str | None:
     return json.dumps([spec.fork_from, spec.fork_offset, spec.fork_sub_offset])
 
 
-def create(tx: Tx, name: str, spec: CreateSpec, now: float) -> Changed:
+def create(tx: Tx, name: str, spec: CreateSpec, now: float) -> Changed[CreateResult]:
     existing = _live(tx, name, now)
     if existing is not None:
         if existing.deleted:
@@ -294,7 +301,7 @@ def _compact(message: Any) -> bytes:
 # -- append and close ------------------------------------------------------------------------
 
 
-def append(tx: Tx, name: str, spec: AppendSpec, now: float) -> Changed:
+def append(tx: Tx, name: str, spec: AppendSpec, now: float) -> Changed[AppendResult]:
     row = _require(tx, name, now)
     if spec.content_type is not None and media_type(spec.content_type) != media_type(
         row.content_type
@@ -403,7 +410,7 @@ def append(tx: Tx, name: str, spec: AppendSpec, now: float) -> Changed:
 # -- delete and expiry -----------------------------------------------------------------------
 
 
-def delete(tx: Tx, name: str, now: float) -> Changed:
+def delete(tx: Tx, name: str, now: float) -> Changed[None]:
     row = _require(tx, name, now)
     _delete_row(tx, row)
     return Changed(None, (name,))
@@ -424,7 +431,7 @@ def _delete_row(tx: Tx, row: Row) -> None:
         parent_id = parent.parent_id
 
 
-def sweep_expired(tx: Tx, now: float) -> Changed:
+def sweep_expired(tx: Tx, now: float) -> Changed[None]:
     names = []
     for stream_id in tx.expired_ids(now):
         row = tx.get_stream_by_id(stream_id)
