@@ -25,9 +25,13 @@ from tests.conftest import ServerProcess, upstream_env
 from tests.fakes.upstream import FAKE_TEXT
 from tests.relay.helpers import FAST
 from tests.sse.vectors import VECTORS
+from tests.tiers import backend_params
 
 # What is tried here is PHP's side; the store behind outlast does not change it.
-pytestmark = [pytest.mark.slow, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.parametrize("backend", backend_params("sqlite"), indirect=True),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 PHP_CLIENT = ROOT / "clients" / "php"

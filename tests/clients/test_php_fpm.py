@@ -29,9 +29,13 @@ from playwright.sync_api import Page, sync_playwright
 from tests.clients.helpers import CHROMIUM, CHROMIUM_ARGS, CLIENTS, as_received, expected_events
 from tests.conftest import ServerProcess, free_port, wait_for
 from tests.relay.helpers import finished, relay_server, submit
+from tests.tiers import backend_params
 
 # What is tried here is PHP's side; the store behind outlast does not change it.
-pytestmark = [pytest.mark.slow, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.parametrize("backend", backend_params("sqlite"), indirect=True),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "php"

@@ -12,6 +12,7 @@ from outlast.api.middleware import AuthMiddleware, BrowserGuard, HeadersMiddlewa
 from outlast.api.openapi import openapi_endpoint
 from outlast.api.ops import ops_routes
 from outlast.api.streams import StreamsEndpoint
+from outlast.api.ui import ui_routes
 from outlast.api.upstreams import UpstreamsAPI
 from outlast.config import Settings
 from outlast.executors.registry import Registry
@@ -38,6 +39,7 @@ def create_app(
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         *jobs.routes(),
         *upstreams.routes(),
+        *ui_routes(),
     ]
     app = Starlette(
         routes=routes,

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 ADMIN = "admin"
 READ_METHODS = frozenset({"GET", "HEAD"})
 # Answer without a token: probes, and the description of the API (no data in either).
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/ui"})
+# The dashboard's own files (docs/dashboard.md): no data in them; the page asks for a token.
+UI_PREFIX = "/ui/"
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ RULES: tuple[Rule, ...] = (
 
 def required_scopes(method: str, path: str) -> frozenset[str] | None:
     """The scopes any one of which lets this request through, or ``None`` for a public path."""
-    if path in PUBLIC_PATHS:
+    if path in PUBLIC_PATHS or path.startswith(UI_PREFIX):
         return None
     for rule in RULES:
         if rule.matches(path):
