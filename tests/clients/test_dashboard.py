@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, sync_playwright
 
-from tests.clients.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.clients.helpers import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import ServerProcess, wait_for
 from tests.relay.helpers import all_messages
 from tests.tiers import backend_params
