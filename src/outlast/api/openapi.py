@@ -35,6 +35,13 @@ def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
     return response
 
 
+# How any submission of a job may be refused besides its own validation.
+ADMISSION = {
+    "413": _error("Body too large"),
+    "429": _error("The queue is at capacity", retry_after=True),
+    "503": _error("Shutting down", retry_after=True),
+}
+
 JOB_ID = {
     "name": "job_id",
     "in": "path",
@@ -422,13 +429,11 @@ PATHS: dict[str, Any] = {
                 "400": _error("Malformed JSON or Last-Event-ID"),
                 "403": _error("Missing scope, or egress refused"),
                 "404": _error("No upstream of that name"),
-                "413": _error("Body too large"),
                 "422": _error("The path leaves the upstream's base path, or a bad header"),
-                "429": _error("The queue is at capacity", retry_after=True),
                 "502": _error("The relay failed (error.job names the job)"),
-                "503": _error("Shutting down", retry_after=True),
                 "504": _error("The relay did not finish in time"),
                 "default": _raw("The upstream's own error status and body", ANY),
+                **ADMISSION,
             },
         }
     },
@@ -455,10 +460,8 @@ PATHS: dict[str, Any] = {
                 "400": _error("Neither or both of Upstream-URL and Upstream-Name"),
                 "403": _error("Missing scope, or egress refused"),
                 "409": _error("The key was used with a different request"),
-                "413": _error("Body too large"),
                 "422": _error("Invalid URL, path, method or header"),
-                "429": _error("The queue is at capacity", retry_after=True),
-                "503": _error("Shutting down", retry_after=True),
+                **ADMISSION,
             },
         }
     },
