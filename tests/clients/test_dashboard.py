@@ -58,6 +58,16 @@ def browser_page() -> Iterator[tuple[Page, list[str]]]:
             browser.close()
 
 
+def shows(page: Page, selector: str, text: str, timeout: float = 30_000) -> None:
+    """Wait until *selector* holds *text* (Playwright's own matching: the page's CSP forbids the
+    string evaluation that ``wait_for_function`` would use while it polls)."""
+    page.locator(selector, has_text=text).wait_for(timeout=timeout)
+
+
+def state_is(page: Page, state: str) -> None:
+    page.locator(f"#job-state:text-is('{state}')").wait_for(timeout=30_000)
+
+
 def submit(server: ServerProcess, task: str, token: str | None = None, **input: Any) -> str:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     resp = httpx.post(
@@ -97,10 +107,8 @@ def test_the_pages_load_with_no_console_error_and_show_queues_and_jobs(
         page.wait_for_selector(f"tr[data-job='{done}']")
         assert "succeeded" in page.inner_text(f"tr[data-job='{done}']")
         page.click(f"tr[data-job='{done}'] a")
-        page.wait_for_function("document.querySelector('#output').textContent.includes('\"i\":1')")
-        page.wait_for_function(
-            "document.querySelector('#outcome').textContent.includes('\"n\": 2')"
-        )
+        shows(page, "#output", '"i":1')
+        shows(page, "#outcome", '"n": 2')
         assert page.inner_text("#job-state") == "succeeded"
     assert errors == []
 
@@ -112,7 +120,7 @@ def test_a_running_jobs_output_appears_as_it_is_emitted(
     job_id = submit(app_server, "steps", gate=str(gate), n=3)
     with browser_page() as (page, errors):
         page.goto(f"{app_server.url}/ui#/jobs/{job_id}")
-        page.wait_for_function("document.querySelector('#output').textContent.includes('\"step\":2')")
+        shows(page, "#output", '"step":2')
         assert '"step":3' not in page.inner_text("#output")
         gate.touch()  # the task emits steps 3, 4, 5 now
         wait_for(
@@ -125,11 +133,9 @@ def test_a_running_jobs_output_appears_as_it_is_emitted(
         stored = time.monotonic()
         # The page follows the job's stream live: the emit shows within a second of being
         # stored (a long-poll wakes on the append; this is a bound on a wake-up, not a speed).
-        page.wait_for_function(
-            "document.querySelector('#output').textContent.includes('\"step\":3')", timeout=1000
-        )
+        shows(page, "#output", '"step":3', timeout=1000)
         assert time.monotonic() - stored < 1.0
-        page.wait_for_function("document.querySelector('#job-state').textContent === 'succeeded'")
+        state_is(page, "succeeded")
     assert errors == []
 
 
@@ -140,10 +146,10 @@ def test_cancel_from_the_page_cancels_the_job(
     wait_for(lambda: job_state(app_server, job_id) == "running", timeout=30)
     with browser_page() as (page, errors):
         page.goto(f"{app_server.url}/ui#/jobs/{job_id}")
-        page.wait_for_function("document.querySelector('#job-state').textContent === 'running'")
+        state_is(page, "running")
         page.click("#cancel")
         wait_for(lambda: job_state(app_server, job_id) == "cancelled", timeout=10)
-        page.wait_for_function("document.querySelector('#job-state').textContent === 'cancelled'")
+        state_is(page, "cancelled")
         assert page.is_disabled("#cancel")
     assert errors == []
 
@@ -156,9 +162,7 @@ def test_pause_and_resume_from_the_page(app_server: ServerProcess) -> None:
         assert page.inner_text(button) == "Pause"
         page.click(button)
         wait_for(lambda: queue(app_server, "default")["paused"] is True, timeout=10)
-        page.wait_for_function(
-            f"document.querySelector(\"{button}\").textContent === 'Resume'"
-        )
+        page.locator(f"{button}:text-is('Resume')").wait_for(timeout=30_000)
         # Paused: a submitted job waits.
         job_id = submit(app_server, "count", n=1)
         page.click(button)
@@ -190,8 +194,8 @@ def test_with_tokens_the_page_asks_for_one_and_a_read_only_token_cannot_cancel(
         page.wait_for_selector("#login:not([hidden])")
         page.fill("#token", READER_TOKEN)
         page.click("#login button[type=submit]")
-        page.wait_for_function("document.querySelector('#job-id').textContent.length > 0")
-        page.wait_for_function("document.querySelector('#job-state').textContent === 'running'")
+        shows(page, "#job-id", job_id)
+        state_is(page, "running")
         page.click("#cancel")
         page.wait_for_selector("#notice:not([hidden])")
         message = page.inner_text("#notice")
