@@ -10,6 +10,8 @@
     ├── LeaseLost                a worker no longer owns the job it was running
     ├── TaskFailure              a job's attempt failed in a way its executor understands
     │                            (executors/__init__.py: an error code, retryable or not)
+    ├── TaskWait                 an attempt cannot go on yet (an upstream's limits): the job
+    │                            waits in its queue without spending the attempt
     ├── EgressRefused            an outbound request to a host the egress rules refuse (egress.py)
     ├── SSELimitError            an SSE line or event over its size limit (sse.py)
     ├── ClientError              what outlast.Client / AsyncClient raise (client_types.py)
