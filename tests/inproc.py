@@ -50,9 +50,20 @@ class _LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self) -> None:
+        # As asyncio.run ends: tasks still pending (the readers' stop watcher, say) are cancelled
+        # and given their turn before the loop closes.
+        self.run(_cancel_pending())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(LOOP_TIMEOUT)
         self.loop.close()
+
+
+async def _cancel_pending() -> None:
+    current = asyncio.current_task()
+    pending = [task for task in asyncio.all_tasks() if task is not current]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 class _OnLoopTransport(httpx.BaseTransport):
