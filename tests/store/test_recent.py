@@ -99,3 +99,17 @@ def test_an_append_is_recorded_as_asked_and_answered() -> None:
     recent.appended("s", AppendSpec(content_type=None, unit=None, close=True), AppendResult(closed))
     assert recent.info("s") == closed
     assert recent.read("s", 0, 100) == ReadResult(closed, [Unit(0, 3, 1, b"abc")], 3)
+
+
+def test_a_unit_recorded_twice_keeps_what_was_kept() -> None:
+    """A backend that records each commit and then the append's answer (Redis) records the same
+    unit twice, maybe after later units: the cache keeps every unit instead of starting over."""
+    recent = RecentUnits()
+    units = [Unit(i * 2, i * 2 + 2, 1, b"ab") for i in range(3)]
+    for i, unit in enumerate(units):
+        recent.committed("s", info(unit.end), [unit])
+        if i:
+            recent.committed("s", info(units[i - 1].end), [units[i - 1]])  # late, again
+    cached = recent.read("s", 0, 1 << 20)
+    assert cached is not None and [u.start for u in cached.units] == [0, 2, 4]
+    assert cached.info.tail == 6  # the late record did not take the stream back

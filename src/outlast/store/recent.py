@@ -65,6 +65,10 @@ class RecentUnits:
             entry = self._entries[name] = _Entry(info)
         tail = entry.info.tail
         for unit in units:
+            if entry.units and entry.units[0].start <= unit.start and unit.end <= tail:
+                # Kept already: a backend that records at commit sees the append's own answer
+                # too, maybe after later commits. Starting over here would drop every kept unit.
+                continue
             if entry.units and unit.start != tail:
                 # Not where the kept units end (a gap, or the units of a stream deleted and
                 # created again in the same commit): start over from this unit.
@@ -78,7 +82,8 @@ class RecentUnits:
             dropped = len(entry.units.popleft().data)
             entry.size -= dropped
             self._total -= dropped
-        entry.info = info
+        if info.tail >= entry.info.tail:
+            entry.info = info  # never back to an older state, recorded late
         self._entries.move_to_end(name)
         while len(self._entries) > self._max_streams or (
             self._total > self._max_total and len(self._entries) > 1
