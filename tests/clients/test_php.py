@@ -61,7 +61,9 @@ def test_php_stops_reading_and_fetches_the_whole_answer_later(
     assert second.returncode == 0, second.stderr
     assert second.stdout.splitlines() == [
         "state succeeded",
-        f"events {len(FAKE_TEXT.split(' ')) + 3}",  # role chunk, words, stop chunk, [DONE]
+        # The role chunk, the words, the stop chunk, the usage chunk (outlast asks for usage on
+        # streaming chat requests) and [DONE].
+        f"events {len(FAKE_TEXT.split(' ')) + 4}",
         f"text {FAKE_TEXT}",
     ]
     assert upstream.requests[CHAT] == 1
