@@ -86,7 +86,7 @@ def test_a_stalled_reader_holds_nothing_back(
 ) -> None:
     server = relay_server(server_factory, upstream, OUTLAST_RELAY__FIRST_BYTE_TIMEOUT="120")
     assert server.proc is not None
-    events, size = 2000, 8192  # 16 MiB of events per relay
+    events, size = 4000, 8192  # 32 MiB of events per relay
     stalled: list[socket.socket] = []
 
     def relay_past_a_stalled_reader(name: str) -> str:
@@ -111,10 +111,13 @@ def test_a_stalled_reader_holds_nothing_back(
         relay_past_a_stalled_reader("warm")
         before = _rss_bytes(server.proc.pid)
         # ...so that what a second one adds is what its stalled reader holds: at most one read
-        # (1 MiB) and socket buffers, far less than the 16 MiB that went past it.
+        # (1 MiB) and socket buffers, far less than the 32 MiB that went past it. The bound
+        # leaves room for the allocator's noise (it reached 8.2 MiB once on a loaded machine,
+        # with nothing held for the reader); a server that kept the events for the stalled
+        # reader would grow by the 32 MiB.
         job_id = relay_past_a_stalled_reader("measured")
         grown = _rss_bytes(server.proc.pid) - before
-        assert grown < 8 << 20, f"the server grew by {grown} bytes"
+        assert grown < 12 << 20, f"the server grew by {grown} bytes"
         assert _open_readers(server) == 2  # both still there, still stalled
 
         # Another reader, arriving now, reads everything at its own pace.
