@@ -98,6 +98,7 @@ class SSEConn(asyncio.Protocol):
         self.done = False  # data: [DONE] seen
         self.ended = False  # the body ended (or we closed it ourselves)
         self.last_ns = 0
+        self.first_ns: int | None = None  # the latency of event 0 (a proxy answers with it)
         self.headed: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
 
@@ -133,6 +134,8 @@ class SSEConn(asyncio.Protocol):
             if match is not None:
                 seq = int(match[1] or match[3])
                 self.latency.append(now - int(match[2] or match[4]))
+                if seq == 0:
+                    self.first_ns = self.latency[-1]
                 self.last_ns = now
                 if seq > self.next_seq:
                     self.gaps += seq - self.next_seq
@@ -463,6 +466,7 @@ def summarize(
     expected = sent * readers
     span = max(1e-9, (end_ns - go_ns) / 1e9)
     ms = [x / 1e6 for x in latencies]
+    first = sorted(c.first_ns / 1e6 for c in conns if c.first_ns is not None)
     return {
         "streams": streams,
         "readers": len(conns),
@@ -486,6 +490,12 @@ def summarize(
             "p999": percentile(ms, 99.9),
             "max": ms[-1] if ms else float("nan"),
             "mean": sum(ms) / len(ms) if ms else float("nan"),
+        },
+        # Event 0 of each stream apart: through a proxy it also waits for the answer's head.
+        "first_event_latency_ms": {
+            "p50": percentile(first, 50),
+            "p99": percentile(first, 99),
+            "max": first[-1] if first else float("nan"),
         },
         "jobs": jobs,
         **cpu,
