@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import resource
 import sys
 import time
@@ -37,6 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from bench.relay.upstream import STAMP
 from bench.streams.loadgen import (
     ChunkedDecoder,
     cpu_seconds,
@@ -47,8 +47,6 @@ from bench.streams.loadgen import (
 )
 from bench.streams.targets import proc_rss_bytes
 
-# The stamp as a "bench" field of the chunk, or (``stamp_in_content``) inside its content.
-STAMP = re.compile(rb'"bench":\{"s":(\d+),"t":(\d+)\}|#s(\d+)#t(\d+)#')
 UPSTREAM_NAME = "bench"  # the upstream's name in outlast's config (OUTLAST_UPSTREAMS__BENCH__URL)
 UPSTREAM_PATH = "/v1/chat/completions"
 CONNECTS_IN_FLIGHT = 200  # readers connecting at once (the rest queue behind them)

@@ -121,6 +121,9 @@ def choose_targets(args: argparse.Namespace, console: Console) -> list[str]:
     unknown = [n for n in names if n not in known and not workloads.is_litellm(n)]
     if unknown:
         raise SystemExit(f"unknown target(s): {', '.join(unknown)}; known: {', '.join(known)}")
+    # A LiteLLM target named with its workers (litellm-2w) brings that count along.
+    chosen = {workloads.litellm_workers(n) for n in names if workloads.is_litellm(n)}
+    args.litellm = tuple(sorted(set(args.litellm) | chosen))
     return names
 
 

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import json
 import random
+import re
 import resource
 import signal
 import time
@@ -61,6 +62,8 @@ EVENT_IN_CONTENT = (
     b'"model":"bench","choices":[{"index":0,"delta":{"content":"tok%d #s%d#t%d# "},'
     b'"finish_reason":null}]}\n\n'
 )
+# What a reader looks for: the stamp as the chunk's "bench" field, or inside its content.
+STAMP = re.compile(rb'"bench":\{"s":(\d+),"t":(\d+)\}|#s(\d+)#t(\d+)#')
 DONE = b"data: [DONE]\n\n"
 PING = b": ping\n\n"
 
