@@ -165,8 +165,13 @@ def specs(
     env = {
         "OUTLAST_UPSTREAMS__BENCH__URL": upstream.base,
         "OUTLAST_UPSTREAMS__BENCH__ALLOW_PRIVATE": "true",
-        "OUTLAST_QUEUES__DEFAULT__CONCURRENCY": str(CONCURRENCY),
-        "OUTLAST_QUEUES__DEFAULT__CAPACITY": str(CAPACITY),
+        # Relays run on the built-in "relay" queue (256 at once by default); "default" too,
+        # for an outlast that still runs them there.
+        **{
+            f"OUTLAST_QUEUES__{queue}__{key}": str(value)
+            for queue in ("DEFAULT", "RELAY")
+            for key, value in (("CONCURRENCY", CONCURRENCY), ("CAPACITY", CAPACITY))
+        },
     }
     base = targets.specs(outlast_cmd)
     out = {
