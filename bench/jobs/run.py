@@ -72,6 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}"
     )
+    common.add_outlast_cmd(p)
     common.add_outputs(p, section="Jobs", results="jobs-<date>.json")
     common.add_settle_keep(p, settle=30.0)
     common.add_render(p)
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         write_out(args, console, report.render(json.loads(path.read_text())), path)
         return 0
     names = choose_targets(args, console)
-    specs = targets.specs()
+    specs = targets.specs(args.outlast_cmd)
     outlasts = [n for n in names if specs[n].is_outlast]
     cfg = Config(
         duration=args.duration,

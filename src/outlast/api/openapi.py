@@ -7,7 +7,7 @@ document is checked against the server by a schemathesis run (tests/security/tes
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -230,6 +230,46 @@ def _raw(description: str, content: dict[str, Any] | None = None) -> dict[str, A
 
 
 WHOLE = {"type": "string", "pattern": "^(0|[1-9][0-9]{0,17})$"}
+
+
+class _WriteHeader(NamedTuple):
+    """A write header of the stream protocol: what it means when a stream is created (PUT) and
+    on an append (POST); None where that operation does not take it."""
+
+    name: str
+    create: str | None
+    append: str | None
+    schema: dict[str, Any] | None = None
+
+
+STREAM_WRITE_HEADERS = [
+    _WriteHeader(
+        "Content-Type",
+        "The stream's type (default application/octet-stream)",
+        "Must match the stream's",
+    ),
+    _WriteHeader("Stream-TTL", "Seconds of idleness before it expires", None, WHOLE),
+    _WriteHeader("Stream-Expires-At", "RFC 3339 expiry (not with Stream-TTL)", None),
+    _WriteHeader("Stream-Closed", "true: create it closed", "true: close after this append"),
+    _WriteHeader("Stream-Forked-From", "/v1/stream/<name> to fork", None),
+    _WriteHeader("Stream-Fork-Offset", "Where the fork branches off", None),
+    _WriteHeader("Stream-Fork-Sub-Offset", "Messages into that unit", None, WHOLE),
+    _WriteHeader("Stream-Seq", None, "Writer sequence: must increase"),
+    _WriteHeader("Producer-Id", None, "Idempotent producer"),
+    _WriteHeader("Producer-Epoch", None, "0 to 2^53-1", WHOLE),
+    _WriteHeader("Producer-Seq", None, "0 to 2^53-1", WHOLE),
+]
+
+
+def _stream_write_headers(operation: Literal["create", "append"]) -> list[dict[str, Any]]:
+    """The parameters of *operation*, in the table's order."""
+    return [
+        _header(row.name, description, row.schema)
+        for row in STREAM_WRITE_HEADERS
+        if (description := getattr(row, operation)) is not None
+    ]
+
+
 OFFSET = {
     "type": "string",
     "description": "-1 (the start), now (the tail), or an offset from Stream-Next-Offset "
@@ -470,15 +510,7 @@ PATHS: dict[str, Any] = {
         "parameters": [STREAM_NAME],
         "put": {
             "summary": "Create a stream (idempotent with the same settings)",
-            "parameters": [
-                _header("Content-Type", "The stream's type (default application/octet-stream)"),
-                _header("Stream-TTL", "Seconds of idleness before it expires", WHOLE),
-                _header("Stream-Expires-At", "RFC 3339 expiry (not with Stream-TTL)"),
-                _header("Stream-Closed", "true: create it closed"),
-                _header("Stream-Forked-From", "/v1/stream/<name> to fork"),
-                _header("Stream-Fork-Offset", "Where the fork branches off"),
-                _header("Stream-Fork-Sub-Offset", "Messages into that unit", WHOLE),
-            ],
+            "parameters": _stream_write_headers("create"),
             "requestBody": {"required": False, "content": ANY},
             "responses": {
                 "201": _raw("Created"),
@@ -493,14 +525,7 @@ PATHS: dict[str, Any] = {
         },
         "post": {
             "summary": "Append (and/or close)",
-            "parameters": [
-                _header("Content-Type", "Must match the stream's"),
-                _header("Stream-Closed", "true: close after this append"),
-                _header("Stream-Seq", "Writer sequence: must increase"),
-                _header("Producer-Id", "Idempotent producer"),
-                _header("Producer-Epoch", "0 to 2^53-1", WHOLE),
-                _header("Producer-Seq", "0 to 2^53-1", WHOLE),
-            ],
+            "parameters": _stream_write_headers("append"),
             "requestBody": {"required": False, "content": ANY},
             "responses": {
                 "200": _raw("Stored (idempotent producer)"),
