@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 import redis
 
-from outlast.errors import ConfigError, StoreError
+from outlast.errors import ConfigError, LeaseLost, StoreError
+from outlast.models import NewJob
 from outlast.store import open_store, redis_data
 from outlast.store.base import AppendSpec, CreateSpec
+from outlast.store.redis import RedisStore
+from outlast.store.redis_data import Command
 from outlast.store.redis_setup import parse_url
 from tests.conftest import RedisProcess, free_port
 
@@ -116,3 +121,42 @@ def test_not_a_number_round_trips() -> None:
 
 def test_non_string_keys_are_written_as_json_writes_them() -> None:
     assert redis_data.loads(redis_data.dumps({1: 2})) == {"1": 2}
+
+
+async def test_an_emit_reads_the_lease_not_the_input(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    """An emit costs the same whatever the job's input: what it asks of Redis about the job
+    is its state, lease owner and attempt, never the whole record."""
+    server = redis_factory()
+    store = await open_store(server.url)
+    assert isinstance(store, RedisStore)
+    try:
+        big = "x" * 100 * 1024
+        new = NewJob(task="t", queue="q", input={"text": big}, max_attempts=1, timeout=60.0)
+        job = (await store.submit_job(new, capacity=10)).job
+        [running] = await store.claim_jobs("q", "me", 1, 30.0)
+        sent: list[Command] = []
+        received: list[Any] = []
+        wire = store.engine.wire
+        call = wire.call
+
+        def recording(commands: Sequence[Command]) -> list[Any]:
+            sent.extend(commands)
+            replies = call(commands)
+            received.extend(replies)
+            return replies
+
+        wire.call = recording  # type: ignore[method-assign]
+        await store.emit(job.id, "me", running.attempt, [{"type": "output", "n": 1}])
+        with pytest.raises(LeaseLost):
+            await store.emit(job.id, "someone else", running.attempt, [{"n": 2}])
+        wire.call = call  # type: ignore[method-assign]
+        job_key = store.keys.job(job.id)
+        reads = {(c[0], *c[2:]) for c in sent if c[0] != "WATCH" and c[1:2] == (job_key,)}
+        assert reads == {("HGET", "state"), ("HGET", "lease_owner"), ("HGET", "attempt")}
+        assert not any(isinstance(r, bytes) and big.encode() in r for r in received)
+        read = await store.read(job.stream, 0, 1 << 20)
+        assert [json.loads(u.data) for u in read.units][-1] == {"type": "output", "n": 1}
+    finally:
+        await store.close()

@@ -16,7 +16,7 @@ from outlast.models import NewJob, job_stream_name
 from outlast.store import Store, open_store
 from outlast.store.base import AppendSpec, CreateSpec, Outcome
 from outlast.store.redis import RedisStore
-from outlast.store.redis_tx import Due
+from outlast.store.redis_tx import Due, Field
 from outlast.store.template import RuleStore
 
 pytestmark = pytest.mark.anyio
@@ -96,7 +96,7 @@ async def test_redis_prefetches_what_each_write_reads(
         [keys.job(job_id)],
         [Due("q", 2), keys.paused],
         [keys.job(job_id)],
-        running,
+        [*(Field(keys.job(job_id), f) for f in ("state", "lease_owner", "attempt")), running[1]],
         running,
         [Due("q", 1), keys.paused],
         running,

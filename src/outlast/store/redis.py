@@ -77,6 +77,8 @@ SUBSCRIBE_TIMEOUT = 5.0
 MAX_HEADS = 4096
 # Connections to Redis for reads, per node: more concurrent reads wait for one.
 MAX_CONNECTIONS = 64
+# What an emit reads of its job (jobs_logic.JobTx.lease_of).
+LEASE_FIELDS = ("state", "lease_owner", "attempt")
 
 
 class _Snapshot(RedisTx):
@@ -196,6 +198,11 @@ class RedisStore(RuleStore[Prefetch]):
 
     def _prefetch_running(self, job_id: str) -> Sequence[Prefetch]:
         return [self.keys.job(job_id), self.keys.stream(job_stream_name(job_id))]
+
+    def _prefetch_emit(self, job_id: str) -> Sequence[Prefetch]:
+        job = self.keys.job(job_id)
+        lease = [Field(job, name) for name in LEASE_FIELDS]
+        return [*lease, self.keys.stream(job_stream_name(job_id))]
 
     # -- following other nodes ----------------------------------------------------------------
 

@@ -544,6 +544,21 @@ class RedisTx(JobTx):
         self.decoded[key] = job
         return job
 
+    def lease_of(self, job_id: str) -> tuple[JobState, str | None, int] | None:
+        key = self.k.job(job_id)
+        if key in self.decoded:
+            return super().lease_of(job_id)
+        # Three fields (prefetched by an emit), never the job's input.
+        state = self.hget(key, "state")
+        if state is None:
+            return None
+        owner, attempt = self.hget(key, "lease_owner"), self.hget(key, "attempt")
+        return (
+            JobState(loads(state)),
+            None if owner is None else loads(owner),
+            0 if attempt is None else int(loads(attempt)),
+        )
+
     def update_job(self, job_id: str, **fields: Any) -> None:
         old = self.get_job(job_id)
         if old is None:
