@@ -13,10 +13,11 @@ import redis
 from outlast.errors import ConfigError, LeaseLost, StoreError
 from outlast.models import NewJob
 from outlast.store import open_store, redis_data
-from outlast.store.base import AppendSpec, CreateSpec
+from outlast.store.base import AppendSpec, CreateSpec, Store
 from outlast.store.redis import RedisStore
 from outlast.store.redis_data import Command
 from outlast.store.redis_setup import parse_url
+from outlast.store.versions import REDIS_LAYOUT_VERSION
 from tests.conftest import RedisProcess, free_port
 
 pytestmark = pytest.mark.anyio
@@ -160,3 +161,98 @@ async def test_an_emit_reads_the_lease_not_the_input(
         assert [json.loads(u.data) for u in read.units][-1] == {"type": "output", "n": 1}
     finally:
         await store.close()
+
+
+def _every_read(units: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(position, max_bytes) pairs: from every unit's start, one unit and everything."""
+    return [(start, size) for start, _ in units for size in (1, 1 << 20)]
+
+
+async def _reads(store: Store, name: str, asks: list[tuple[int, int]]) -> list[Any]:
+    out = []
+    for position, max_bytes in asks:
+        read = await store.read(name, position, max_bytes)
+        out.append((position, [(u.start, u.data) for u in read.units], read.next))
+    return out
+
+
+async def _closed_stream(store: Store, name: str) -> list[tuple[int, int]]:
+    """A text stream of 20 appends, closed with a last one; its units as (start, end)."""
+    assert (await store.create_stream(name, CreateSpec(content_type="text/plain"))).created
+    for n in range(20):
+        await store.append(name, AppendSpec(content_type="text/plain", unit=(b"part %d;" % n, 1)))
+    last = AppendSpec(content_type="text/plain", unit=(b"the end", 1), close=True)
+    await store.append(name, last)
+    read = await store.read(name, 0, 1 << 20)
+    return [(u.start, u.end) for u in read.units]
+
+
+async def test_a_closed_stream_is_folded_and_read_from_any_offset(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    """A stream that closes keeps its units as one compressed record, read from any offset
+    (by another node: no cache of the writer's), forked from, and removed with the stream."""
+    server = redis_factory()
+    writer, reader = await open_store(server.url), await open_store(server.url)
+    try:
+        assert (await writer.create_stream("s", CreateSpec(content_type="text/plain"))).created
+        for n in range(20):
+            spec = AppendSpec(content_type="text/plain", unit=(b"part %d;" % n, 1))
+            await writer.append("s", spec)
+        units = [(u.start, u.end) for u in (await reader.read("s", 0, 1 << 20)).units]
+        before = await _reads(reader, "s", _every_read(units))
+        await writer.append("s", AppendSpec(content_type="text/plain", unit=None, close=True))
+        with redis.Redis(port=server.port) as admin:
+            assert admin.exists("outlast:u:s") == 0
+            assert admin.exists("outlast:f:s") == 1
+        assert await _reads(reader, "s", _every_read(units)) == before
+        info = await reader.head("s")
+        assert info.closed and info.tail == units[-1][1]
+        # A read at the tail of a closed stream: nothing, and up to date.
+        at_tail = await reader.read("s", info.tail, 1 << 20)
+        assert at_tail.units == [] and at_tail.up_to_date
+        middle = units[7][0]
+        fork = CreateSpec(content_type="text/plain", fork_from="s", fork_offset=middle)
+        assert (await reader.create_stream("f", fork)).created
+        forked = await writer.read("f", 0, 1 << 20)
+        assert b"".join(u.data for u in forked.units) == b"".join(b"part %d;" % n for n in range(7))
+        await writer.delete_stream("f")
+        await writer.delete_stream("s")
+        with redis.Redis(port=server.port) as admin:
+            assert admin.keys("outlast:f:*") == []
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+async def test_streams_closed_in_layout_2_stay_readable(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    """A store of layout 2 kept a closed stream's units one by one: they read as they did,
+    and opening the store records the current layout."""
+    server = redis_factory()
+    store = await open_store(server.url)
+    try:
+        units = await _closed_stream(store, "old")
+    finally:
+        await store.close()
+    with redis.Redis(port=server.port) as admin:
+        record = admin.get("outlast:f:old")
+        assert record is not None
+        # What layout 2 wrote for this stream: its units in the sorted set, no folded record.
+        for unit in redis_data.unfold_units(record):
+            admin.zadd("outlast:u:old", {redis_data.pack_unit(unit): unit.start})
+        admin.delete("outlast:f:old")
+        admin.set("outlast:layout_version", 2)
+    store = await open_store(server.url)
+    try:
+        reads = await _reads(store, "old", _every_read(units))
+        assert b"".join(d for _, found, _ in reads[1::2][:1] for _, d in found) == (
+            b"".join(b"part %d;" % n for n in range(20)) + b"the end"
+        )
+        for (position, found, end), (start, stop) in zip(reads[::2], units, strict=True):
+            assert position == start and end == stop and len(found) == 1
+    finally:
+        await store.close()
+    with redis.Redis(port=server.port) as admin:
+        assert admin.get("outlast:layout_version") == str(REDIS_LAYOUT_VERSION).encode()

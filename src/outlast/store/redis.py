@@ -48,6 +48,7 @@ from outlast.store.redis_data import (
     Keys,
     decode_job,
     decode_row,
+    unfold_units,
     unpack_unit,
 )
 from outlast.store.redis_engine import OUTAGE_RETRY_AFTER, StreamChange, WriterEngine
@@ -291,15 +292,21 @@ class RedisStore(RuleStore[Prefetch]):
         # start offset, and offsets count bytes: the units that start within max_bytes of the
         # position hold what the read may return, and Redis sends them straight from the set
         # (a script gathering them instead costs Redis time per byte; see docs/benchmarks.md).
+        # A closed stream's units may be folded into one record (redis_data.fold_units).
         pipe = self.client.pipeline(transaction=True)
         pipe.hgetall(self.keys.stream(name))
         pipe.zrangebyscore(self.keys.units(name), position, position + max_bytes)
-        flat, members = await self._redis(pipe.execute())
+        pipe.get(self.keys.folded(name))
+        flat, members, folded = await self._redis(pipe.execute())
         row = decode_row(_texts(flat)) if flat else None
+        found = [unpack_unit(member) for member in members]
+        if folded is not None:
+            end = position + max_bytes
+            found += [u for u in unfold_units(folded) if position <= u.start <= end]
+            found.sort(key=lambda u: u.start)
         units: list[Unit] = []
         size = 0
-        for member in members:
-            unit = unpack_unit(member)
+        for unit in found:
             if units and size + len(unit.data) > max_bytes:
                 break  # at least one unit, then no more than max_bytes
             units.append(unit)

@@ -37,6 +37,7 @@ from outlast.store import webhooks_logic as webhooks
 from outlast.store.base import Unit
 from outlast.store.jobs_logic import JobTx
 from outlast.store.redis_data import (
+    FOLD_MAX,
     ROW_FIELDS,
     Call,
     Command,
@@ -49,11 +50,13 @@ from outlast.store.redis_data import (
     decode_row_reply,
     dumps,
     encode_fields,
+    fold_units,
     job_fields,
     loads,
     pack_unit,
     pairs,
     ready_score,
+    unfold_units,
     unpack_unit,
 )
 
@@ -327,6 +330,19 @@ class RedisTx(JobTx):
         self.op.cleared.add(key)
         self.op.hashes.pop(key, None)
         self.op.zsets.pop(key, None)
+        self.op.strings.pop(key, None)
+
+    def set_string(self, key: str, value: bytes) -> None:
+        self.op.strings[key] = value
+
+    def get_string(self, key: str) -> bytes | None:
+        for layer in (self.op, self.group):
+            if key in layer.strings:
+                return layer.strings[key]
+            if key in layer.cleared:
+                return None
+        reply: bytes | None = self._fetch(key, ("get", key), ("GET", key))
+        return reply
 
     def zadd(self, key: str, member: bytes, score: float) -> None:
         self.op.zsets.setdefault(key, {})[member] = score
@@ -393,6 +409,7 @@ class RedisTx(JobTx):
         self.decoded[key] = row
         # Left-overs of an earlier stream of this name cannot exist, but never inherit any.
         self.delete(self.k.units(row.name))
+        self.delete(self.k.folded(row.name))
         self.delete(self.k.producers(row.name))
         self.hset(self.k.sids, {str(row.id): row.name})
         if row.parent_id is not None:
@@ -422,11 +439,27 @@ class RedisTx(JobTx):
         )
         if {"ttl", "expires_at", "touched_at"} & fields.keys():
             self._index_expiry(new, _expiry(row))
+        if new.closed and not row.closed:
+            self._fold(row.name)
+
+    def _fold(self, name: str) -> None:
+        """A stream that closed: its units become one compressed record (no unit can follow).
+        A large stream keeps its units one by one (FOLD_MAX)."""
+        units = [unpack_unit(m) for m, _ in self.zrange(self.k.units(name), -math.inf, math.inf)]
+        if not units or sum(len(u.data) for u in units) > FOLD_MAX:
+            return
+        self.delete(self.k.units(name))
+        self.set_string(self.k.folded(name), fold_units(units))
 
     def remove_stream(self, stream_id: int) -> None:
         row = self._row_by_id(stream_id)
         self._touched(row.name)
-        for key in (self.k.stream(row.name), self.k.units(row.name), self.k.producers(row.name)):
+        for key in (
+            self.k.stream(row.name),
+            self.k.units(row.name),
+            self.k.folded(row.name),
+            self.k.producers(row.name),
+        ):
             self.delete(key)
         self.hset(self.k.sids, {str(stream_id): None})
         self.hset(self.k.children, {str(stream_id): None})
@@ -438,11 +471,27 @@ class RedisTx(JobTx):
     def count_children(self, stream_id: int) -> int:
         return int(self.hget(self.k.children, str(stream_id)) or 0)
 
-    def _units_key(self, stream_id: int) -> str:
+    def _units(
+        self, stream_id: int, low: float, high: float, *, open_high: bool = False
+    ) -> list[Unit]:
+        """The stream's units that start from *low* to *high*, in order: folded ones (a closed
+        stream's) and those kept one by one."""
         name = self._name(stream_id)
         if name is None:
             raise LookupError(f"no stream with id {stream_id}")
-        return self.k.units(name)
+        key = self.k.units(name)
+        units = [unpack_unit(m) for m, _ in self.zrange(key, low, high, open_high=open_high)]
+        row = self.get_stream(name)
+        if row is not None and row.closed:
+            record = self.get_string(self.k.folded(name))
+            if record is not None:
+                units += [
+                    u
+                    for u in unfold_units(record)
+                    if low <= u.start and (u.start < high or (u.start == high and not open_high))
+                ]
+                units.sort(key=lambda u: u.start)
+        return units
 
     def insert_unit(self, stream_id: int, unit: Unit) -> None:
         name = self._name(stream_id)
@@ -452,20 +501,21 @@ class RedisTx(JobTx):
         self.zadd(self.k.units(name), pack_unit(unit), unit.start)
 
     def copy_units(self, source_id: int, target_id: int, before: int) -> None:
-        target = self._units_key(target_id)
-        for member, score in self.zrange(self._units_key(source_id), 0, before, open_high=True):
-            if unpack_unit(member).end <= before:
-                self.zadd(target, member, score)
+        name = self._name(target_id)
+        if name is None:
+            raise LookupError(f"no stream with id {target_id}")
+        for unit in self._units(source_id, 0, before, open_high=True):
+            if unit.end <= before:
+                self.zadd(self.k.units(name), pack_unit(unit), unit.start)
 
     def unit_at(self, stream_id: int, start: int) -> Unit | None:
-        found = self.zrange(self._units_key(stream_id), start, start, 1)
-        return unpack_unit(found[0][0]) if found else None
+        found = self._units(stream_id, start, start)
+        return found[0] if found else None
 
     def units_from(self, stream_id: int, start: int, max_bytes: int) -> list[Unit]:
         units: list[Unit] = []
         size = 0
-        for member, _ in self.zrange(self._units_key(stream_id), start, math.inf):
-            unit = unpack_unit(member)
+        for unit in self._units(stream_id, start, math.inf):
             if units and size + len(unit.data) > max_bytes:
                 break
             units.append(unit)
