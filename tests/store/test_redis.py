@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from outlast.errors import ConfigError, LeaseLost, StoreError
+from outlast.errors import ConfigError, LeaseLost, StoreError, StoreUnavailable
 from outlast.models import NewJob
 from outlast.store import open_store, redis_data
 from outlast.store.base import AppendSpec, CreateSpec, Store
@@ -256,3 +256,30 @@ async def test_streams_closed_in_layout_2_stay_readable(
         await store.close()
     with redis.Redis(port=server.port) as admin:
         assert admin.get("outlast:layout_version") == str(REDIS_LAYOUT_VERSION).encode()
+
+
+async def test_a_write_redis_refuses_for_memory_is_unavailable_and_not_applied(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    """Redis out of memory (maxmemory, noeviction) refuses the whole transaction: outlast
+    answers StoreUnavailable (503 + Retry-After), and nothing of it is stored."""
+    server = redis_factory()
+    store = await open_store(server.url)
+    admin = redis.Redis(port=server.port)
+    try:
+        new = NewJob(task="t", queue="q", input={}, max_attempts=1, timeout=60.0)
+        job = (await store.submit_job(new, capacity=10)).job
+        [running] = await store.claim_jobs("q", "me", 1, 30.0)
+        before = await store.read(job.stream, 0, 1 << 20)
+        admin.config_set("maxmemory", 1)
+        with pytest.raises(StoreUnavailable, match="out of memory"):
+            await store.emit(job.id, "me", running.attempt, [{"n": 1}])
+        admin.config_set("maxmemory", 0)
+        after = await store.read(job.stream, 0, 1 << 20)
+        assert after.info.tail == before.info.tail and after.units == before.units
+        await store.emit(job.id, "me", running.attempt, [{"n": 2}])
+        last = (await store.read(job.stream, 0, 1 << 20)).units[-1]
+        assert json.loads(last.data) == {"n": 2}
+    finally:
+        admin.close()
+        await store.close()
