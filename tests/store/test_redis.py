@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from outlast.errors import ConfigError, LeaseLost, StoreError, StoreUnavailable
-from outlast.models import NewJob
+from outlast.models import JobState, NewJob
 from outlast.store import open_store, redis_data
-from outlast.store.base import AppendSpec, CreateSpec, Store
+from outlast.store.base import AppendSpec, CreateSpec, Outcome, Store
 from outlast.store.redis import RedisStore
 from outlast.store.redis_data import Command
 from outlast.store.redis_setup import parse_url
@@ -282,4 +282,37 @@ async def test_a_write_redis_refuses_for_memory_is_unavailable_and_not_applied(
         assert json.loads(last.data) == {"n": 2}
     finally:
         admin.close()
+        await store.close()
+
+
+async def test_a_job_s_end_folds_its_stream_in_the_same_round_trips(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    """The end of a job closes its stream, which folds its units: they are read with the job
+    and its stream (one round trip), then the commit (another): the fold adds none."""
+    server = redis_factory()
+    store = await open_store(server.url)
+    assert isinstance(store, RedisStore)
+    try:
+        new = NewJob(task="t", queue="q", input={}, max_attempts=1, timeout=60.0)
+        job = (await store.submit_job(new, capacity=10)).job
+        [running] = await store.claim_jobs("q", "me", 1, 30.0)
+        await store.emit(job.id, "me", running.attempt, [{"n": 1}])
+        trips: list[Sequence[Command]] = []
+        wire = store.engine.wire
+        call = wire.call
+
+        def recording(commands: Sequence[Command]) -> list[Any]:
+            trips.append(commands)
+            return call(commands)
+
+        wire.call = recording  # type: ignore[method-assign]
+        done = await store.finish_job(job.id, "me", running.attempt, Outcome("succeeded", "ok"))
+        wire.call = call  # type: ignore[method-assign]
+        assert done.state == JobState.SUCCEEDED
+        assert len(trips) == 2, [[c[0] for c in trip] for trip in trips]
+        with redis.Redis(port=server.port) as admin:
+            assert admin.exists(f"outlast:u:{job.stream}") == 0
+            assert admin.exists(f"outlast:f:{job.stream}") == 1
+    finally:
         await store.close()

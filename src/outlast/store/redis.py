@@ -62,7 +62,7 @@ from outlast.store.redis_setup import (
     parse_url,
     text,
 )
-from outlast.store.redis_tx import Due, Field, Prefetch, RedisTx
+from outlast.store.redis_tx import Due, Field, Members, Prefetch, RedisTx
 from outlast.store.streams_logic import Changed
 from outlast.store.template import JobFilter, Rule, RuleStore
 
@@ -274,7 +274,9 @@ class RedisStore(RuleStore[Prefetch]):
         return [self.keys.job(job_id) for job_id, _ in held]
 
     def _prefetch_running(self, job_id: str) -> Sequence[Prefetch]:
-        return [self.keys.job(job_id), self.keys.stream(job_stream_name(job_id))]
+        stream = job_stream_name(job_id)
+        # The stream's units too: an attempt's end may close the stream, which folds them.
+        return [self.keys.job(job_id), self.keys.stream(stream), Members(self.keys.units(stream))]
 
     def _prefetch_emit(self, job_id: str) -> Sequence[Prefetch]:
         job = self.keys.job(job_id)

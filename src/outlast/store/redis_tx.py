@@ -79,9 +79,16 @@ class Field:
     field: str
 
 
-# What an operation asks to have read before it runs: a hash (its key), one of its fields, or
-# due jobs.
-Prefetch = str | Field | Due
+@dataclass(frozen=True, slots=True)
+class Members:
+    """A prefetch of a whole sorted set (a stream's units, for the fold at its close)."""
+
+    key: str
+
+
+# What an operation asks to have read before it runs: a hash (its key), one of its fields, a
+# whole sorted set, or due jobs.
+Prefetch = str | Field | Members | Due
 
 # A claim reads a queue's ready jobs this many at a time (then twice as many, and so on).
 READY_BATCH = 64
@@ -178,6 +185,11 @@ class RedisTx(JobTx):
                         limit,
                     )
                     todo.append((key, ("zrange", key, low, high), command))
+            elif isinstance(item, Members):
+                key, low, high = item.key, "-inf", "+inf"
+                if self._cached_range(key, low, high, None) is None and not self._cleared(key)[1]:
+                    command = ("ZRANGEBYSCORE", key, low, high, "WITHSCORES")
+                    todo.append((key, ("members", key), command))
             elif isinstance(item, Field):
                 cache_key = ("hget", item.key, item.field)
                 if (
@@ -198,6 +210,8 @@ class RedisTx(JobTx):
         for (_, cache_key, command), reply in zip(todo, replies, strict=True):
             if cache_key[0] == "zrange":
                 self.base[cache_key] = (reply, command[-1])
+            elif cache_key[0] == "members":
+                self.base[("zrange", cache_key[1], "-inf", "+inf")] = (reply, None)
             else:
                 self.base[cache_key] = reply
 
