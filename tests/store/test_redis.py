@@ -316,3 +316,32 @@ async def test_a_job_s_end_folds_its_stream_in_the_same_round_trips(
             assert admin.exists(f"outlast:f:{job.stream}") == 1
     finally:
         await store.close()
+
+
+async def test_a_claim_reads_the_jobs_it_may_take_not_the_whole_queue(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    """A claim of one job among a hundred queued reads a few of them, not a batch of 64."""
+    server = redis_factory()
+    store = await open_store(server.url)
+    assert isinstance(store, RedisStore)
+    try:
+        for _ in range(100):
+            new = NewJob(task="t", queue="q", input={}, max_attempts=1, timeout=60.0)
+            await store.submit_job(new, capacity=1000)
+        sent: list[Command] = []
+        wire = store.engine.wire
+        call = wire.call
+
+        def recording(commands: Sequence[Command]) -> list[Any]:
+            sent.extend(commands)
+            return call(commands)
+
+        wire.call = recording  # type: ignore[method-assign]
+        assert len(await store.claim_jobs("q", "me", 1, 30.0)) == 1
+        wire.call = call  # type: ignore[method-assign]
+        prefix = store.keys.job("")
+        reads = [c for c in sent if c[0] == "HGETALL" and str(c[1]).startswith(prefix)]
+        assert 1 <= len(reads) <= 16
+    finally:
+        await store.close()

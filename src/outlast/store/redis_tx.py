@@ -92,6 +92,8 @@ Prefetch = str | Field | Members | Due
 
 # A claim reads a queue's ready jobs this many at a time (then twice as many, and so on).
 READY_BATCH = 64
+# ... and reads and decodes their jobs this many at a time, as the claim takes them.
+JOB_CHUNK = 16
 # Delayed jobs that became due are moved to the ready set this many at a time per claim.
 PROMOTE_BATCH = 1000
 
@@ -671,14 +673,17 @@ class RedisTx(JobTx):
         count, seen = READY_BATCH, 0
         while True:
             members = self.zrange(key, -math.inf, math.inf, count)
-            jobs = self._jobs(members[seen:], JobState.QUEUED)
-            if keyed:
-                running = self.k.key_running(queue)
-                keys = {j.concurrency_key for j in jobs if j.concurrency_key is not None}
-                self.prefetch([Field(running, k) for k in sorted(keys)])
-            for job in jobs:
-                if job.run_at <= now:
-                    yield job
+            # The jobs a few at a time: a claim usually takes the first few of them, and
+            # reading and decoding every member of the batch would cost most of the claim.
+            for at in range(seen, len(members), JOB_CHUNK):
+                jobs = self._jobs(members[at : at + JOB_CHUNK], JobState.QUEUED)
+                if keyed:
+                    running = self.k.key_running(queue)
+                    keys = {j.concurrency_key for j in jobs if j.concurrency_key is not None}
+                    self.prefetch([Field(running, k) for k in sorted(keys)])
+                for job in jobs:
+                    if job.run_at <= now:
+                        yield job
             if len(members) < count:
                 return
             seen, count = len(members), count * 2
