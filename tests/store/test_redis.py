@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -124,6 +125,29 @@ def test_non_string_keys_are_written_as_json_writes_them() -> None:
     assert redis_data.loads(redis_data.dumps({1: 2})) == {"1": 2}
 
 
+@contextlib.contextmanager
+def _recording(
+    store: RedisStore,
+) -> Iterator[tuple[list[Sequence[Command]], list[Any]]]:
+    """The round trips the store's writer makes meanwhile (commands, and every reply)."""
+    trips: list[Sequence[Command]] = []
+    replies: list[Any] = []
+    wire = store.engine.wire
+    call = wire.call
+
+    def recording(commands: Sequence[Command]) -> list[Any]:
+        trips.append(commands)
+        answer = call(commands)
+        replies.extend(answer)
+        return answer
+
+    wire.call = recording  # type: ignore[method-assign]
+    try:
+        yield trips, replies
+    finally:
+        wire.call = call  # type: ignore[method-assign]
+
+
 async def test_an_emit_reads_the_lease_not_the_input(
     redis_factory: Callable[[], RedisProcess],
 ) -> None:
@@ -137,22 +161,11 @@ async def test_an_emit_reads_the_lease_not_the_input(
         new = NewJob(task="t", queue="q", input={"text": big}, max_attempts=1, timeout=60.0)
         job = (await store.submit_job(new, capacity=10)).job
         [running] = await store.claim_jobs("q", "me", 1, 30.0)
-        sent: list[Command] = []
-        received: list[Any] = []
-        wire = store.engine.wire
-        call = wire.call
-
-        def recording(commands: Sequence[Command]) -> list[Any]:
-            sent.extend(commands)
-            replies = call(commands)
-            received.extend(replies)
-            return replies
-
-        wire.call = recording  # type: ignore[method-assign]
-        await store.emit(job.id, "me", running.attempt, [{"type": "output", "n": 1}])
-        with pytest.raises(LeaseLost):
-            await store.emit(job.id, "someone else", running.attempt, [{"n": 2}])
-        wire.call = call  # type: ignore[method-assign]
+        with _recording(store) as (trips, received):
+            await store.emit(job.id, "me", running.attempt, [{"type": "output", "n": 1}])
+            with pytest.raises(LeaseLost):
+                await store.emit(job.id, "someone else", running.attempt, [{"n": 2}])
+        sent = [command for trip in trips for command in trip]
         job_key = store.keys.job(job.id)
         reads = {(c[0], *c[2:]) for c in sent if c[0] != "WATCH" and c[1:2] == (job_key,)}
         assert reads == {("HGET", "state"), ("HGET", "lease_owner"), ("HGET", "attempt")}
@@ -298,17 +311,8 @@ async def test_a_job_s_end_folds_its_stream_in_the_same_round_trips(
         job = (await store.submit_job(new, capacity=10)).job
         [running] = await store.claim_jobs("q", "me", 1, 30.0)
         await store.emit(job.id, "me", running.attempt, [{"n": 1}])
-        trips: list[Sequence[Command]] = []
-        wire = store.engine.wire
-        call = wire.call
-
-        def recording(commands: Sequence[Command]) -> list[Any]:
-            trips.append(commands)
-            return call(commands)
-
-        wire.call = recording  # type: ignore[method-assign]
-        done = await store.finish_job(job.id, "me", running.attempt, Outcome("succeeded", "ok"))
-        wire.call = call  # type: ignore[method-assign]
+        with _recording(store) as (trips, _):
+            done = await store.finish_job(job.id, "me", running.attempt, Outcome("succeeded", "ok"))
         assert done.state == JobState.SUCCEEDED
         assert len(trips) == 2, [[c[0] for c in trip] for trip in trips]
         with redis.Redis(port=server.port) as admin:
@@ -329,17 +333,9 @@ async def test_a_claim_reads_the_jobs_it_may_take_not_the_whole_queue(
         for _ in range(100):
             new = NewJob(task="t", queue="q", input={}, max_attempts=1, timeout=60.0)
             await store.submit_job(new, capacity=1000)
-        sent: list[Command] = []
-        wire = store.engine.wire
-        call = wire.call
-
-        def recording(commands: Sequence[Command]) -> list[Any]:
-            sent.extend(commands)
-            return call(commands)
-
-        wire.call = recording  # type: ignore[method-assign]
-        assert len(await store.claim_jobs("q", "me", 1, 30.0)) == 1
-        wire.call = call  # type: ignore[method-assign]
+        with _recording(store) as (trips, _):
+            assert len(await store.claim_jobs("q", "me", 1, 30.0)) == 1
+        sent = [command for trip in trips for command in trip]
         prefix = store.keys.job("")
         reads = [c for c in sent if c[0] == "HGETALL" and str(c[1]).startswith(prefix)]
         assert 1 <= len(reads) <= 16
