@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from outlast.errors import Conflict, Gone, LeaseLost, NotFound, QueueFull
+from outlast.errors import Conflict, Gone, LeaseLost, NotFound, QueueFull, RequestError
 from outlast.models import (
     ErrorCode,
     JobRecord,
@@ -219,6 +219,26 @@ def submit(tx: JobTx, new: NewJob, capacity: int, now: float) -> Changed[SubmitR
     first = _state(JobState.QUEUED, 0)
     streams.create(tx, job.stream, CreateSpec(content_type=JSON, units=[(first, 1)]), now)
     return Changed(SubmitResult(job, created=True), (job.stream, queue_key(job.queue)))
+
+
+def submit_many(
+    tx: JobTx, batch: Sequence[tuple[NewJob, int]], now: float
+) -> Changed[list[SubmitResult | RequestError]]:
+    """:func:`submit` for each (job, capacity) of *batch*, in order, in this one transaction.
+    A refused job is answered with its refusal and the others go on: :func:`submit` refuses
+    (``Conflict``, ``QueueFull``) before it writes anything, so a refusal leaves nothing
+    behind. Each queue's workers are woken once, however many jobs it got."""
+    results: list[SubmitResult | RequestError] = []
+    names: dict[str, None] = {}
+    for new, capacity in batch:
+        try:
+            changed = submit(tx, new, capacity, now)
+        except (Conflict, QueueFull) as refusal:
+            results.append(refusal)
+            continue
+        results.append(changed.value)
+        names.update(dict.fromkeys(changed.changed_names))
+    return Changed(results, tuple(names))
 
 
 # -- fair order: priorities, turns and per-key limits ---------------------------------------
