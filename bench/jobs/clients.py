@@ -11,7 +11,7 @@ Each target is enqueued the way its users enqueue it, with its own client librar
 Batches (the ``enqueue_batch`` workload) go through each library's own way of sending many jobs
 at once: outlast ``POST /v1/jobs/batch``; RQ ``Queue.enqueue_many`` (one Redis pipeline); Celery
 ``group(...).apply_async()`` and Dramatiq ``group(...).run()`` (the jobs of the group published
-one after another); arq has none, so the batch's ``enqueue_job`` calls run concurrently.
+one after another); arq has none, so its batch is ``enqueue_job`` calls one after another.
 
 Sync libraries are driven from threads, async ones from asyncio tasks (``loadgen.py`` does that).
 "Not finished" is read from Redis for the peers (each peer keeps a job somewhere until it ran)
@@ -20,7 +20,6 @@ and from ``GET /v1/queues`` for outlast; ``None`` means "cannot tell yet" (serve
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 from collections.abc import Callable
@@ -238,7 +237,10 @@ class ArqClient(Client):
         await self.pool.enqueue_job(task, **kwargs)
 
     async def enqueue_batch(self, task: str, count: int) -> None:
-        await asyncio.gather(*(self.pool.enqueue_job(task) for _ in range(count)))
+        # arq has no batch form: the jobs one after another (each an enqueue_job round trip;
+        # made concurrently, 16 producers' batches exhaust the pool's connections).
+        for _ in range(count):
+            await self.pool.enqueue_job(task)
 
     async def remaining(self, expected: int) -> int:
         # A job id leaves arq's queue (a sorted set) when its job has finished.

@@ -220,7 +220,7 @@ def render(data: dict[str, Any]) -> str:
         "RQ and arq, each on the same local Redis, measured in the same run. outlast is "
         "enqueued over HTTP, each peer with its own client library; in batches, outlast with "
         "`POST /v1/jobs/batch`, RQ with `enqueue_many`, Celery and Dramatiq with a `group`, arq "
-        "(no batch form) with the batch's enqueues made concurrently. Ratios are outlast ÷ peer "
+        "(no batch form) one job after another. Ratios are outlast ÷ peer "
         "within each run, then the median over runs; ↑ higher is better, ↓ lower is better. How "
         "each figure is measured: [`bench/README.md`](../bench/README.md#jobs).",
         "",

@@ -113,6 +113,7 @@ def _batch_entries(body: Any) -> list[Any]:
 
 
 def _json_size(value: Any) -> int:
+    """Bytes of *value* (parsed by the boundary: no lone surrogates) as compact JSON."""
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
