@@ -237,7 +237,8 @@ class _Admission:
         self.added[queue] = self.added.get(queue, 0) + 1
         # The stream is created with its first message, as a stream created then appended to.
         first = _state(JobState.QUEUED, 0)
-        streams.create(tx, job.stream, CreateSpec(content_type=JSON, units=[(first, 1)]), self.now)
+        spec = CreateSpec(content_type=JSON, units=[(first, 1)])
+        streams.create(tx, job.stream, spec, self.now, fresh=True)
         return SubmitResult(job, created=True)
 
     def _take_turn(self, queue: str, key: str | None) -> int:
