@@ -8,7 +8,8 @@ import json
 import math
 import re
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
 from starlette.requests import Request
@@ -293,15 +294,19 @@ class JobsAPI:
             headers={"Retry-After": DRAIN_RETRY_AFTER},
         )
 
-    def counted(
-        self, new: NewJob, outcome: SubmitResult | RequestError
-    ) -> SubmitResult | RequestError:
-        """*outcome* of admitting *new*, counted in the metrics."""
-        if isinstance(outcome, QueueFull):
-            self.metrics.jobs_rejected.labels(new.queue, "queue_full").inc()
-        elif isinstance(outcome, SubmitResult) and outcome.created:
-            self.metrics.jobs_submitted.labels(new.queue, new.task).inc()
-        return outcome
+    def count(self, outcomes: Iterable[tuple[NewJob, SubmitResult | RequestError]]) -> None:
+        """Count each job's admission in the metrics (each label set once per call)."""
+        submitted: Counter[tuple[str, str]] = Counter()
+        full: Counter[str] = Counter()
+        for new, outcome in outcomes:
+            if isinstance(outcome, QueueFull):
+                full[new.queue] += 1
+            elif isinstance(outcome, SubmitResult) and outcome.created:
+                submitted[new.queue, new.task] += 1
+        for queue, n in full.items():
+            self.metrics.jobs_rejected.labels(queue, "queue_full").inc(n)
+        for (queue, task), n in submitted.items():
+            self.metrics.jobs_submitted.labels(queue, task).inc(n)
 
     async def admit(self, new: NewJob) -> tuple[JobRecord, bool]:
         """Admit *new* (503 while draining, 429 when full). Returns (job, created)."""
@@ -310,9 +315,9 @@ class JobsAPI:
         try:
             result = await self.store.submit_job(new, capacity)
         except QueueFull as exc:
-            self.counted(new, exc)
+            self.count([(new, exc)])
             raise
-        self.counted(new, result)
+        self.count([(new, result)])
         return result.job, result.created
 
     async def submit(self, request: Request) -> Response | SSEResponse:
@@ -358,8 +363,8 @@ class JobsAPI:
         self.check_accepting([new for new, _ in batch])
         if batch:
             outcomes = await self.store.submit_jobs(batch)
-            for index, (new, _), outcome in zip(placed, batch, outcomes, strict=True):
-                outcome = self.counted(new, outcome)
+            self.count(zip((new for new, _ in batch), outcomes, strict=True))
+            for index, outcome in zip(placed, outcomes, strict=True):
                 if isinstance(outcome, SubmitResult):
                     status = 202 if outcome.created else 200
                     answers[index] = {"status": status, "job": self.render(outcome.job)}
