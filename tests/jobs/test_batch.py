@@ -14,6 +14,7 @@ import pytest
 
 from outlast.api.jobs import MAX_BATCH
 from tests.conftest import InProcessServer
+from tests.fakes.receiver import hook_env
 from tests.jobs.conftest import APP
 
 JSON = {"Content-Type": "application/json"}
@@ -188,3 +189,26 @@ def test_metrics_count_each_job(small_queue: InProcessServer) -> None:
     rejected = [line for line in text.splitlines() if line.startswith("outlast_jobs_rejected")]
     assert any(line.endswith(" 3.0") and 'queue="default"' in line for line in submitted), text
     assert any("queue_full" in line and line.endswith(" 2.0") for line in rejected), text
+
+
+def test_callbacks_and_flow_control_fields_are_checked_per_job(
+    inproc_factory: Callable[..., InProcessServer],
+) -> None:
+    server = inproc_factory(app=APP, env=hook_env())
+    hook = "http://127.0.0.1:9/hook"
+    answers = _answers(
+        _batch(
+            server,
+            [
+                {"task": "echo", "callback": hook, "priority": 5, "concurrency_key": "t1"},
+                {"task": "echo", "callback": "http://10.1.2.3/hook"},  # not an allowed host
+                {"task": "echo", "priority": 101},
+            ],
+        )
+    )
+    assert [a["status"] for a in answers] == [202, 422, 422]
+    job = server.client.get(f"/v1/jobs/{answers[0]['job']['id']}").json()
+    assert job["callback"]["url"] == hook and job["priority"] == 5
+    assert job["concurrency_key"] == "t1"
+    assert answers[1]["error"]["field"] == "jobs[1].callback"
+    assert answers[2]["error"]["field"] == "jobs[2].priority"
