@@ -131,6 +131,19 @@ async def test_submit_jobs_admits_or_refuses_each_job_in_order(store: Store) -> 
     assert await store.submit_jobs([]) == []
 
 
+async def test_concurrent_batches_never_overshoot_capacity(store: Store) -> None:
+    batches = await asyncio.gather(
+        *(
+            store.submit_jobs([(new(value={"b": b, "i": i}), 25) for i in range(10)])
+            for b in range(8)
+        )
+    )
+    admitted = [o for outcomes in batches for o in outcomes if isinstance(o, SubmitResult)]
+    refused = [o for outcomes in batches for o in outcomes if isinstance(o, QueueFull)]
+    assert len(admitted) == 25 and len(refused) == 55
+    assert (await store.queue_counts())["q"]["queued"] == 25
+
+
 async def test_claims_are_exclusive_ordered_and_respect_delay(store: Store) -> None:
     ids = [(await store.submit_job(new(), capacity=100)).job.id for _ in range(20)]
     later = (await store.submit_job(new(delay=3600), capacity=100)).job.id
