@@ -262,6 +262,8 @@ class RedisStore(RuleStore[Prefetch]):
         found: list[Prefetch] = [self.keys.counts(new.queue), self.keys.turns(new.queue)]
         if new.concurrency_key is not None:
             found.append(Field(self.keys.key_turns(new.queue), new.concurrency_key))
+        if new.key is not None:
+            found.append(Field(self.keys.jkeys, new.key))
         return found
 
     def _prefetch_due(self, queue: str, limit: int) -> Sequence[Prefetch]:

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from outlast.errors import BadRequest, NotFound, StoreError
+from outlast.errors import BadRequest, NotFound, RequestError, StoreError
 from outlast.models import JobRecord, JobState, NewJob
 from outlast.store import jobs_logic as jobs
 from outlast.store import streams_logic as logic
@@ -205,6 +205,13 @@ class RuleStore(Store, Generic[P]):
         changed = await self._change(
             lambda tx, now: jobs.submit(tx, new, capacity, now), self._prefetch_submit(new)
         )
+        return changed.value
+
+    async def submit_jobs(
+        self, batch: Sequence[tuple[NewJob, int]]
+    ) -> list[SubmitResult | RequestError]:
+        prefetch = list(dict.fromkeys(p for new, _ in batch for p in self._prefetch_submit(new)))
+        changed = await self._change(lambda tx, now: jobs.submit_many(tx, batch, now), prefetch)
         return changed.value
 
     async def get_job(self, job_id: str) -> JobRecord:
