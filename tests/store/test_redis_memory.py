@@ -84,6 +84,8 @@ def test_full_redis_refuses_new_work_and_keeps_what_it_accepted(
                     break
             assert refusals >= 10, "outlast never refused"
             assert len(accepted) > 100 and len(appended) > 100  # it did fill up
+            batch = {"jobs": [{"task": "echo", "input": {"pad": PAD}}] * 3}
+            _refused(client.post("/v1/jobs/batch", json=batch))
 
             # The job accepted before finishes: its events and outcome fit in what is kept.
             gate.touch()

@@ -36,7 +36,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from outlast.errors import NotFound, StoreError, StoreUnavailable
+from outlast.errors import NotFound, RequestError, StoreError, StoreUnavailable
 from outlast.models import JobRecord, NewJob, job_stream_name
 from outlast.store import base
 from outlast.store import streams_logic as logic
@@ -235,6 +235,12 @@ class RedisStore(RuleStore[Prefetch]):
     async def submit_job(self, new: NewJob, capacity: int) -> base.SubmitResult:
         self._admit(lambda: len(json.dumps(new.input, default=str)))
         return await super().submit_job(new, capacity)
+
+    async def submit_jobs(
+        self, batch: Sequence[tuple[NewJob, int]]
+    ) -> list[base.SubmitResult | RequestError]:
+        self._admit(lambda: sum(len(json.dumps(new.input, default=str)) for new, _ in batch))
+        return await super().submit_jobs(batch)
 
     async def retry_job(self, job_id: str, capacity: int) -> base.SubmitResult:
         self._admit(lambda: 0)
