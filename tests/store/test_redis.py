@@ -341,3 +341,29 @@ async def test_a_claim_reads_the_jobs_it_may_take_not_the_whole_queue(
         assert 1 <= len(reads) <= 16
     finally:
         await store.close()
+
+
+async def test_a_large_closed_stream_keeps_its_units_and_is_not_read_to_close(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    """A stream holding more than FOLD_MAX keeps its units one by one when it closes, and
+    closing it does not read them."""
+    server = redis_factory()
+    store = await open_store(server.url)
+    assert isinstance(store, RedisStore)
+    try:
+        spec = CreateSpec(content_type="application/octet-stream")
+        assert (await store.create_stream("big", spec)).created
+        chunk = b"y" * (redis_data.FOLD_MAX // 2 + 1)
+        for _ in range(2):
+            await store.append("big", AppendSpec(content_type=None, unit=(chunk, 1)))
+        with _recording(store) as (trips, _):
+            await store.append("big", AppendSpec(content_type=None, unit=None, close=True))
+        units_key = store.keys.units("big")
+        assert not [c for trip in trips for c in trip if c[0] == "ZRANGEBYSCORE"]
+        with redis.Redis(port=server.port) as admin:
+            assert admin.exists(units_key) == 1 and admin.exists("outlast:f:big") == 0
+        read = await store.read("big", len(chunk), 1 << 21)
+        assert read.info.closed and [u.data for u in read.units] == [chunk]
+    finally:
+        await store.close()

@@ -94,6 +94,8 @@ Prefetch = str | Field | Members | Due
 READY_BATCH = 64
 # ... and reads and decodes their jobs this many at a time, as the claim takes them.
 JOB_CHUNK = 16
+# A whole sorted set prefetched (Members) is read up to this many members.
+MEMBERS_PREFETCH = 1024
 # Delayed jobs that became due are moved to the ready set this many at a time per claim.
 PROMOTE_BATCH = 1000
 
@@ -188,9 +190,11 @@ class RedisTx(JobTx):
                     )
                     todo.append((key, ("zrange", key, low, high), command))
             elif isinstance(item, Members):
+                # At most MEMBERS_PREFETCH: a larger set is read in full only if asked for.
                 key, low, high = item.key, "-inf", "+inf"
                 if self._cached_range(key, low, high, None) is None and not self._cleared(key)[1]:
                     command = ("ZRANGEBYSCORE", key, low, high, "WITHSCORES")
+                    command += ("LIMIT", 0, MEMBERS_PREFETCH)
                     todo.append((key, ("members", key), command))
             elif isinstance(item, Field):
                 cache_key = ("hget", item.key, item.field)
@@ -213,7 +217,7 @@ class RedisTx(JobTx):
             if cache_key[0] == "zrange":
                 self.base[cache_key] = (reply, command[-1])
             elif cache_key[0] == "members":
-                self.base[("zrange", cache_key[1], "-inf", "+inf")] = (reply, None)
+                self.base[("zrange", cache_key[1], "-inf", "+inf")] = (reply, MEMBERS_PREFETCH)
             else:
                 self.base[cache_key] = reply
 
@@ -455,7 +459,8 @@ class RedisTx(JobTx):
         )
         if {"ttl", "expires_at", "touched_at"} & fields.keys():
             self._index_expiry(new, _expiry(row))
-        if new.closed and not row.closed:
+        # (Offsets count bytes: a tail past FOLD_MAX is more data than is folded.)
+        if new.closed and not row.closed and new.tail <= FOLD_MAX:
             self._fold(row.name)
 
     def _fold(self, name: str) -> None:
