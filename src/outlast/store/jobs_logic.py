@@ -43,6 +43,12 @@ def queue_key(queue: str) -> str:
 
 
 class JobTx(streams.Tx, webhooks.DeliveryTx):
+    def lease_of(self, job_id: str) -> tuple[JobState, str | None, int] | None:
+        """Who runs the job: (state, lease owner, attempt), or ``None`` for no such job: what
+        an emit checks. A store may read these without the rest of the job (its input)."""
+        job = self.get_job(job_id)
+        return None if job is None else (job.state, job.lease_owner, job.attempt)
+
     @abc.abstractmethod
     def insert_job(self, job: JobRecord) -> None: ...
     @abc.abstractmethod
@@ -130,13 +136,20 @@ def _emit(tx: JobTx, job: JobRecord, now: float, *messages: Message, close: bool
     row: job streams are written only here (the streams API refuses writes under ``jobs/``),
     are JSON and never expire, so the rest of what an append checks holds already.
     """
+    _append(tx, job.stream, now, messages, close)
+
+
+def _append(
+    tx: JobTx, stream: str, now: float, messages: Sequence[Message], close: bool = False
+) -> None:
+    """:func:`_emit` to the job stream named *stream*."""
     if not messages:
         return
-    row = tx.get_stream(job.stream)
+    row = tx.get_stream(stream)
     if row is None or row.expired(now):
-        raise NotFound(f"stream not found: {job.stream}")
+        raise NotFound(f"stream not found: {stream}")
     if row.deleted:
-        raise Gone(f"stream was deleted: {job.stream}")
+        raise Gone(f"stream was deleted: {stream}")
     if row.closed:
         raise Conflict("stream is closed", code="stream_closed")
     tail = row.tail
@@ -450,9 +463,12 @@ def _owned(tx: JobTx, job_id: str, owner: str, attempt: int) -> JobRecord:
 def emit(
     tx: JobTx, job_id: str, owner: str, attempt: int, messages: list[dict[str, Any]], now: float
 ) -> Changed[None]:
-    job = _owned(tx, job_id, owner, attempt)
-    _emit(tx, job, now, *messages)
-    return Changed(None, (job.stream,))
+    # The lease alone, not the whole job: an emit's cost does not grow with the job's input.
+    if tx.lease_of(job_id) != (JobState.RUNNING, owner, attempt):
+        raise LeaseLost(job_id)
+    stream = job_stream_name(job_id)
+    _append(tx, stream, now, messages)
+    return Changed(None, (stream,))
 
 
 # -- the end of an attempt ------------------------------------------------------------------

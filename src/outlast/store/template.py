@@ -124,6 +124,10 @@ class RuleStore(Store, Generic[P]):
         """An attempt's steps and a cancel: the job and its stream."""
         return ()
 
+    def _prefetch_emit(self, job_id: str) -> Sequence[P]:
+        """An emit: the job's lease and its stream."""
+        return self._prefetch_running(job_id)
+
     # -- streams ---------------------------------------------------------------------------
 
     async def create_stream(self, name: str, spec: CreateSpec) -> CreateResult:
@@ -276,7 +280,7 @@ class RuleStore(Store, Generic[P]):
     ) -> None:
         await self._change(
             lambda tx, now: jobs.emit(tx, job_id, owner, attempt, messages, now),
-            self._prefetch_running(job_id),
+            self._prefetch_emit(job_id),
         )
 
     async def finish_job(
