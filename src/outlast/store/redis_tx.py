@@ -425,7 +425,9 @@ class RedisTx(JobTx):
         self._touched(row.name)
         self.names[row.id] = row.name
         key = self.k.stream(row.name)
-        self.hset(key, encode_fields(dataclasses.asdict(row)), replace=True)
+        self.hset(
+            key, encode_fields({name: getattr(row, name) for name in ROW_FIELDS}), replace=True
+        )
         self.decoded[key] = row
         # Left-overs of an earlier stream of this name cannot exist, but never inherit any.
         self.delete(self.k.units(row.name))
