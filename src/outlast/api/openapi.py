@@ -12,7 +12,7 @@ from typing import Any, Literal, NamedTuple
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from outlast.api.jobs import MAX_PAGE
+from outlast.api.jobs import MAX_BATCH, MAX_PAGE
 from outlast.boundary import MAX_DEPTH
 from outlast.models import JOB_ID_PATTERN, ErrorCode, JobState
 from outlast.store.webhooks_logic import ALL_EVENTS as WEBHOOK_EVENTS
@@ -340,6 +340,63 @@ PATHS: dict[str, Any] = {
                 "200": _json(_ref("JobPage"), "A page of jobs"),
                 "400": _error("Malformed cursor (invalid_cursor)"),
                 "422": _error("Invalid state or limit"),
+            },
+        },
+    },
+    "/v1/jobs/batch": {
+        "post": {
+            "summary": "Submit up to 1,000 jobs in one request and one commit",
+            "description": (
+                "Each job is admitted or refused on its own, in order, as a single submit "
+                "would be: its entry in the answer has the status that submit would answer "
+                "(202, 200, 409, 413, 422, 429, ...) with `job` or `error`; error fields are "
+                "named from the batch (`jobs[3].timeout`)."
+            ),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["jobs"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "jobs": {
+                                    "type": "array",
+                                    "maxItems": MAX_BATCH,
+                                    "items": _ref("Submission"),
+                                }
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["jobs"],
+                        "properties": {
+                            "jobs": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["status"],
+                                    "properties": {
+                                        "status": {"type": "integer"},
+                                        "job": _ref("Job"),
+                                        "error": SCHEMAS["Error"]["properties"]["error"],
+                                    },
+                                },
+                            }
+                        },
+                    },
+                    "Each job's own answer, in the order sent",
+                ),
+                "400": _error("Malformed JSON (invalid_json)"),
+                "413": _error("Body too large ([limits] batch_body_bytes)"),
+                "422": _error("The batch itself is malformed (the field is named)"),
+                "503": _error("Shutting down", retry_after=True),
             },
         },
     },
