@@ -369,11 +369,11 @@ class Worker:
         return self._failure(record, {"code": code.value, "message": message}, retryable)
 
     def _failure(self, record: JobRecord, error: dict[str, Any], retryable: bool) -> Outcome:
-        retry_at = None
+        retry_in = None
         if retryable and record.attempt < record.max_attempts:
             jobs = self.settings.jobs
-            retry_at = time.time() + backoff(record.attempt, jobs.backoff_base, jobs.backoff_max)
-        return Outcome("failed", error=error, retry_at=retry_at)
+            retry_in = backoff(record.attempt, jobs.backoff_base, jobs.backoff_max)
+        return Outcome("failed", error=error, retry_in=retry_in)
 
     def _count_tokens(self, record: JobRecord, result: Any) -> None:
         """A relay's reported usage, counted by upstream and model."""

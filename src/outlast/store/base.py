@@ -202,6 +202,9 @@ class Outcome:
     result: Any = None
     error: dict[str, Any] | None = None
     retry_at: float | None = None  # failed with attempts left: when to try again
+    # ... or in how many seconds from when the failure is recorded (a backoff counts from the
+    # commit, however long the write waited).
+    retry_in: float | None = None
     # Released to wait for an upstream's limits: {"reason", "until" (seconds since the epoch)}.
     waiting: dict[str, Any] | None = None
 

@@ -494,16 +494,12 @@ def finish(
     elif outcome.kind == "failed":
         assert outcome.error is not None
         error = {"type": "error", "attempt": attempt, "error": outcome.error}
-        if outcome.retry_at is not None and attempt < job.max_attempts:
-            done = _transition(
-                tx,
-                job,
-                JobState.QUEUED,
-                now,
-                run_at=outcome.retry_at,
-                **released,
-            )
-            retry_in = round(max(0.0, outcome.retry_at - now), 3)
+        retry_at = outcome.retry_at
+        if retry_at is None and outcome.retry_in is not None:
+            retry_at = now + outcome.retry_in
+        if retry_at is not None and attempt < job.max_attempts:
+            done = _transition(tx, job, JobState.QUEUED, now, run_at=retry_at, **released)
+            retry_in = round(max(0.0, retry_at - now), 3)
             _emit(tx, done, now, error, state_message(JobState.QUEUED, attempt, retry_in=retry_in))
             names += (queue_key(job.queue),)
         else:
