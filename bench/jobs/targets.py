@@ -66,7 +66,7 @@ def _outlast(slot: Slot) -> list[list[str]]:
     # The streams benchmark's `outlast serve` command line, with the tasks (and workers or not).
     argv = stargets.outlast_command(None)(slot.port, slot.workdir, slot.spec.outlast_store(slot))
     argv += ["--app", "bench.jobs.outlast_tasks:app"]
-    return [argv + ([] if slot.with_workers else ["--no-workers"])]
+    return [argv + ([] if slot.with_workers else ["--no-jobs"])]
 
 
 def _script(name: str) -> str:
