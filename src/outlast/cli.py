@@ -53,9 +53,7 @@ def main() -> None:
     type=click.IntRange(min=0, max=256),
     help="Processes serving the port (default 1; 0 = one per core).",
 )
-@click.option(
-    "--jobs/--no-jobs", "run_jobs", default=None, help="Run job workers (default: yes)."
-)
+@click.option("--jobs/--no-jobs", "run_jobs", default=None, help="Run job workers (default: yes).")
 @click.option("--no-workers", "no_workers", is_flag=True, hidden=True)  # deprecated: --no-jobs
 @click.option("--log-level", default="info", show_default=True)
 @_log_format_option
@@ -79,6 +77,7 @@ def serve(
     if no_workers:
         click.echo("warning: --no-workers is deprecated: use --no-jobs", err=True)
         run_jobs = False if run_jobs is None else run_jobs
+
     def start(settings: Settings) -> Coroutine[Any, Any, None]:
         from outlast import supervisor
 

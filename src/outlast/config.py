@@ -63,7 +63,6 @@ class ServerSettings(_Section):
     # Open connections at most (live readers included); more are answered 503 and closed.
     max_connections: int = Field(default=20_000, gt=0)
 
-
     @model_validator(mode="before")
     @classmethod
     def _boolean_workers(cls, data: Any) -> Any:

@@ -105,9 +105,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
-            log.info(
-                "serving http://%s:%d with %d processes", server.host, self.port, self.count
-            )
+            log.info("serving http://%s:%d with %d processes", server.host, self.port, self.count)
             watchers = [asyncio.create_task(self._keep(child)) for child in self.children]
             await asyncio.gather(*watchers)
         finally:
