@@ -170,7 +170,7 @@ class Supervisor:
             "outlast.supervisor",
             stdin=asyncio.subprocess.PIPE,
             # Not in the terminal's process group: a Ctrl-C reaches them once, from here.
-            process_group=0,
+            start_new_session=True,
         )
         assert proc.stdin is not None
         # The settings hold secrets: a pipe, not the command line or the environment.
