@@ -41,6 +41,7 @@ from typing import Any
 
 from outlast.config import Settings
 from outlast.server import check_binding
+from outlast.tasks import load_app
 
 log = logging.getLogger("outlast.supervisor")
 
@@ -97,6 +98,10 @@ class Supervisor:
 
     async def run(self) -> int:
         check_binding(self.settings)
+        if self.settings.server.app:
+            # A module that cannot be imported would fail every child, again and again: say so
+            # once, as a single process would (exit 2).
+            load_app(self.settings.server.app)
         server = self.settings.server
         reserved = bind_shared(server.host, server.port, listen=False)
         self.port = reserved.getsockname()[1]
@@ -135,6 +140,10 @@ class Supervisor:
         while not self.stopping.is_set():
             await self._start(child)
             assert child.proc is not None
+            if self.stopping.is_set():
+                # The signal came while it was starting: it did not get it.
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.send_signal(signal.SIGTERM)
             code = await child.proc.wait()
             child.codes.append(code)
             if self.stopping.is_set():
