@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from outlast.models import NewJob
-from outlast.store import open_store
+from outlast.store import open_store, sqlite_engine
 from outlast.store import template as store_template
 from outlast.store.base import AppendSpec, CreateSpec
 from outlast.store.notify import Siblings
@@ -107,3 +107,29 @@ async def test_a_sibling_that_is_not_listening_is_skipped(
     await asyncio.sleep(0)  # ordering only: the waiter registers first
     await a.append("s", _unit(b"x"))
     assert await asyncio.wait_for(waiter, GUARD) is True
+
+
+async def test_a_write_waiting_for_the_lock_goes_on_when_a_sibling_commits(
+    processes: list[SQLiteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite has one writer at a time: a process that finds the lock taken tries again later
+    (a timer, turned off here). A sibling's commit is its moment: it retries at the wake-up."""
+    monkeypatch.setattr(sqlite_engine, "BUSY_RETRY", 3600.0)
+    a, b, _ = processes
+    await a.create_stream("s", CreateSpec(content_type=TEXT))
+    assert isinstance(a.engine, sqlite_engine.InlineEngine)
+    a.engine.conn.execute("BEGIN IMMEDIATE")  # a holds the write lock
+    waiting = asyncio.ensure_future(b.append("s", _unit(b"from b")))
+    assert isinstance(b.engine, sqlite_engine.InlineEngine)
+
+    async def b_finds_the_lock_taken() -> None:
+        # One loop turn at a time: the engine has no event to wait on.
+        while b.engine.busy_since is None:  # noqa: ASYNC110
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(b_finds_the_lock_taken(), GUARD)
+    assert not waiting.done()
+    a.engine.conn.execute("COMMIT")
+    await a.append("s", _unit(b"from a"))
+    result = await asyncio.wait_for(waiting, GUARD)
+    assert result.info.tail == len(b"from a") + len(b"from b")

@@ -173,6 +173,8 @@ class SQLiteStore(RuleStore[Never]):
         self.notifier.siblings = siblings
 
     def _changed_elsewhere(self, names: list[str] | None) -> None:
+        if isinstance(self.engine, InlineEngine):
+            self.engine.lock_released()
         # What this process cached of those streams is behind now: readers go to the file.
         if names is None:
             self.recent.forget()
