@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from outlast import cli
 from outlast.config import load_settings
 from outlast.metrics import Metrics
 from outlast.supervisor import bind_shared, process_count
@@ -47,3 +50,16 @@ def test_metrics_of_one_of_several_processes_carry_its_pid() -> None:
     assert b"pid=" not in alone.render().body
     body = among.render().body.decode()
     assert f'outlast_stream_appends_total{{pid="{os.getpid()}"}} 1.0' in body
+
+
+def test_serve_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--workers N`` is the number of processes; ``--no-jobs`` (and the old ``--no-workers``,
+    with a warning) makes the API run alone."""
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(cli, "_run", lambda *args, **flags: seen.append(flags))
+    runner = CliRunner()
+    assert runner.invoke(cli.main, ["serve", "--workers", "2", "--no-jobs"]).exit_code == 0
+    old = runner.invoke(cli.main, ["serve", "--no-workers"])
+    assert old.exit_code == 0 and "deprecated" in old.output
+    assert runner.invoke(cli.main, ["serve", "--workers", "-1"]).exit_code == 2
+    assert [(f["workers"], f["run_jobs"]) for f in seen] == [(2, False), (None, False)]
