@@ -154,6 +154,15 @@ def add_settle_keep(p: argparse.ArgumentParser, *, settle: float) -> None:
     p.add_argument("--keep", action="store_true", help="keep the targets' temp dirs and logs")
 
 
+def add_outlast_cmd(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--outlast-cmd",
+        help="command template for outlast, with {host} {port} "
+        "{store}; default: <this python> -m outlast serve --host {host} --port {port} "
+        "--store {store} (another checkout's interpreter, say, to compare two versions)",
+    )
+
+
 def add_render(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--render",

@@ -361,7 +361,12 @@ def jobs_charts(data: dict[str, Any], source: str) -> list[Chart]:
     rows = jobs_report.summarize(data["runs"], names, outlasts)
     cfg = data["meta"]["config"]
     labels = {n: data["targets"][n]["label"] for n in names}
-    fmt_args = {"producers": cfg["producers"], "jobs": cfg["jobs"], "rate": cfg["rate"]}
+    fmt_args = {
+        "producers": cfg["producers"],
+        "jobs": cfg["jobs"],
+        "rate": cfg["rate"],
+        "batch": cfg.get("batch", 100),
+    }
     runs = cfg.get("runs", len(data["runs"]))
     peers = [n for n in names if n not in outlasts]
     legend = [(labels[n], colour(n)) for n in outlasts] + [("peers", colour("peer"))]

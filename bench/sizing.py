@@ -1,14 +1,19 @@
-"""Storage and file descriptors per unit of work, measured on the embedded SQLite store, for the
-sizing section of docs/deploy.md.
+"""Storage and file descriptors per unit of work, for the sizing sections of docs/deploy.md,
+docs/operations.md and docs/redis.md.
 
-    python -m bench.sizing [--jobs 2000] [--relays 500] [--appends 5000] [--readers 200]
+    python -m bench.sizing [--store sqlite|redis] [--jobs 2000] [--relays 500] [--appends 5000]
+                           [--readers 200]
 
-Each measurement starts ``outlast serve`` on a fresh SQLite file, does N units of one kind, stops
-it with SIGTERM (a clean exit folds the WAL back into the file) and divides the growth of the
-file by N. Kinds: a small Python job (``count`` of examples/myapp.py with ``n=1``: one output,
-its result, its state messages), a relay job of 36 events (35 OpenAI-style chunks of about 200
-bytes and ``[DONE]``, from bench.relay.upstream), and a 1 KiB append to one stream. File
-descriptors: ``/proc/<pid>/fd`` of the server idle, then with N SSE readers connected.
+On SQLite (the default), each measurement starts ``outlast serve`` on a fresh SQLite file, does N
+units of one kind, stops it with SIGTERM (a clean exit folds the WAL back into the file) and
+divides the growth of the file by N. On Redis, it starts a private ``redis-server`` (no
+persistence), and divides the growth of its ``used_memory`` (``INFO memory``) over the N units,
+measured with outlast still running, by N.
+
+Kinds: a small Python job (``count`` of examples/myapp.py with ``n=1``: one output, its
+result, its state messages), a relay job of 36 events (35 OpenAI-style chunks of about 200 bytes
+and ``[DONE]``, from bench.relay.upstream), and a 1 KiB append to one stream. File descriptors
+(SQLite only): ``/proc/<pid>/fd`` of the server idle, then with N SSE readers connected.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,8 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
+from bench.streams.targets import kill_group, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
+# Set by --store redis: the private redis-server's database the measurements use.
+REDIS_URL = ""
 
 
 def _free_port() -> int:
@@ -39,15 +49,16 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, db: Path, env: dict[str, str]) -> None:
+    def __init__(self, db: Path | str, env: dict[str, str]) -> None:
         self.db = db
+        store = db if isinstance(db, str) else f"sqlite:///{db}"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         base = {k: v for k, v in os.environ.items() if not k.startswith("OUTLAST_")}
         self.proc = subprocess.Popen(
             [
                 *(sys.executable, "-m", "outlast", "serve", "--port", str(self.port)),
-                *("--store", f"sqlite:///{db}", "--app", "examples.myapp:app"),
+                *("--store", store, "--app", "examples.myapp:app"),
                 *("--log-format", "json"),
             ],
             cwd=ROOT,
@@ -90,6 +101,11 @@ async def _jobs(client: httpx.AsyncClient, bodies: list[dict[str, Any]]) -> None
         assert job["state"] == "succeeded", job
 
 
+def _used_memory(url: str) -> int:
+    with redis.Redis.from_url(url) as client:
+        return int(client.info("memory")["used_memory"])
+
+
 def measure(
     folder: Path,
     name: str,
@@ -97,6 +113,8 @@ def measure(
     work: Callable[[httpx.AsyncClient], Awaitable[None]],
     env: dict[str, str],
 ) -> float:
+    if REDIS_URL:
+        return measure_redis(count, work, env)
     db = folder / f"{name}.db"
     Server(db, env).stop()  # the empty store: its schema
     empty = _size(db)
@@ -109,6 +127,26 @@ def measure(
     asyncio.run(run())
     server.stop()
     return (_size(db) - empty) / count
+
+
+def measure_redis(
+    count: int, work: Callable[[httpx.AsyncClient], Awaitable[None]], env: dict[str, str]
+) -> float:
+    with redis.Redis.from_url(REDIS_URL) as client:
+        client.flushdb()
+    server = Server(REDIS_URL, env)
+    before = _used_memory(REDIS_URL)
+
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            await work(client)
+
+    try:
+        asyncio.run(run())
+        after = _used_memory(REDIS_URL)
+    finally:
+        server.stop()
+    return (after - before) / count
 
 
 async def _readers(url: str, n: int, connected: asyncio.Event) -> None:
@@ -156,7 +194,23 @@ def main() -> None:
     parser.add_argument("--relays", type=int, default=500)
     parser.add_argument("--appends", type=int, default=5000)
     parser.add_argument("--readers", type=int, default=200)
+    parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
     args = parser.parse_args()
+    if args.store == "redis":
+        workdir = Path(tempfile.mkdtemp(prefix="outlast-sizing-redis-"))
+        proc, port = start_redis(workdir)
+        global REDIS_URL
+        REDIS_URL = f"redis://127.0.0.1:{port}/0"
+        try:
+            _main(args)
+        finally:
+            kill_group(proc)
+            shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        _main(args)
+
+
+def _main(args: argparse.Namespace) -> None:
     big = {"OUTLAST_QUEUES__DEFAULT__CAPACITY": "100000"}
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -214,8 +268,13 @@ def main() -> None:
                 ).raise_for_status()
 
         out["bytes_per_1kib_append"] = measure(folder, "appends", args.appends, appends, {})
-        out["fds_idle"], out["fds_per_sse_reader"] = measure_fds(folder, args.readers)
-    out["sqlite"] = __import__("sqlite3").sqlite_version
+        if not REDIS_URL:
+            out["fds_idle"], out["fds_per_sse_reader"] = measure_fds(folder, args.readers)
+    if REDIS_URL:
+        with redis.Redis.from_url(REDIS_URL) as client:
+            out["redis"] = client.info("server")["redis_version"]
+    else:
+        out["sqlite"] = __import__("sqlite3").sqlite_version
     print(json.dumps(out, indent=2))
 
 

@@ -8,6 +8,11 @@ Each target is enqueued the way its users enqueue it, with its own client librar
 - ``rq``        ``Queue("default").enqueue(func, **kwargs)``
 - ``arq``       ``await pool.enqueue_job(name, **kwargs)`` (``arq.create_pool``)
 
+Batches (the ``enqueue_batch`` workload) go through each library's own way of sending many jobs
+at once: outlast ``POST /v1/jobs/batch``; RQ ``Queue.enqueue_many`` (one Redis pipeline); Celery
+``group(...).apply_async()`` and Dramatiq ``group(...).run()`` (the jobs of the group published
+one after another); arq has none, so its batch is ``enqueue_job`` calls one after another.
+
 Sync libraries are driven from threads, async ones from asyncio tasks (``loadgen.py`` does that).
 "Not finished" is read from Redis for the peers (each peer keeps a job somewhere until it ran)
 and from ``GET /v1/queues`` for outlast; ``None`` means "cannot tell yet" (server starting).
@@ -56,6 +61,13 @@ class Client:
     async def enqueue(self, task: str, kwargs: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def enqueue_batch_sync(self, task: str, count: int) -> None:
+        """*count* jobs of *task* (no input) at once."""
+        raise NotImplementedError
+
+    async def enqueue_batch(self, task: str, count: int) -> None:
+        raise NotImplementedError
+
     async def remaining(self, expected: int) -> int | None:
         """Jobs enqueued (*expected* in all since the target's Redis db was emptied) that have
         not finished running."""
@@ -69,6 +81,7 @@ class OutlastClient(Client):
         connector = aiohttp.TCPConnector(limit=self.spec["producers"] + 2, force_close=False)
         self.session = aiohttp.ClientSession(connector=connector)
         self.url = f"{self.spec['base']}/v1/jobs"
+        self.batch_url = f"{self.spec['base']}/v1/jobs/batch"
         self.sequence = itertools.count()
 
     async def close(self) -> None:
@@ -89,6 +102,18 @@ class OutlastClient(Client):
             text = await resp.read()
             if resp.status != 202:
                 raise EnqueueError(f"{resp.status} {text[:200].decode(errors='replace')}")
+
+    async def enqueue_batch(self, task: str, count: int) -> None:
+        body = json.dumps({"jobs": [{"task": task}] * count})
+        async with self.session.post(
+            self.batch_url, data=body, headers={"Content-Type": "application/json"}
+        ) as resp:
+            text = await resp.read()
+            if resp.status != 200:
+                raise EnqueueError(f"{resp.status} {text[:200].decode(errors='replace')}")
+            refused = [a for a in json.loads(text)["jobs"] if a["status"] != 202]
+            if refused:
+                raise EnqueueError(f"{len(refused)} of {count} refused: {refused[0]}"[:300])
 
     async def remaining(self, expected: int) -> int | None:
         try:
@@ -117,6 +142,11 @@ class CeleryClient(Client):
     def enqueue_sync(self, task: str, kwargs: dict[str, Any]) -> None:
         self.tasks[task].apply_async(kwargs=kwargs)
 
+    def enqueue_batch_sync(self, task: str, count: int) -> None:
+        from celery import group
+
+        group(self.tasks[task].s() for _ in range(count)).apply_async()
+
     async def remaining(self, expected: int) -> int:
         # Waiting in the list, or delivered to the worker and not yet acknowledged (acks_late:
         # a message is acknowledged after its task ran).
@@ -144,6 +174,11 @@ class DramatiqClient(Client):
     def enqueue_sync(self, task: str, kwargs: dict[str, Any]) -> None:
         self.actors[task].send(**kwargs)
 
+    def enqueue_batch_sync(self, task: str, count: int) -> None:
+        import dramatiq
+
+        dramatiq.group([self.actors[task].message() for _ in range(count)]).run()
+
     async def remaining(self, expected: int) -> int:
         return int(await self.redis.hlen(self.key))
 
@@ -167,6 +202,12 @@ class RQClient(Client):
 
     def enqueue_sync(self, task: str, kwargs: dict[str, Any]) -> None:
         self.queue.enqueue(self.funcs[task], **kwargs)
+
+    def enqueue_batch_sync(self, task: str, count: int) -> None:
+        from rq import Queue
+
+        func = self.funcs[task]
+        self.queue.enqueue_many([Queue.prepare_data(func) for _ in range(count)])
 
     async def remaining(self, expected: int) -> int:
         # RQ keeps finished jobs in a registry (result_ttl, 500 s by default): what is neither
@@ -194,6 +235,12 @@ class ArqClient(Client):
 
     async def enqueue(self, task: str, kwargs: dict[str, Any]) -> None:
         await self.pool.enqueue_job(task, **kwargs)
+
+    async def enqueue_batch(self, task: str, count: int) -> None:
+        # arq has no batch form: the jobs one after another (each an enqueue_job round trip;
+        # made concurrently, 16 producers' batches exhaust the pool's connections).
+        for _ in range(count):
+            await self.pool.enqueue_job(task)
 
     async def remaining(self, expected: int) -> int:
         # A job id leaves arq's queue (a sorted set) when its job has finished.

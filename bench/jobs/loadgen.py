@@ -5,7 +5,8 @@
 It prints one JSON line, the result. Operations:
 
 - ``enqueue``  closed loop: ``producers`` producers enqueue no-op jobs as fast as they can for
-               ``warmup`` + ``seconds``; enqueue/s over the last ``seconds``.
+               ``warmup`` + ``seconds``; enqueue/s over the last ``seconds``. With ``batch``
+               above 1, each call enqueues that many jobs at once (the target's batch form).
 - ``fill``     enqueue ``jobs`` jobs of ``task`` as fast as possible (untimed set-up of a drain).
 - ``drain``    poll what is left every ``interval`` seconds until nothing is (or ``cap`` seconds
                passed); jobs/s between the first sample that shows progress and the last one.
@@ -81,8 +82,10 @@ class Meter:
 class Producers:
     """Closed-loop producers: asyncio tasks for async clients, threads for sync ones."""
 
-    def __init__(self, client: Client, task: str, count: int, budget: int | None) -> None:
-        self.client, self.task, self.count = client, task, count
+    def __init__(
+        self, client: Client, task: str, count: int, budget: int | None, batch: int = 1
+    ) -> None:
+        self.client, self.task, self.count, self.batch = client, task, count, batch
         self.tickets = itertools.count()
         self.budget = budget
         self.stop = threading.Event()
@@ -101,7 +104,7 @@ class Producers:
     def _record(self, started: float, exc: BaseException | None) -> None:
         with self._lock:
             if exc is None:
-                self.done += 1
+                self.done += self.batch
                 if self.recording:
                     self.latencies.append((time.perf_counter() - started) * 1000)
             else:
@@ -113,7 +116,10 @@ class Producers:
         while self._more():
             started = time.perf_counter()
             try:
-                self.client.enqueue_sync(self.task, {})
+                if self.batch > 1:
+                    self.client.enqueue_batch_sync(self.task, self.batch)
+                else:
+                    self.client.enqueue_sync(self.task, {})
             except Exception as exc:
                 self._record(started, exc)
             else:
@@ -123,7 +129,10 @@ class Producers:
         while self._more():
             started = time.perf_counter()
             try:
-                await self.client.enqueue(self.task, {})
+                if self.batch > 1:
+                    await self.client.enqueue_batch(self.task, self.batch)
+                else:
+                    await self.client.enqueue(self.task, {})
             except Exception as exc:
                 self._record(started, exc)
             else:
@@ -142,7 +151,8 @@ class Producers:
 
 
 async def enqueue(client: Client, spec: dict[str, Any]) -> dict[str, Any]:
-    producers = Producers(client, "noop", spec["producers"], None)
+    batch = spec.get("batch", 1)
+    producers = Producers(client, "noop", spec["producers"], None, batch)
     meter = Meter(spec["roots"])
     running = asyncio.ensure_future(producers.run())
     try:
@@ -164,6 +174,7 @@ async def enqueue(client: Client, spec: dict[str, Any]) -> dict[str, Any]:
         "enqueue_per_s": (n1 - n0) / (t1 - t0),
         "enqueued": producers.done,
         "producers": spec["producers"],
+        "batch": batch,
         "call_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99)},
         "errors": producers.errors,
         "error_samples": producers.samples,

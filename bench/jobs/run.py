@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
 
 PEERS = ["celery", "dramatiq", "rq", "arq", "arq-fast"]
-WORKLOADS = ["enqueue", "noop", "sleep10", "latency", "noop_keys"]
+WORKLOADS = ["enqueue", "enqueue_batch", "noop", "sleep10", "latency", "noop_keys"]
 NOISY = 0.25  # cores of other processes (median) above which the report calls the run noisy
 
 
@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--producers", type=int, default=16, help="concurrent producers when enqueueing (16)"
     )
+    p.add_argument(
+        "--batch", type=int, default=100, help="jobs per call of enqueue_batch (100; ≤ 1000)"
+    )
     p.add_argument("--rate", type=float, default=100.0, help="jobs/s of the open loop (100)")
     p.add_argument(
         "--targets",
@@ -72,12 +75,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}"
     )
+    common.add_outlast_cmd(p)
     common.add_outputs(p, section="Jobs", results="jobs-<date>.json")
     common.add_settle_keep(p, settle=30.0)
     common.add_render(p)
     args = p.parse_args(argv)
     if args.runs < 1 or args.duration < 1 or args.jobs < 100 or args.producers < 1:
         p.error("--runs ≥ 1, --duration ≥ 1 s, --jobs ≥ 100 and --producers ≥ 1")
+    if not 2 <= args.batch <= 1000:
+        p.error("--batch from 2 to 1000")
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     if unknown := [w for w in args.workloads if w not in WORKLOADS]:
         p.error(f"unknown workload(s): {', '.join(unknown)}")
@@ -104,6 +110,7 @@ def expected_seconds(key: str, cfg: Config) -> float:
     """A rough length of one measurement, for the progress bars."""
     return {
         "enqueue": cfg.warmup + cfg.duration + 3,
+        "enqueue_batch": cfg.warmup + cfg.duration + 3,
         "noop": min(cfg.cap, cfg.jobs / 1500) + cfg.jobs / 3000 + 3,
         "sleep10": min(cfg.cap, cfg.jobs / 800) + cfg.jobs / 3000 + 3,
         "latency": cfg.duration + 3,
@@ -119,7 +126,7 @@ def headline(key: str, r: dict[str, Any]) -> str:
         f"others {r['other_cpu'] * 100:.0f} % CPU)"
     )
     ok = "" if r.get("ok", True) else " [yellow]⚠ see results"
-    if key == "enqueue":
+    if key in ("enqueue", "enqueue_batch"):
         return f"{r['enqueue_per_s']:,.0f} enqueues/s {cpu}{ok}"
     if key in ("noop", "noop_keys"):
         return f"{r['jobs_per_s']:,.0f} jobs/s {cpu}{ok}"
@@ -201,12 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         write_out(args, console, report.render(json.loads(path.read_text())), path)
         return 0
     names = choose_targets(args, console)
-    specs = targets.specs()
+    specs = targets.specs(args.outlast_cmd)
     outlasts = [n for n in names if specs[n].is_outlast]
     cfg = Config(
         duration=args.duration,
         jobs=args.jobs,
         producers=args.producers,
+        batch=args.batch,
         rate=args.rate,
         cap=args.cap,
     )

@@ -55,6 +55,7 @@ class TargetSpec:
     dists: tuple[str, ...]  # distributions whose versions the report names
     workers: Callable[[Slot], list[list[str]]]  # the worker processes' command lines
     outlast_store: Callable[[Slot], str] | None = None  # outlast targets: the store URL
+    outlast_cmd: str | None = None  # outlast targets: --outlast-cmd (the serve command template)
 
     @property
     def is_outlast(self) -> bool:
@@ -64,7 +65,8 @@ class TargetSpec:
 def _outlast(slot: Slot) -> list[list[str]]:
     assert slot.spec.outlast_store is not None
     # The streams benchmark's `outlast serve` command line, with the tasks (and workers or not).
-    argv = stargets.outlast_command(None)(slot.port, slot.workdir, slot.spec.outlast_store(slot))
+    command = stargets.outlast_command(slot.spec.outlast_cmd)
+    argv = command(slot.port, slot.workdir, slot.spec.outlast_store(slot))
     argv += ["--app", "bench.jobs.outlast_tasks:app"]
     return [argv + ([] if slot.with_workers else ["--no-jobs"])]
 
@@ -74,7 +76,7 @@ def _script(name: str) -> str:
     return str(exe) if exe.exists() else (shutil.which(name) or name)
 
 
-def specs() -> dict[str, TargetSpec]:
+def specs(outlast_cmd: str | None = None) -> dict[str, TargetSpec]:
     return {
         "outlast-sqlite": TargetSpec(
             "outlast-sqlite",
@@ -83,6 +85,7 @@ def specs() -> dict[str, TargetSpec]:
             ("outlast",),
             _outlast,
             outlast_store=lambda s: f"sqlite:///{s.workdir}/outlast.db",
+            outlast_cmd=outlast_cmd,
         ),
         "outlast-redis": TargetSpec(
             "outlast-redis",
@@ -91,6 +94,7 @@ def specs() -> dict[str, TargetSpec]:
             ("outlast",),
             _outlast,
             outlast_store=lambda s: s.broker_url,
+            outlast_cmd=outlast_cmd,
         ),
         "celery": TargetSpec(
             "celery",
@@ -173,7 +177,7 @@ def outlast_redis_available() -> bool:
 
 def version_of(spec: TargetSpec) -> str:
     if spec.is_outlast:
-        return stargets.version_of(stargets.specs()["outlast-sqlite"])
+        return stargets.version_of(stargets.specs(spec.outlast_cmd)["outlast-sqlite"])
     parts = []
     for dist in spec.dists:
         try:

@@ -6,7 +6,8 @@ its CPU is counted apart from the target's and from the progress display) and re
 JSON-able result:
 
 1. ``enqueue``  enqueue/s of no-op jobs, ``producers`` producers in a closed loop, no worker
-                running (outlast: ``serve --no-jobs``, its API alone);
+                running (outlast: ``serve --no-jobs``, its API alone); ``enqueue_batch``:
+                the same, each call enqueueing ``batch`` jobs at once;
 2. ``noop``     drain of ``jobs`` no-op jobs enqueued beforehand (untimed), jobs/s;
 3. ``sleep10``  the same with jobs that sleep 10 ms, at concurrency 10: the ceiling is 1000/s;
 4. ``latency``  enqueue→start p50/p99 of ``mark`` jobs enqueued at ``rate``/s, open loop;
@@ -38,6 +39,7 @@ class Config:
     warmup: float = 1.0  # seconds of untimed enqueues before the timed ones
     jobs: int = 10_000  # jobs in each drain
     producers: int = 16  # concurrent producers (threads or asyncio tasks) when enqueueing
+    batch: int = 100  # jobs per call of the enqueue_batch workload
     rate: float = 100.0  # jobs/s of the open loop
     cap: float = 30.0  # seconds a drain is measured at most (slow targets: a partial drain)
     interval: float = 0.02  # seconds between two looks at what is left of a drain
@@ -69,12 +71,12 @@ def loadgen(
     return run_for_slot(LOADGEN, slot, op, full, limit + 15, tick, log)
 
 
-def enqueue(slot: Slot, cfg: Config, tick: Tick, log: Path) -> dict[str, Any]:
+def enqueue(slot: Slot, cfg: Config, tick: Tick, log: Path, batch: int = 1) -> dict[str, Any]:
     slot.start(with_workers=False)
     res = loadgen(
         slot,
         "enqueue",
-        {"warmup": cfg.warmup, "seconds": cfg.duration},
+        {"warmup": cfg.warmup, "seconds": cfg.duration, "batch": batch},
         cfg,
         cfg.warmup + cfg.duration + 60,
         tick,
@@ -155,6 +157,8 @@ def latency(slot: Slot, cfg: Config, tick: Tick, log: Path) -> dict[str, Any]:
 def run_workload(key: str, slot: Slot, cfg: Config, tick: Tick, log: Path) -> dict[str, Any]:
     if key == "enqueue":
         return enqueue(slot, cfg, tick, log)
+    if key == "enqueue_batch":
+        return enqueue(slot, cfg, tick, log, cfg.batch)
     if key in ("noop", "sleep10"):
         return drain(slot, key, cfg, tick, log)
     if key == "noop_keys":

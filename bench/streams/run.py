@@ -86,12 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--no-sse-max", action="store_true", help="skip the SSE fan-out with an unthrottled writer"
     )
-    p.add_argument(
-        "--outlast-cmd",
-        help="command template for outlast, with {host} {port} "
-        "{store}; default: <this python> -m outlast serve --host {host} --port {port} "
-        "--store {store}",
-    )
+    common.add_outlast_cmd(p)
     p.add_argument(
         "--dry-run",
         action="store_true",

@@ -23,7 +23,7 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -34,6 +34,7 @@ import httpx
 from outlast.client_types import (
     APIError,
     AuthError,
+    BatchResult,
     ClientError,
     InvalidResponse,
     JobEvent,
@@ -54,6 +55,7 @@ __all__ = [
     "APIError",
     "AsyncClient",
     "AuthError",
+    "BatchResult",
     "Client",
     "ClientError",
     "InvalidResponse",
@@ -81,6 +83,9 @@ WAIT_SLICE = 30.0
 # restarting one (502, 504) and, for good measure, a full queue (429).
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 USER_AGENT = "outlast-client"
+# The most jobs one batch request holds (the server's limit); submit_many sends more in parts.
+MAX_BATCH = 1000
+BATCH_PATH = "/v1/jobs/batch"
 
 
 # -- the event iterator's rules ---------------------------------------------------------------
@@ -206,6 +211,22 @@ def _submission(
     return body
 
 
+def _batches(jobs: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """*jobs* (submission bodies, as ``POST /v1/jobs`` takes them) in requests of *size*."""
+    if not 1 <= size <= MAX_BATCH:
+        raise ValueError(f"batch_size must be from 1 to {MAX_BATCH}")
+    part: list[dict[str, Any]] = []
+    for job in jobs:
+        if not isinstance(job, dict):
+            raise TypeError(f"each job is a dict such as {{'task': ...}}, not {type(job).__name__}")
+        part.append(job)
+        if len(part) == size:
+            yield part
+            part = []
+    if part:
+        yield part
+
+
 def _queue_path(queue: str, action: str) -> str:
     return f"/v1/queues/{quote(queue, safe='')}/{action}"
 
@@ -314,6 +335,29 @@ class Client(_Base):
             task, input, queue, timeout, retries, delay, key, callback, priority, concurrency_key
         )
         return JobInfo.from_json(self._request("POST", "/v1/jobs", json=body))
+
+    def submit_many(
+        self,
+        jobs: Iterable[dict[str, Any]],
+        *,
+        batch_size: int = MAX_BATCH,
+        on_batch: Callable[[list[BatchResult]], None] | None = None,
+    ) -> list[BatchResult]:
+        """Submit *jobs* (each a dict with the fields of :meth:`submit`: ``task``, ``input``,
+        ``queue``, ``key``, ...) in batches: each request of up to *batch_size* jobs is one
+        commit on the server, and each job is admitted or refused on its own, in order. One
+        :class:`BatchResult` per job, in the order given; a refused job's ``error`` is not
+        raised. Raises only when a whole request is refused (malformed, too large, or the
+        server draining): the batches before it were submitted, and *on_batch*, called with
+        each request's results as they come, has seen them."""
+        results: list[BatchResult] = []
+        for part in _batches(jobs, batch_size):
+            body = self._request("POST", BATCH_PATH, json={"jobs": part})
+            done = BatchResult.list_from_json(body, len(part), len(results))
+            results.extend(done)
+            if on_batch is not None:
+                on_batch(done)
+        return results
 
     def get(self, job_id: str, *, wait: float | None = None) -> JobInfo:
         """The job; with ``wait``, the server holds the answer up to that many seconds (it caps
@@ -490,6 +534,23 @@ class AsyncClient(_Base):
             task, input, queue, timeout, retries, delay, key, callback, priority, concurrency_key
         )
         return JobInfo.from_json(await self._request("POST", "/v1/jobs", json=body))
+
+    async def submit_many(
+        self,
+        jobs: Iterable[dict[str, Any]],
+        *,
+        batch_size: int = MAX_BATCH,
+        on_batch: Callable[[list[BatchResult]], None] | None = None,
+    ) -> list[BatchResult]:
+        """As :meth:`Client.submit_many`."""
+        results: list[BatchResult] = []
+        for part in _batches(jobs, batch_size):
+            body = await self._request("POST", BATCH_PATH, json={"jobs": part})
+            done = BatchResult.list_from_json(body, len(part), len(results))
+            results.extend(done)
+            if on_batch is not None:
+                on_batch(done)
+        return results
 
     async def get(self, job_id: str, *, wait: float | None = None) -> JobInfo:
         """See :meth:`Client.get`."""

@@ -97,10 +97,12 @@ def _error_class(status: int) -> type[APIError]:
     return APIError
 
 
-def _retry_after(response: httpx.Response, error: dict[str, Any]) -> float | None:
-    for value in (response.headers.get("retry-after"), error.get("retry_after")):
+def _retry_after(header: str | None, error: dict[str, Any]) -> float | None:
+    for value in (header, error.get("retry_after")):
+        if value is None:
+            continue
         try:
-            return max(0.0, float(value)) if value is not None else None
+            return max(0.0, float(value))
         except (TypeError, ValueError):
             continue
     return None
@@ -108,22 +110,33 @@ def _retry_after(response: httpx.Response, error: dict[str, Any]) -> float | Non
 
 def api_error(response: httpx.Response) -> APIError:
     """Translate an error answer (already read) into the exception for its status."""
-    status = response.status_code
     body: Any = None
     error: dict[str, Any] = {}
     with contextlib.suppress(ValueError):
         body = response.json()
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         error = body["error"]
+    return _api_error(
+        response.status_code,
+        error,
+        response.reason_phrase,
+        _retry_after(response.headers.get("retry-after"), error),
+        body,
+    )
+
+
+def _api_error(
+    status: int, error: dict[str, Any], reason: str, retry_after: float | None, body: Any
+) -> APIError:
     code = str(error.get("code") or f"http_{status}")
-    message = str(error.get("message") or response.reason_phrase or "error")
+    message = str(error.get("message") or reason or "error")
     field = error.get("field")
     return _error_class(status)(
         status,
         code,
         message,
         field=field if isinstance(field, str) else None,
-        retry_after=_retry_after(response, error),
+        retry_after=retry_after,
         body=body,
     )
 
@@ -229,6 +242,55 @@ class JobPage:
             raise InvalidResponse("expected {'jobs': [...], 'next': ...}")
         cursor = body.get("next")
         return cls([JobInfo.from_json(job) for job in body["jobs"]], cursor or None)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """One job's answer in a batch submit, in the order sent: :attr:`job` when it was admitted
+    (``status`` 202) or its idempotency key found it (200); else :attr:`error`, the exception
+    a single :meth:`Client.submit` of it would have raised (not raised here)."""
+
+    status: int
+    job: JobInfo | None
+    error: APIError | None
+
+    @property
+    def created(self) -> bool:
+        return self.status == 202
+
+    @classmethod
+    def from_json(cls, entry: Any, index: int = 0, sent_as: int = 0) -> BatchResult:
+        """One entry of a batch's answer; the job was *index* of those given and *sent_as*
+        of its request (a field named ``jobs[sent_as].…`` is renamed ``jobs[index].…``)."""
+        if not isinstance(entry, dict) or not isinstance(entry.get("status"), int):
+            raise InvalidResponse("malformed entry in a batch's answer")
+        status: int = entry["status"]
+        if status < 400:
+            return cls(status, JobInfo.from_json(entry.get("job")), None)
+        error = entry.get("error")
+        if not isinstance(error, dict):
+            raise InvalidResponse(f"a batch entry with status {status} and no error")
+        if index != sent_as:
+            error = _renumbered(error, f"jobs[{sent_as}]", f"jobs[{index}]")
+        return cls(status, None, _api_error(status, error, "", _retry_after(None, error), entry))
+
+    @classmethod
+    def list_from_json(cls, body: Any, sent: int, first: int = 0) -> list[BatchResult]:
+        """The answer to one batch request of *sent* jobs, the first of them job *first* of
+        those given."""
+        entries = body.get("jobs") if isinstance(body, dict) else None
+        if not isinstance(entries, list) or len(entries) != sent:
+            raise InvalidResponse(f"expected {{'jobs': [...]}} with {sent} answers")
+        return [cls.from_json(entry, first + n, n) for n, entry in enumerate(entries)]
+
+
+def _renumbered(error: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    out = dict(error)
+    for name in ("field", "message"):
+        value = out.get(name)
+        if isinstance(value, str) and value.startswith(old):
+            out[name] = new + value[len(old) :]
+    return out
 
 
 @dataclass(frozen=True, slots=True)

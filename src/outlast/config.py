@@ -205,6 +205,7 @@ class AuthSettings(_Section):
 
 class LimitSettings(_Section):
     job_body_bytes: int = Field(default=1 << 20, gt=0)
+    batch_body_bytes: int = Field(default=16 << 20, gt=0)
     append_bytes: int = Field(default=8 << 20, gt=0)
     stream_name_length: int = Field(default=1024, gt=0)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import http.cookiejar
 import ipaddress
 import re
@@ -326,8 +327,16 @@ class NoCookies(http.cookiejar.CookieJar):
         pass
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default verifying context, built once per process (loading the CA bundle is the
+    costly part of a new client) and shared by every outbound client."""
+    return httpx.create_ssl_context()
+
+
 def guarded_transport(**kwargs: Any) -> httpx.AsyncHTTPTransport:
     """An httpx transport whose connections go only where :func:`egress_scope` allows."""
+    kwargs.setdefault("verify", _tls_context())
     transport = httpx.AsyncHTTPTransport(**kwargs)
     pool = transport._pool
     if not isinstance(pool, httpcore.AsyncConnectionPool):  # pragma: no cover - a proxy

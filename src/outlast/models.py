@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -68,6 +69,7 @@ SEQUENCE_LIMIT = 1 << 16
 # Crockford's base32 alphabet: its characters are in ASCII order (standard base32's are not), so
 # ids sort as text in the order of the numbers they encode.
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_FROM_B32 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ID_ALPHABET.encode())
 JOB_ID_PATTERN = r"job_[0-9a-hjkmnp-tv-z]{32}"
 
 
@@ -90,7 +92,8 @@ def new_job_id(now: float | None = None) -> str:
         _last_id_stamp = (millis, seq)
     value = (millis << 112) | (seq << 96) | int.from_bytes(os.urandom(12), "big")
     # 160 bits = 32 digits of 5 bits, most significant first: string order is number order.
-    return "job_" + "".join(_ID_ALPHABET[(value >> (5 * i)) & 31] for i in range(31, -1, -1))
+    # (base32 cuts the bytes into those digits; the table turns its alphabet into ours.)
+    return "job_" + base64.b32encode(value.to_bytes(20, "big")).translate(_FROM_B32).decode()
 
 
 def rfc3339(ts: float | None) -> str | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import inspect
 import os
@@ -58,12 +59,13 @@ class TaskDef:
         """
         if not isinstance(value, dict):
             return "input", "must be a JSON object (its keys are the task's keyword arguments)"
+        signature = _signature(self.fn)
         try:
-            bound = inspect.signature(self.fn).bind(None, **value)
+            bound = signature.bind(None, **value)
         except TypeError as exc:
             return "input", str(exc)
         hints = _type_hints(self.fn)
-        params = inspect.signature(self.fn).parameters
+        params = signature.parameters
         for name, arg in list(bound.arguments.items())[1:]:
             if params[name].kind is inspect.Parameter.VAR_KEYWORD or name not in hints:
                 continue
@@ -72,6 +74,13 @@ class TaskDef:
         return None
 
 
+# Read once per task function (every submission checks its input against them).
+@functools.lru_cache(maxsize=1024)
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(fn)
+
+
+@functools.lru_cache(maxsize=1024)
 def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
     try:
         return typing.get_type_hints(fn)

@@ -13,7 +13,7 @@ import pytest
 from outlast.errors import BadRequest, Conflict, LeaseLost, NotFound, QueueFull
 from outlast.models import JobState, NewJob, job_stream_name
 from outlast.store import Store, open_store
-from outlast.store.base import Outcome
+from outlast.store.base import Outcome, SubmitResult
 
 pytestmark = pytest.mark.anyio
 
@@ -90,6 +90,58 @@ async def test_admission_never_overshoots_under_concurrent_submits(store: Store)
     assert (await store.queue_counts())["q"]["queued"] == 10
     # Another queue has its own capacity.
     await store.submit_job(new(queue="other"), capacity=10)
+
+
+async def test_submit_jobs_admits_or_refuses_each_job_in_order(store: Store) -> None:
+    earlier = await store.submit_job(new(key="old", value={"a": 1}), capacity=3)
+    woken = store.watch_queue("q")
+    outcomes = await store.submit_jobs(
+        [
+            (new(value={"n": 1}), 3),
+            (new(key="old", value={"a": 1}), 3),  # the job submitted before
+            (new(key="old", value={"a": 2}), 3),  # its key, another input
+            (new(key="k", value={"n": 2}), 3),  # admitted: the queue is full now
+            (new(key="k", value={"n": 2}), 3),  # the job admitted just above
+            (new(key="k", value={"n": 3}), 3),  # a conflict within the batch
+            (new(value={"n": 4}), 3),  # over capacity
+            (new(queue="other"), 3),  # another queue has room
+        ]
+    )
+    kinds = [
+        type(o).__name__ if not isinstance(o, SubmitResult) else ("new" if o.created else "old")
+        for o in outcomes
+    ]
+    assert kinds == ["new", "old", "Conflict", "new", "old", "Conflict", "QueueFull", "new"]
+    assert isinstance(outcomes[1], SubmitResult) and outcomes[1].job.id == earlier.job.id
+    assert isinstance(outcomes[3], SubmitResult) and isinstance(outcomes[4], SubmitResult)
+    assert outcomes[4].job.id == outcomes[3].job.id
+    counts = await store.queue_counts()
+    assert counts["q"]["queued"] == 3 and counts["other"]["queued"] == 1
+    await asyncio.wait_for(woken.wait(), timeout=10)
+    for outcome in outcomes:
+        if isinstance(outcome, SubmitResult):
+            stored = await store.get_job(outcome.job.id)
+            assert stored.state == JobState.QUEUED and stored.input == outcome.job.input
+            assert await messages(store, stored.id) == [
+                {"type": "state", "state": "queued", "attempt": 0}
+            ]
+    # Claims take the batch's jobs in their order.
+    claimed = await store.claim_jobs("q", "w", 10, LEASE)
+    assert [j.id for j in claimed] == [earlier.job.id, outcomes[0].job.id, outcomes[3].job.id]
+    assert await store.submit_jobs([]) == []
+
+
+async def test_concurrent_batches_never_overshoot_capacity(store: Store) -> None:
+    batches = await asyncio.gather(
+        *(
+            store.submit_jobs([(new(value={"b": b, "i": i}), 25) for i in range(10)])
+            for b in range(8)
+        )
+    )
+    admitted = [o for outcomes in batches for o in outcomes if isinstance(o, SubmitResult)]
+    refused = [o for outcomes in batches for o in outcomes if isinstance(o, QueueFull)]
+    assert len(admitted) == 25 and len(refused) == 55
+    assert (await store.queue_counts())["q"]["queued"] == 25
 
 
 async def test_claims_are_exclusive_ordered_and_respect_delay(store: Store) -> None:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 import redis
 
-from outlast.errors import ConfigError, StoreError
+from outlast.errors import ConfigError, LeaseLost, StoreError, StoreUnavailable
+from outlast.models import JobState, NewJob
 from outlast.store import open_store, redis_data
-from outlast.store.base import AppendSpec, CreateSpec
+from outlast.store.base import AppendSpec, CreateSpec, Outcome, Store
+from outlast.store.redis import RedisStore
+from outlast.store.redis_data import Command
 from outlast.store.redis_setup import parse_url
+from outlast.store.versions import REDIS_LAYOUT_VERSION
 from tests.conftest import RedisProcess, free_port
 
 pytestmark = pytest.mark.anyio
@@ -116,3 +123,247 @@ def test_not_a_number_round_trips() -> None:
 
 def test_non_string_keys_are_written_as_json_writes_them() -> None:
     assert redis_data.loads(redis_data.dumps({1: 2})) == {"1": 2}
+
+
+@contextlib.contextmanager
+def _recording(
+    store: RedisStore,
+) -> Iterator[tuple[list[Sequence[Command]], list[Any]]]:
+    """The round trips the store's writer makes meanwhile (commands, and every reply)."""
+    trips: list[Sequence[Command]] = []
+    replies: list[Any] = []
+    wire = store.engine.wire
+    call = wire.call
+
+    def recording(commands: Sequence[Command]) -> list[Any]:
+        trips.append(commands)
+        answer = call(commands)
+        replies.extend(answer)
+        return answer
+
+    wire.call = recording  # type: ignore[method-assign]
+    try:
+        yield trips, replies
+    finally:
+        wire.call = call  # type: ignore[method-assign]
+
+
+async def test_an_emit_reads_the_lease_not_the_input(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    """An emit costs the same whatever the job's input: what it asks of Redis about the job
+    is its state, lease owner and attempt, never the whole record."""
+    server = redis_factory()
+    store = await open_store(server.url)
+    assert isinstance(store, RedisStore)
+    try:
+        big = "x" * 100 * 1024
+        new = NewJob(task="t", queue="q", input={"text": big}, max_attempts=1, timeout=60.0)
+        job = (await store.submit_job(new, capacity=10)).job
+        [running] = await store.claim_jobs("q", "me", 1, 30.0)
+        with _recording(store) as (trips, received):
+            await store.emit(job.id, "me", running.attempt, [{"type": "output", "n": 1}])
+            with pytest.raises(LeaseLost):
+                await store.emit(job.id, "someone else", running.attempt, [{"n": 2}])
+        sent = [command for trip in trips for command in trip]
+        job_key = store.keys.job(job.id)
+        reads = {(c[0], *c[2:]) for c in sent if c[0] != "WATCH" and c[1:2] == (job_key,)}
+        assert reads == {("HGET", "state"), ("HGET", "lease_owner"), ("HGET", "attempt")}
+        assert not any(isinstance(r, bytes) and big.encode() in r for r in received)
+        read = await store.read(job.stream, 0, 1 << 20)
+        assert [json.loads(u.data) for u in read.units][-1] == {"type": "output", "n": 1}
+    finally:
+        await store.close()
+
+
+def _every_read(units: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(position, max_bytes) pairs: from every unit's start, one unit and everything."""
+    return [(start, size) for start, _ in units for size in (1, 1 << 20)]
+
+
+async def _reads(store: Store, name: str, asks: list[tuple[int, int]]) -> list[Any]:
+    out = []
+    for position, max_bytes in asks:
+        read = await store.read(name, position, max_bytes)
+        out.append((position, [(u.start, u.data) for u in read.units], read.next))
+    return out
+
+
+async def _closed_stream(store: Store, name: str) -> list[tuple[int, int]]:
+    """A text stream of 20 appends, closed with a last one; its units as (start, end)."""
+    assert (await store.create_stream(name, CreateSpec(content_type="text/plain"))).created
+    for n in range(20):
+        await store.append(name, AppendSpec(content_type="text/plain", unit=(b"part %d;" % n, 1)))
+    last = AppendSpec(content_type="text/plain", unit=(b"the end", 1), close=True)
+    await store.append(name, last)
+    read = await store.read(name, 0, 1 << 20)
+    return [(u.start, u.end) for u in read.units]
+
+
+async def test_a_closed_stream_is_folded_and_read_from_any_offset(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    """A stream that closes keeps its units as one compressed record, read from any offset
+    (by another node: no cache of the writer's), forked from, and removed with the stream."""
+    server = redis_factory()
+    writer, reader = await open_store(server.url), await open_store(server.url)
+    try:
+        assert (await writer.create_stream("s", CreateSpec(content_type="text/plain"))).created
+        for n in range(20):
+            spec = AppendSpec(content_type="text/plain", unit=(b"part %d;" % n, 1))
+            await writer.append("s", spec)
+        units = [(u.start, u.end) for u in (await reader.read("s", 0, 1 << 20)).units]
+        before = await _reads(reader, "s", _every_read(units))
+        await writer.append("s", AppendSpec(content_type="text/plain", unit=None, close=True))
+        with redis.Redis(port=server.port) as admin:
+            assert admin.exists("outlast:u:s") == 0
+            assert admin.exists("outlast:f:s") == 1
+        assert await _reads(reader, "s", _every_read(units)) == before
+        info = await reader.head("s")
+        assert info.closed and info.tail == units[-1][1]
+        # A read at the tail of a closed stream: nothing, and up to date.
+        at_tail = await reader.read("s", info.tail, 1 << 20)
+        assert at_tail.units == [] and at_tail.up_to_date
+        middle = units[7][0]
+        fork = CreateSpec(content_type="text/plain", fork_from="s", fork_offset=middle)
+        assert (await reader.create_stream("f", fork)).created
+        forked = await writer.read("f", 0, 1 << 20)
+        assert b"".join(u.data for u in forked.units) == b"".join(b"part %d;" % n for n in range(7))
+        await writer.delete_stream("f")
+        await writer.delete_stream("s")
+        with redis.Redis(port=server.port) as admin:
+            assert admin.keys("outlast:f:*") == []
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+async def test_streams_closed_in_layout_2_stay_readable(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    """A store of layout 2 kept a closed stream's units one by one: they read as they did,
+    and opening the store records the current layout."""
+    server = redis_factory()
+    store = await open_store(server.url)
+    try:
+        units = await _closed_stream(store, "old")
+    finally:
+        await store.close()
+    with redis.Redis(port=server.port) as admin:
+        record = admin.get("outlast:f:old")
+        assert record is not None
+        # What layout 2 wrote for this stream: its units in the sorted set, no folded record.
+        for unit in redis_data.unfold_units(record):
+            admin.zadd("outlast:u:old", {redis_data.pack_unit(unit): unit.start})
+        admin.delete("outlast:f:old")
+        admin.set("outlast:layout_version", 2)
+    store = await open_store(server.url)
+    try:
+        reads = await _reads(store, "old", _every_read(units))
+        assert b"".join(d for _, found, _ in reads[1::2][:1] for _, d in found) == (
+            b"".join(b"part %d;" % n for n in range(20)) + b"the end"
+        )
+        for (position, found, end), (start, stop) in zip(reads[::2], units, strict=True):
+            assert position == start and end == stop and len(found) == 1
+    finally:
+        await store.close()
+    with redis.Redis(port=server.port) as admin:
+        assert admin.get("outlast:layout_version") == str(REDIS_LAYOUT_VERSION).encode()
+
+
+async def test_a_write_redis_refuses_for_memory_is_unavailable_and_not_applied(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    """Redis out of memory (maxmemory, noeviction) refuses the whole transaction: outlast
+    answers StoreUnavailable (503 + Retry-After), and nothing of it is stored."""
+    server = redis_factory()
+    store = await open_store(server.url)
+    admin = redis.Redis(port=server.port)
+    try:
+        new = NewJob(task="t", queue="q", input={}, max_attempts=1, timeout=60.0)
+        job = (await store.submit_job(new, capacity=10)).job
+        [running] = await store.claim_jobs("q", "me", 1, 30.0)
+        before = await store.read(job.stream, 0, 1 << 20)
+        admin.config_set("maxmemory", 1)
+        with pytest.raises(StoreUnavailable, match="out of memory"):
+            await store.emit(job.id, "me", running.attempt, [{"n": 1}])
+        admin.config_set("maxmemory", 0)
+        after = await store.read(job.stream, 0, 1 << 20)
+        assert after.info.tail == before.info.tail and after.units == before.units
+        await store.emit(job.id, "me", running.attempt, [{"n": 2}])
+        last = (await store.read(job.stream, 0, 1 << 20)).units[-1]
+        assert json.loads(last.data) == {"n": 2}
+    finally:
+        admin.close()
+        await store.close()
+
+
+async def test_a_job_s_end_folds_its_stream_in_the_same_round_trips(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    """The end of a job closes its stream, which folds its units: they are read with the job
+    and its stream (one round trip), then the commit (another): the fold adds none."""
+    server = redis_factory()
+    store = await open_store(server.url)
+    assert isinstance(store, RedisStore)
+    try:
+        new = NewJob(task="t", queue="q", input={}, max_attempts=1, timeout=60.0)
+        job = (await store.submit_job(new, capacity=10)).job
+        [running] = await store.claim_jobs("q", "me", 1, 30.0)
+        await store.emit(job.id, "me", running.attempt, [{"n": 1}])
+        with _recording(store) as (trips, _):
+            done = await store.finish_job(job.id, "me", running.attempt, Outcome("succeeded", "ok"))
+        assert done.state == JobState.SUCCEEDED
+        assert len(trips) == 2, [[c[0] for c in trip] for trip in trips]
+        with redis.Redis(port=server.port) as admin:
+            assert admin.exists(f"outlast:u:{job.stream}") == 0
+            assert admin.exists(f"outlast:f:{job.stream}") == 1
+    finally:
+        await store.close()
+
+
+async def test_a_claim_reads_the_jobs_it_may_take_not_the_whole_queue(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    """A claim of one job among a hundred queued reads a few of them, not a batch of 64."""
+    server = redis_factory()
+    store = await open_store(server.url)
+    assert isinstance(store, RedisStore)
+    try:
+        for _ in range(100):
+            new = NewJob(task="t", queue="q", input={}, max_attempts=1, timeout=60.0)
+            await store.submit_job(new, capacity=1000)
+        with _recording(store) as (trips, _):
+            assert len(await store.claim_jobs("q", "me", 1, 30.0)) == 1
+        sent = [command for trip in trips for command in trip]
+        prefix = store.keys.job("")
+        reads = [c for c in sent if c[0] == "HGETALL" and str(c[1]).startswith(prefix)]
+        assert 1 <= len(reads) <= 16
+    finally:
+        await store.close()
+
+
+async def test_a_large_closed_stream_keeps_its_units_and_is_not_read_to_close(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    """A stream holding more than FOLD_MAX keeps its units one by one when it closes, and
+    closing it does not read them."""
+    server = redis_factory()
+    store = await open_store(server.url)
+    assert isinstance(store, RedisStore)
+    try:
+        spec = CreateSpec(content_type="application/octet-stream")
+        assert (await store.create_stream("big", spec)).created
+        chunk = b"y" * (redis_data.FOLD_MAX // 2 + 1)
+        for _ in range(2):
+            await store.append("big", AppendSpec(content_type=None, unit=(chunk, 1)))
+        with _recording(store) as (trips, _):
+            await store.append("big", AppendSpec(content_type=None, unit=None, close=True))
+        units_key = store.keys.units("big")
+        assert not [c for trip in trips for c in trip if c[0] == "ZRANGEBYSCORE"]
+        with redis.Redis(port=server.port) as admin:
+            assert admin.exists(units_key) == 1 and admin.exists("outlast:f:big") == 0
+        read = await store.read("big", len(chunk), 1 << 21)
+        assert read.info.closed and [u.data for u in read.units] == [chunk]
+    finally:
+        await store.close()

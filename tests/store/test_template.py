@@ -16,7 +16,7 @@ from outlast.models import NewJob, job_stream_name
 from outlast.store import Store, open_store
 from outlast.store.base import AppendSpec, CreateSpec, Outcome
 from outlast.store.redis import RedisStore
-from outlast.store.redis_tx import Due
+from outlast.store.redis_tx import Due, Field, Members
 from outlast.store.template import RuleStore
 
 pytestmark = pytest.mark.anyio
@@ -76,7 +76,8 @@ async def test_redis_prefetches_what_each_write_reads(
     keys = store.keys
     try:
         job_id = (await store.submit_job(new_job("q"), 10)).job.id
-        running = [keys.job(job_id), keys.stream(job_stream_name(job_id))]
+        stream = job_stream_name(job_id)
+        running = [keys.job(job_id), keys.stream(stream), Members(keys.units(stream))]
         held = await store.reserve_jobs("q", "me", 3, 30)
         await store.unreserve_jobs("me", [(job_id, held[0].run_at)])
         await store.claim_jobs("q", "me", 2, 30)
@@ -96,7 +97,7 @@ async def test_redis_prefetches_what_each_write_reads(
         [keys.job(job_id)],
         [Due("q", 2), keys.paused],
         [keys.job(job_id)],
-        running,
+        [*(Field(keys.job(job_id), f) for f in ("state", "lease_owner", "attempt")), running[1]],
         running,
         [Due("q", 1), keys.paused],
         running,

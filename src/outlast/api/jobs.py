@@ -8,23 +8,26 @@ import json
 import math
 import re
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from outlast.api.body import read_json
+from outlast.api.body import read_body, read_json
 from outlast.api.capability import LinkKey, sign
 from outlast.api.sse_response import PING, SSEResponse, sse_event
-from outlast.boundary import whole_number
+from outlast.boundary import parse_json, whole_number
 from outlast.callbacks import parse_callback, refresh_gauge
 from outlast.config import Settings, UpstreamSettings
 from outlast.errors import (
     BadRequest,
     NotFound,
+    PayloadTooLarge,
     QueueFull,
+    RequestError,
     ServiceUnavailable,
     Unprocessable,
 )
@@ -33,7 +36,7 @@ from outlast.follow import Readers
 from outlast.lifecycle import Lifecycle
 from outlast.metrics import Metrics
 from outlast.models import JOB_ID_PATTERN, JobRecord, JobState, NewJob, job_stream_name
-from outlast.store.base import Store, format_offset, parse_offset
+from outlast.store.base import Store, SubmitResult, format_offset, parse_offset
 
 SUBMIT_FIELDS = frozenset(
     {
@@ -56,6 +59,7 @@ MAX_TIMEOUT = 7 * 86400.0
 MAX_DELAY = 30 * 86400.0
 MAX_KEY_LENGTH = 255
 MAX_PAGE = 500
+MAX_BATCH = 1000
 # Retry-After while draining: a restart or another node should be ready by then.
 DRAIN_RETRY_AFTER = "5"
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -92,6 +96,38 @@ def _utf8_length(text: str) -> int:
         return len(text.encode())
     except UnicodeEncodeError:
         return -1
+
+
+def _batch_entries(body: Any) -> list[Any]:
+    """The job requests of a batch (422 naming the field when the batch itself is malformed)."""
+    if not isinstance(body, dict):
+        raise _field_error("body", "must be a JSON object")
+    unknown = sorted(set(body) - {"jobs"})
+    if unknown:
+        raise _field_error(unknown[0], "unknown field")
+    entries = body.get("jobs")
+    if not isinstance(entries, list):
+        raise _field_error("jobs", "is required and must be a list of job requests")
+    if len(entries) > MAX_BATCH:
+        raise _field_error("jobs", f"at most {MAX_BATCH} jobs in one batch")
+    return entries
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of *value* (parsed by the boundary: no lone surrogates) as compact JSON."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def _batch_refusal(index: int, exc: RequestError) -> dict[str, Any]:
+    """A refused job's entry in a batch's answer: its status and the error a single submit
+    would have answered, with the field named from the batch (``jobs[3].timeout``)."""
+    error: dict[str, Any] = {"code": exc.code, "message": exc.message, **exc.extra}
+    field = exc.extra.get("field")
+    if isinstance(field, str):
+        where = f"jobs[{index}]" if field == "body" else f"jobs[{index}].{field}"
+        message = exc.message.removeprefix(f"{field}: ")
+        error.update(field=where, message=f"{where}: {message}")
+    return {"status": exc.status, "error": error}
 
 
 def render_event(message: dict[str, Any], offset: str) -> bytes:
@@ -157,6 +193,7 @@ class JobsAPI:
         return [
             Route("/v1/jobs", self.submit, methods=["POST"]),
             Route("/v1/jobs", self.list, methods=["GET"]),
+            Route("/v1/jobs/batch", self.submit_batch, methods=["POST"]),
             Route("/v1/jobs/{job_id}", self.get, methods=["GET"]),
             Route("/v1/jobs/{job_id}/cancel", self.cancel, methods=["POST"]),
             Route("/v1/jobs/{job_id}/retry", self.retry, methods=["POST"]),
@@ -245,23 +282,42 @@ class JobsAPI:
         header): None, or checked against ``[webhooks]`` (422 naming ``callback``)."""
         return None if value is None else await parse_callback(value, self.settings)
 
+    def check_accepting(self, news: builtins.list[NewJob]) -> None:
+        """503 while draining (each job counted as refused)."""
+        if self.lifecycle.accepting:
+            return
+        for new in news:
+            self.metrics.jobs_rejected.labels(new.queue, "draining").inc()
+        raise ServiceUnavailable(
+            "shutting down; submit again shortly",
+            code="draining",
+            headers={"Retry-After": DRAIN_RETRY_AFTER},
+        )
+
+    def count(self, outcomes: Iterable[tuple[NewJob, SubmitResult | RequestError]]) -> None:
+        """Count each job's admission in the metrics (each label set once per call)."""
+        submitted: Counter[tuple[str, str]] = Counter()
+        full: Counter[str] = Counter()
+        for new, outcome in outcomes:
+            if isinstance(outcome, QueueFull):
+                full[new.queue] += 1
+            elif isinstance(outcome, SubmitResult) and outcome.created:
+                submitted[new.queue, new.task] += 1
+        for queue, n in full.items():
+            self.metrics.jobs_rejected.labels(queue, "queue_full").inc(n)
+        for (queue, task), n in submitted.items():
+            self.metrics.jobs_submitted.labels(queue, task).inc(n)
+
     async def admit(self, new: NewJob) -> tuple[JobRecord, bool]:
         """Admit *new* (503 while draining, 429 when full). Returns (job, created)."""
-        if not self.lifecycle.accepting:
-            self.metrics.jobs_rejected.labels(new.queue, "draining").inc()
-            raise ServiceUnavailable(
-                "shutting down; submit again shortly",
-                code="draining",
-                headers={"Retry-After": DRAIN_RETRY_AFTER},
-            )
+        self.check_accepting([new])
         capacity = self.settings.queues[new.queue].capacity
         try:
             result = await self.store.submit_job(new, capacity)
-        except QueueFull:
-            self.metrics.jobs_rejected.labels(new.queue, "queue_full").inc()
+        except QueueFull as exc:
+            self.count([(new, exc)])
             raise
-        if result.created:
-            self.metrics.jobs_submitted.labels(new.queue, new.task).inc()
+        self.count([(new, result)])
         return result.job, result.created
 
     async def submit(self, request: Request) -> Response | SSEResponse:
@@ -276,6 +332,45 @@ class JobsAPI:
         return JSONResponse(
             self.render(job), 202 if created else 200, headers={"Location": location}
         )
+
+    async def submit_batch(self, request: Request) -> Response:
+        """Up to :data:`MAX_BATCH` submissions in one request and one commit; each job is
+        admitted or refused on its own, in order (see docs/jobs.md, "Batch submit")."""
+        raw = await read_body(
+            request.receive,
+            request.headers.get("content-length"),
+            self.settings.limits.batch_body_bytes,
+        )
+        entries = _batch_entries(parse_json(raw))
+        # A job no larger than the batch fits a single submit's limit: measured only then.
+        job_limit = self.settings.limits.job_body_bytes
+        measure = len(raw) > job_limit
+        answers: builtins.list[dict[str, Any] | None] = [None] * len(entries)
+        batch: builtins.list[tuple[NewJob, int]] = []
+        placed: builtins.list[int] = []
+        for index, entry in enumerate(entries):
+            try:
+                if measure and _json_size(entry) > job_limit:
+                    raise PayloadTooLarge(
+                        f"body: larger than {job_limit} bytes", extra={"field": "body"}
+                    )
+                new = await self.parse_submission(entry)
+            except RequestError as exc:
+                answers[index] = _batch_refusal(index, exc)
+                continue
+            batch.append((new, self.settings.queues[new.queue].capacity))
+            placed.append(index)
+        self.check_accepting([new for new, _ in batch])
+        if batch:
+            outcomes = await self.store.submit_jobs(batch)
+            self.count(zip((new for new, _ in batch), outcomes, strict=True))
+            for index, outcome in zip(placed, outcomes, strict=True):
+                if isinstance(outcome, SubmitResult):
+                    status = 202 if outcome.created else 200
+                    answers[index] = {"status": status, "job": self.render(outcome.job)}
+                else:
+                    answers[index] = _batch_refusal(index, outcome)
+        return JSONResponse({"jobs": answers})
 
     # -- reading --------------------------------------------------------------------------
 

@@ -7,12 +7,12 @@ document is checked against the server by a schemathesis run (tests/security/tes
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from outlast.api.jobs import MAX_PAGE
+from outlast.api.jobs import MAX_BATCH, MAX_PAGE
 from outlast.boundary import MAX_DEPTH
 from outlast.models import JOB_ID_PATTERN, ErrorCode, JobState
 from outlast.store.webhooks_logic import ALL_EVENTS as WEBHOOK_EVENTS
@@ -230,6 +230,46 @@ def _raw(description: str, content: dict[str, Any] | None = None) -> dict[str, A
 
 
 WHOLE = {"type": "string", "pattern": "^(0|[1-9][0-9]{0,17})$"}
+
+
+class _WriteHeader(NamedTuple):
+    """A write header of the stream protocol: what it means when a stream is created (PUT) and
+    on an append (POST); None where that operation does not take it."""
+
+    name: str
+    create: str | None
+    append: str | None
+    schema: dict[str, Any] | None = None
+
+
+STREAM_WRITE_HEADERS = [
+    _WriteHeader(
+        "Content-Type",
+        "The stream's type (default application/octet-stream)",
+        "Must match the stream's",
+    ),
+    _WriteHeader("Stream-TTL", "Seconds of idleness before it expires", None, WHOLE),
+    _WriteHeader("Stream-Expires-At", "RFC 3339 expiry (not with Stream-TTL)", None),
+    _WriteHeader("Stream-Closed", "true: create it closed", "true: close after this append"),
+    _WriteHeader("Stream-Forked-From", "/v1/stream/<name> to fork", None),
+    _WriteHeader("Stream-Fork-Offset", "Where the fork branches off", None),
+    _WriteHeader("Stream-Fork-Sub-Offset", "Messages into that unit", None, WHOLE),
+    _WriteHeader("Stream-Seq", None, "Writer sequence: must increase"),
+    _WriteHeader("Producer-Id", None, "Idempotent producer"),
+    _WriteHeader("Producer-Epoch", None, "0 to 2^53-1", WHOLE),
+    _WriteHeader("Producer-Seq", None, "0 to 2^53-1", WHOLE),
+]
+
+
+def _stream_write_headers(operation: Literal["create", "append"]) -> list[dict[str, Any]]:
+    """The parameters of *operation*, in the table's order."""
+    return [
+        _header(row.name, description, row.schema)
+        for row in STREAM_WRITE_HEADERS
+        if (description := getattr(row, operation)) is not None
+    ]
+
+
 OFFSET = {
     "type": "string",
     "description": "-1 (the start), now (the tail), or an offset from Stream-Next-Offset "
@@ -300,6 +340,63 @@ PATHS: dict[str, Any] = {
                 "200": _json(_ref("JobPage"), "A page of jobs"),
                 "400": _error("Malformed cursor (invalid_cursor)"),
                 "422": _error("Invalid state or limit"),
+            },
+        },
+    },
+    "/v1/jobs/batch": {
+        "post": {
+            "summary": "Submit up to 1,000 jobs in one request and one commit",
+            "description": (
+                "Each job is admitted or refused on its own, in order, as a single submit "
+                "would be: its entry in the answer has the status that submit would answer "
+                "(202, 200, 409, 413, 422, 429, ...) with `job` or `error`; error fields are "
+                "named from the batch (`jobs[3].timeout`)."
+            ),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["jobs"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "jobs": {
+                                    "type": "array",
+                                    "maxItems": MAX_BATCH,
+                                    "items": _ref("Submission"),
+                                }
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["jobs"],
+                        "properties": {
+                            "jobs": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["status"],
+                                    "properties": {
+                                        "status": {"type": "integer"},
+                                        "job": _ref("Job"),
+                                        "error": SCHEMAS["Error"]["properties"]["error"],
+                                    },
+                                },
+                            }
+                        },
+                    },
+                    "Each job's own answer, in the order sent",
+                ),
+                "400": _error("Malformed JSON (invalid_json)"),
+                "413": _error("Body too large ([limits] batch_body_bytes)"),
+                "422": _error("The batch itself is malformed (the field is named)"),
+                "503": _error("Shutting down", retry_after=True),
             },
         },
     },
@@ -470,15 +567,7 @@ PATHS: dict[str, Any] = {
         "parameters": [STREAM_NAME],
         "put": {
             "summary": "Create a stream (idempotent with the same settings)",
-            "parameters": [
-                _header("Content-Type", "The stream's type (default application/octet-stream)"),
-                _header("Stream-TTL", "Seconds of idleness before it expires", WHOLE),
-                _header("Stream-Expires-At", "RFC 3339 expiry (not with Stream-TTL)"),
-                _header("Stream-Closed", "true: create it closed"),
-                _header("Stream-Forked-From", "/v1/stream/<name> to fork"),
-                _header("Stream-Fork-Offset", "Where the fork branches off"),
-                _header("Stream-Fork-Sub-Offset", "Messages into that unit", WHOLE),
-            ],
+            "parameters": _stream_write_headers("create"),
             "requestBody": {"required": False, "content": ANY},
             "responses": {
                 "201": _raw("Created"),
@@ -493,14 +582,7 @@ PATHS: dict[str, Any] = {
         },
         "post": {
             "summary": "Append (and/or close)",
-            "parameters": [
-                _header("Content-Type", "Must match the stream's"),
-                _header("Stream-Closed", "true: close after this append"),
-                _header("Stream-Seq", "Writer sequence: must increase"),
-                _header("Producer-Id", "Idempotent producer"),
-                _header("Producer-Epoch", "0 to 2^53-1", WHOLE),
-                _header("Producer-Seq", "0 to 2^53-1", WHOLE),
-            ],
+            "parameters": _stream_write_headers("append"),
             "requestBody": {"required": False, "content": ANY},
             "responses": {
                 "200": _raw("Stored (idempotent producer)"),

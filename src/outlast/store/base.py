@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from outlast.errors import RequestError
     from outlast.models import JobRecord, JobState, NewJob, OutcomeKind
 
 # Offsets look like the reference server's: "<16 digits>_<16 digits>", fixed width so that
@@ -236,6 +239,15 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def submit_job(self, new: NewJob, capacity: int) -> SubmitResult:
         """Admit a job (``QueueFull`` when the queue holds *capacity* waiting jobs)."""
+
+    @abc.abstractmethod
+    async def submit_jobs(
+        self, batch: Sequence[tuple[NewJob, int]]
+    ) -> list[SubmitResult | RequestError]:
+        """Admit each (job, capacity) of *batch* on its own, in order, all in one commit: an
+        entry is the job's :class:`SubmitResult`, or the refusal ``submit_job`` would have
+        raised for it (``QueueFull``, ``Conflict``). Jobs admitted earlier in the batch count
+        toward a later one's capacity, and its idempotency key finds them."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> JobRecord:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from outlast.errors import Conflict, Gone, LeaseLost, NotFound, QueueFull
+from outlast.errors import Conflict, Gone, LeaseLost, NotFound, QueueFull, RequestError
 from outlast.models import (
     ErrorCode,
     JobRecord,
@@ -43,6 +43,12 @@ def queue_key(queue: str) -> str:
 
 
 class JobTx(streams.Tx, webhooks.DeliveryTx):
+    def lease_of(self, job_id: str) -> tuple[JobState, str | None, int] | None:
+        """Who runs the job: (state, lease owner, attempt), or ``None`` for no such job: what
+        an emit checks. A store may read these without the rest of the job (its input)."""
+        job = self.get_job(job_id)
+        return None if job is None else (job.state, job.lease_owner, job.attempt)
+
     @abc.abstractmethod
     def insert_job(self, job: JobRecord) -> None: ...
     @abc.abstractmethod
@@ -66,7 +72,7 @@ class JobTx(streams.Tx, webhooks.DeliveryTx):
         turn, then id. Read lazily: a claim stops when it has what it needs. With *keyed*, the
         running counts of the keys met will be asked for (a backend may fetch them ahead)."""
 
-    # Turns: round-robin across concurrency keys (see _take_turn).
+    # Turns: round-robin across concurrency keys (see _Admission._take_turn).
     @abc.abstractmethod
     def queue_turn(self, queue: str) -> int:
         """The turn of the job started last in *queue* (its virtual time)."""
@@ -130,13 +136,20 @@ def _emit(tx: JobTx, job: JobRecord, now: float, *messages: Message, close: bool
     row: job streams are written only here (the streams API refuses writes under ``jobs/``),
     are JSON and never expire, so the rest of what an append checks holds already.
     """
+    _append(tx, job.stream, now, messages, close)
+
+
+def _append(
+    tx: JobTx, stream: str, now: float, messages: Sequence[Message], close: bool = False
+) -> None:
+    """:func:`_emit` to the job stream named *stream*."""
     if not messages:
         return
-    row = tx.get_stream(job.stream)
+    row = tx.get_stream(stream)
     if row is None or row.expired(now):
-        raise NotFound(f"stream not found: {job.stream}")
+        raise NotFound(f"stream not found: {stream}")
     if row.deleted:
-        raise Gone(f"stream was deleted: {job.stream}")
+        raise Gone(f"stream was deleted: {stream}")
     if row.closed:
         raise Conflict("stream is closed", code="stream_closed")
     tail = row.tail
@@ -182,43 +195,113 @@ def _same_request(job: JobRecord, new: NewJob) -> bool:
     return job.task == new.task and canon(job.input) == canon(new.input)
 
 
+class _Admission:
+    """Jobs admitted in one transaction, in order (:func:`submit_many`). What admission reads
+    is read once per queue (its waiting count, its turn) and per key (the key's last turn), and
+    kept up to date here as jobs are admitted; :meth:`close` writes the counts and turns back,
+    once each. Jobs and their streams are written as they are admitted, so a later job's
+    idempotency key finds an earlier one."""
+
+    def __init__(self, tx: JobTx, now: float) -> None:
+        self.tx, self.now = tx, now
+        self.waiting: dict[str, int] = {}  # queue -> waiting jobs, those admitted here included
+        self.added: dict[str, int] = {}  # queue -> jobs admitted here
+        self.queue_turns: dict[str, int] = {}
+        self.key_turns: dict[tuple[str, str | None], int] = {}  # the turn each key gave last
+
+    def admit(self, new: NewJob, capacity: int) -> SubmitResult:
+        """*new* admitted (or the job its key names); raises ``Conflict`` or ``QueueFull``
+        before anything is written."""
+        tx, queue = self.tx, new.queue
+        if new.key is not None:
+            existing = tx.find_job_by_key(new.key)
+            if existing is not None:
+                if not _same_request(existing, new):
+                    raise Conflict(
+                        "this idempotency key was used with a different task or input",
+                        code="idempotency_conflict",
+                    )
+                return SubmitResult(existing, created=False)
+        waiting = self.waiting.get(queue)
+        if waiting is None:
+            waiting = self.waiting[queue] = tx.count_waiting(queue)
+        if waiting >= capacity:
+            raise QueueFull(queue, capacity)
+        job = JobRecord(
+            id=new_job_id(self.now),
+            task=new.task,
+            queue=queue,
+            state=JobState.QUEUED,
+            input=new.input,
+            attempt=0,
+            max_attempts=new.max_attempts,
+            timeout=new.timeout,
+            created_at=self.now,
+            run_at=self.now + new.delay,
+            key=new.key,
+            callback=new.callback,
+            priority=new.priority,
+            concurrency_key=new.concurrency_key,
+            retry_of=new.retry_of,
+            turn=self._take_turn(queue, new.concurrency_key),
+        )
+        tx.insert_job(job)
+        self.waiting[queue] = waiting + 1
+        self.added[queue] = self.added.get(queue, 0) + 1
+        # The stream is created with its first message, as a stream created then appended to.
+        first = _state(JobState.QUEUED, 0)
+        spec = CreateSpec(content_type=JSON, units=[(first, 1)])
+        streams.create(tx, job.stream, spec, self.now, fresh=True)
+        return SubmitResult(job, created=True)
+
+    def _take_turn(self, queue: str, key: str | None) -> int:
+        """The turn of a new job of *key*: one more than the later of the queue's turn and the
+        turn the key gave its previous job (see "fair order" below)."""
+        last = self.key_turns.get((queue, key))
+        if last is None:
+            last = self.tx.key_turn(queue, key)
+        queue_turn = self.queue_turns.get(queue)
+        if queue_turn is None:
+            queue_turn = self.queue_turns[queue] = self.tx.queue_turn(queue)
+        turn = self.key_turns[queue, key] = max(queue_turn, last) + 1
+        return turn
+
+    def close(self) -> tuple[str, ...]:
+        """Write the counts and turns back; the queues whose workers must wake."""
+        for (queue, key), turn in self.key_turns.items():
+            self.tx.set_key_turn(queue, key, turn)
+        for queue, n in self.added.items():
+            self.tx.move_count(queue, None, JobState.QUEUED, n)
+        return tuple(queue_key(queue) for queue in self.added)
+
+
 def submit(tx: JobTx, new: NewJob, capacity: int, now: float) -> Changed[SubmitResult]:
-    if new.key is not None:
-        existing = tx.find_job_by_key(new.key)
-        if existing is not None:
-            if not _same_request(existing, new):
-                raise Conflict(
-                    "this idempotency key was used with a different task or input",
-                    code="idempotency_conflict",
-                )
-            return Changed(SubmitResult(existing, created=False), ())
-    if tx.count_waiting(new.queue) >= capacity:
-        raise QueueFull(new.queue, capacity)
-    turn = _take_turn(tx, new.queue, new.concurrency_key)
-    job = JobRecord(
-        id=new_job_id(now),
-        task=new.task,
-        queue=new.queue,
-        state=JobState.QUEUED,
-        input=new.input,
-        attempt=0,
-        max_attempts=new.max_attempts,
-        timeout=new.timeout,
-        created_at=now,
-        run_at=now + new.delay,
-        key=new.key,
-        callback=new.callback,
-        priority=new.priority,
-        concurrency_key=new.concurrency_key,
-        retry_of=new.retry_of,
-        turn=turn,
-    )
-    tx.insert_job(job)
-    tx.move_count(job.queue, None, JobState.QUEUED)
-    # The stream is created with its first message, as a stream created then appended to.
-    first = _state(JobState.QUEUED, 0)
-    streams.create(tx, job.stream, CreateSpec(content_type=JSON, units=[(first, 1)]), now)
-    return Changed(SubmitResult(job, created=True), (job.stream, queue_key(job.queue)))
+    admission = _Admission(tx, now)
+    result = admission.admit(new, capacity)
+    wake = admission.close()
+    return Changed(result, (result.job.stream, *wake) if result.created else ())
+
+
+def submit_many(
+    tx: JobTx, batch: Sequence[tuple[NewJob, int]], now: float
+) -> Changed[list[SubmitResult | RequestError]]:
+    """:func:`submit` for each (job, capacity) of *batch*, in order, in this one transaction.
+    A refused job is answered with its refusal and the others go on (a refusal comes before
+    anything of its job is written). Each queue's workers are woken once, however many jobs
+    it got."""
+    admission = _Admission(tx, now)
+    results: list[SubmitResult | RequestError] = []
+    names: list[str] = []
+    for new, capacity in batch:
+        try:
+            result = admission.admit(new, capacity)
+        except (Conflict, QueueFull) as refusal:
+            results.append(refusal)
+            continue
+        results.append(result)
+        if result.created:
+            names.append(result.job.stream)
+    return Changed(results, (*names, *admission.close()))
 
 
 # -- fair order: priorities, turns and per-key limits ---------------------------------------
@@ -233,12 +316,6 @@ def submit(tx: JobTx, new: NewJob, capacity: int, now: float) -> Changed[SubmitR
 # How many due jobs a claim looks at, at most, past jobs it may not start (their key is at its
 # limit): a claim stays cheap whatever the backlog of one key.
 SCAN_LIMIT = 1024
-
-
-def _take_turn(tx: JobTx, queue: str, key: str | None) -> int:
-    turn = max(tx.queue_turn(queue), tx.key_turn(queue, key)) + 1
-    tx.set_key_turn(queue, key, turn)
-    return turn
 
 
 def _startable(tx: JobTx, queue: str, now: float, limit: int, per_key: int) -> list[JobRecord]:
@@ -386,9 +463,12 @@ def _owned(tx: JobTx, job_id: str, owner: str, attempt: int) -> JobRecord:
 def emit(
     tx: JobTx, job_id: str, owner: str, attempt: int, messages: list[dict[str, Any]], now: float
 ) -> Changed[None]:
-    job = _owned(tx, job_id, owner, attempt)
-    _emit(tx, job, now, *messages)
-    return Changed(None, (job.stream,))
+    # The lease alone, not the whole job: an emit's cost does not grow with the job's input.
+    if tx.lease_of(job_id) != (JobState.RUNNING, owner, attempt):
+        raise LeaseLost(job_id)
+    stream = job_stream_name(job_id)
+    _append(tx, stream, now, messages)
+    return Changed(None, (stream,))
 
 
 # -- the end of an attempt ------------------------------------------------------------------

@@ -36,8 +36,9 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from outlast.errors import NotFound, StoreError, StoreUnavailable
+from outlast.errors import NotFound, RequestError, StoreError, StoreUnavailable
 from outlast.models import JobRecord, NewJob, job_stream_name
+from outlast.store import base
 from outlast.store import streams_logic as logic
 from outlast.store.base import ReadResult, StreamInfo, Unit
 from outlast.store.jobs_logic import JobTx
@@ -48,6 +49,7 @@ from outlast.store.redis_data import (
     Keys,
     decode_job,
     decode_row,
+    unfold_units,
     unpack_unit,
 )
 from outlast.store.redis_engine import OUTAGE_RETRY_AFTER, StreamChange, WriterEngine
@@ -60,7 +62,7 @@ from outlast.store.redis_setup import (
     parse_url,
     text,
 )
-from outlast.store.redis_tx import Due, Field, Prefetch, RedisTx
+from outlast.store.redis_tx import Due, Field, Members, Prefetch, RedisTx
 from outlast.store.streams_logic import Changed
 from outlast.store.template import JobFilter, Rule, RuleStore
 
@@ -77,6 +79,14 @@ SUBSCRIBE_TIMEOUT = 5.0
 MAX_HEADS = 4096
 # Connections to Redis for reads, per node: more concurrent reads wait for one.
 MAX_CONNECTIONS = 64
+# With Redis's maxmemory set, new work (submissions, stream creations and appends) is refused
+# with 503 once Redis uses this share of it: the rest is kept for the work already accepted
+# (running jobs' events and outcomes), which Redis would refuse too once memory is full.
+MEMORY_REFUSE_AT = 0.9
+MEMORY_POLL = 0.1  # seconds between two looks at Redis's memory (INFO memory)
+MEMORY_RETRY_AFTER = 5.0
+# What an emit reads of its job (jobs_logic.JobTx.lease_of).
+LEASE_FIELDS = ("state", "lease_owner", "attempt")
 
 
 class _Snapshot(RedisTx):
@@ -115,6 +125,12 @@ class RedisStore(RuleStore[Prefetch]):
         engine.on_unknown = self._forget_all
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed = asyncio.Event()
+        # Redis's maxmemory (0: none) and used memory at the last look, and what this node
+        # admitted since (an estimate): new work is refused near the limit (MEMORY_REFUSE_AT).
+        self.memory_limit = 0
+        self.memory_used = 0
+        self.memory_admitted = 0
+        self.memory_full = False
 
     @classmethod
     async def open(cls, url: str) -> RedisStore:
@@ -152,6 +168,7 @@ class RedisStore(RuleStore[Prefetch]):
         store = cls(parsed, client, engine)
         store._tasks.append(asyncio.create_task(store._listen(), name="outlast-redis-listen"))
         store._tasks.append(asyncio.create_task(store._sweep_forever(), name="outlast-redis-sweep"))
+        store._tasks.append(asyncio.create_task(store._watch_memory(), name="outlast-redis-memory"))
         # Changes committed after open() returns must reach this process's readers.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(store._subscribed.wait(), SUBSCRIBE_TIMEOUT)
@@ -169,6 +186,74 @@ class RedisStore(RuleStore[Prefetch]):
                 retry_after=OUTAGE_RETRY_AFTER,
             ) from exc
 
+    # -- memory ---------------------------------------------------------------------------
+
+    async def _watch_memory(self) -> None:
+        """Follow Redis's memory use against its maxmemory (see MEMORY_REFUSE_AT)."""
+        task = asyncio.current_task()
+        # (A cancellation during the call may come out of redis-py as a connection error.)
+        while task is None or not task.cancelling():
+            with contextlib.suppress(RedisError, OSError):  # an outage is reported elsewhere
+                self._memory(await self.client.info("memory"))
+            await asyncio.sleep(MEMORY_POLL)
+
+    def _memory(self, info: dict[str, Any]) -> None:
+        self.memory_limit = int(info.get("maxmemory") or 0)
+        self.memory_used = int(info.get("used_memory") or 0)
+        self.memory_admitted = 0
+        full = self._near_limit(0)
+        if full and not self.memory_full:
+            log.warning(
+                "redis at %s is nearly out of memory (%d of maxmemory %d bytes used): new work "
+                "is refused until memory is freed (docs/redis.md#memory)",
+                *(self.url.display, self.memory_used, self.memory_limit),
+            )
+        elif self.memory_full and not full:
+            log.warning("redis at %s has memory again: new work is accepted", self.url.display)
+        self.memory_full = full
+
+    def _near_limit(self, size: int) -> bool:
+        limit = self.memory_limit
+        used = self.memory_used + self.memory_admitted + size
+        return limit > 0 and used >= limit * MEMORY_REFUSE_AT
+
+    def _admit(self, size: Callable[[], int]) -> None:
+        """Refuse new work while Redis's memory is nearly full (503 + Retry-After). *size*:
+        about what the work adds (counted against the limit until the next look)."""
+        if not self.memory_limit:
+            return
+        # Redis keeps more than the data: twice it, and a kilobyte for the keys.
+        added = 2 * size() + 1024
+        if self._near_limit(added):
+            raise StoreUnavailable(
+                f"redis at {self.url.display} is nearly out of memory (maxmemory "
+                f"{self.memory_limit} bytes): new work is refused until memory is freed",
+                retry_after=MEMORY_RETRY_AFTER,
+            )
+        self.memory_admitted += added
+
+    async def submit_job(self, new: NewJob, capacity: int) -> base.SubmitResult:
+        self._admit(lambda: len(json.dumps(new.input, default=str)))
+        return await super().submit_job(new, capacity)
+
+    async def submit_jobs(
+        self, batch: Sequence[tuple[NewJob, int]]
+    ) -> list[base.SubmitResult | RequestError]:
+        self._admit(lambda: sum(len(json.dumps(new.input, default=str)) for new, _ in batch))
+        return await super().submit_jobs(batch)
+
+    async def retry_job(self, job_id: str, capacity: int) -> base.SubmitResult:
+        self._admit(lambda: 0)
+        return await super().retry_job(job_id, capacity)
+
+    async def create_stream(self, name: str, spec: base.CreateSpec) -> base.CreateResult:
+        self._admit(lambda: sum(len(data) for data, _ in spec.units))
+        return await super().create_stream(name, spec)
+
+    async def append(self, name: str, spec: base.AppendSpec) -> base.AppendResult:
+        self._admit(lambda: 0 if spec.unit is None else len(spec.unit[0]))
+        return await super().append(name, spec)
+
     # -- the template's primitives -----------------------------------------------------------
 
     def _change(self, rule: Rule[T], prefetch: Sequence[Prefetch] = ()) -> Awaitable[Changed[T]]:
@@ -183,6 +268,8 @@ class RedisStore(RuleStore[Prefetch]):
         found: list[Prefetch] = [self.keys.counts(new.queue), self.keys.turns(new.queue)]
         if new.concurrency_key is not None:
             found.append(Field(self.keys.key_turns(new.queue), new.concurrency_key))
+        if new.key is not None:
+            found.append(Field(self.keys.jkeys, new.key))
         return found
 
     def _prefetch_due(self, queue: str, limit: int) -> Sequence[Prefetch]:
@@ -195,7 +282,14 @@ class RedisStore(RuleStore[Prefetch]):
         return [self.keys.job(job_id) for job_id, _ in held]
 
     def _prefetch_running(self, job_id: str) -> Sequence[Prefetch]:
-        return [self.keys.job(job_id), self.keys.stream(job_stream_name(job_id))]
+        stream = job_stream_name(job_id)
+        # The stream's units too: an attempt's end may close the stream, which folds them.
+        return [self.keys.job(job_id), self.keys.stream(stream), Members(self.keys.units(stream))]
+
+    def _prefetch_emit(self, job_id: str) -> Sequence[Prefetch]:
+        job = self.keys.job(job_id)
+        lease = [Field(job, name) for name in LEASE_FIELDS]
+        return [*lease, self.keys.stream(job_stream_name(job_id))]
 
     # -- following other nodes ----------------------------------------------------------------
 
@@ -284,15 +378,21 @@ class RedisStore(RuleStore[Prefetch]):
         # start offset, and offsets count bytes: the units that start within max_bytes of the
         # position hold what the read may return, and Redis sends them straight from the set
         # (a script gathering them instead costs Redis time per byte; see docs/benchmarks.md).
+        # A closed stream's units may be folded into one record (redis_data.fold_units).
         pipe = self.client.pipeline(transaction=True)
         pipe.hgetall(self.keys.stream(name))
         pipe.zrangebyscore(self.keys.units(name), position, position + max_bytes)
-        flat, members = await self._redis(pipe.execute())
+        pipe.get(self.keys.folded(name))
+        flat, members, folded = await self._redis(pipe.execute())
         row = decode_row(_texts(flat)) if flat else None
+        found = [unpack_unit(member) for member in members]
+        if folded is not None:
+            end = position + max_bytes
+            found += [u for u in unfold_units(folded) if position <= u.start <= end]
+            found.sort(key=lambda u: u.start)
         units: list[Unit] = []
         size = 0
-        for member in members:
-            unit = unpack_unit(member)
+        for unit in found:
             if units and size + len(unit.data) > max_bytes:
                 break  # at least one unit, then no more than max_bytes
             units.append(unit)

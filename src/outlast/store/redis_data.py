@@ -4,6 +4,9 @@ The data model (every key starts with the store's prefix, ``outlast:`` by defaul
 
     s:<name>        hash   a stream's row (streams_logic.Row), one JSON value per field
     u:<name>        zset   its units, scored by start; member = start, end, count + data
+    f:<name>        string the units of a closed stream, folded into one compressed record
+                           (fold_units) in place of u:<name>: a closed stream costs about
+                           what its compressed content does (layout 3)
     p:<name>        hash   its idempotent producers: id -> "epoch seq"
     sids            hash   stream id -> name            sseq   string  id allocator
     children        hash   stream id -> forks of it     sexp   zset    stream id by expiry
@@ -34,6 +37,7 @@ import json
 import math
 import re
 import struct
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,6 +65,34 @@ def pack_unit(unit: Unit) -> bytes:
 def unpack_unit(member: bytes) -> Unit:
     start, end, count = UNIT_HEADER.unpack_from(member)
     return Unit(start, end, count, bytes(member[UNIT_HEADER.size :]))
+
+
+# A folded unit: start, end, message count, length of the data; then the data.
+FOLDED_HEADER = struct.Struct(">QQII")
+# A closed stream holding more than this much data keeps its units one by one: a read of a
+# folded stream decompresses all of it.
+FOLD_MAX = 1 << 20
+
+
+def fold_units(units: Sequence[Unit]) -> bytes:
+    """Units (in order) as one compressed record."""
+    parts: list[bytes] = []
+    for unit in units:
+        parts.append(FOLDED_HEADER.pack(unit.start, unit.end, unit.count, len(unit.data)))
+        parts.append(unit.data)
+    return zlib.compress(b"".join(parts), 6)
+
+
+def unfold_units(record: bytes) -> list[Unit]:
+    raw = zlib.decompress(record)
+    units: list[Unit] = []
+    at, size = 0, FOLDED_HEADER.size
+    while at < len(raw):
+        start, end, count, length = FOLDED_HEADER.unpack_from(raw, at)
+        at += size
+        units.append(Unit(start, end, count, raw[at : at + length]))
+        at += length
+    return units
 
 
 # 19 digits and more may be an integer orjson cannot hold (past 2**63 - 1).
@@ -158,6 +190,9 @@ class Keys:
     def units(self, name: str) -> str:
         return f"{self.prefix}u:{name}"
 
+    def folded(self, name: str) -> str:
+        return f"{self.prefix}f:{name}"
+
     def producers(self, name: str) -> str:
         return f"{self.prefix}p:{name}"
 
@@ -197,13 +232,15 @@ def ready_score(priority: int, turn: int) -> float:
 
 class Layer:
     """Writes not yet sent: hash fields (``None`` deletes), sorted-set members (``None``
-    removes), counter increments, and keys deleted before the writes recorded here."""
+    removes), string values, counter increments, and keys deleted before the writes recorded
+    here."""
 
-    __slots__ = ("cleared", "deltas", "extra", "hashes", "zsets")
+    __slots__ = ("cleared", "deltas", "extra", "hashes", "strings", "zsets")
 
     def __init__(self) -> None:
         self.cleared: set[str] = set()
         self.hashes: dict[str, dict[str, str | None]] = {}
+        self.strings: dict[str, bytes] = {}
         self.zsets: dict[str, dict[bytes, float | None]] = {}
         self.deltas: dict[tuple[str, str], int] = {}
         self.extra: list[Command] = []
@@ -213,6 +250,8 @@ class Layer:
             self.cleared.add(key)
             self.hashes.pop(key, None)
             self.zsets.pop(key, None)
+            self.strings.pop(key, None)
+        self.strings.update(top.strings)
         for key, fields in top.hashes.items():
             self.hashes.setdefault(key, {}).update(fields)
         for key, members in top.zsets.items():
@@ -224,6 +263,7 @@ class Layer:
     def commands(self) -> list[Command]:
         """The writes, as commands for one ``MULTI``/``EXEC``."""
         out: list[Command] = [("DEL", key) for key in sorted(self.cleared)]
+        out += [("SET", key, value) for key, value in self.strings.items()]
         for key, fields in self.hashes.items():
             gone = [f for f, v in fields.items() if v is None]
             kept = [x for f, v in fields.items() if v is not None for x in (f, v)]

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import hiredis
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.retry import Retry
 
 from outlast.errors import StoreError, StoreUnavailable
@@ -95,6 +95,12 @@ class Wire:
         for reply in replies:
             if isinstance(reply, ResponseError):
                 self.reset()
+                if isinstance(reply, OutOfMemoryError):
+                    # maxmemory reached (noeviction): the transaction was not applied.
+                    raise StoreUnavailable(
+                        f"redis at {self.where} is out of memory: {reply}",
+                        retry_after=OUTAGE_RETRY_AFTER,
+                    )
                 raise StoreError(f"redis refused a command: {reply}")
         return replies
 

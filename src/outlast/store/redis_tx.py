@@ -37,6 +37,7 @@ from outlast.store import webhooks_logic as webhooks
 from outlast.store.base import Unit
 from outlast.store.jobs_logic import JobTx
 from outlast.store.redis_data import (
+    FOLD_MAX,
     ROW_FIELDS,
     Call,
     Command,
@@ -49,11 +50,13 @@ from outlast.store.redis_data import (
     decode_row_reply,
     dumps,
     encode_fields,
+    fold_units,
     job_fields,
     loads,
     pack_unit,
     pairs,
     ready_score,
+    unfold_units,
     unpack_unit,
 )
 
@@ -76,12 +79,23 @@ class Field:
     field: str
 
 
-# What an operation asks to have read before it runs: a hash (its key), one of its fields, or
-# due jobs.
-Prefetch = str | Field | Due
+@dataclass(frozen=True, slots=True)
+class Members:
+    """A prefetch of a whole sorted set (a stream's units, for the fold at its close)."""
+
+    key: str
+
+
+# What an operation asks to have read before it runs: a hash (its key), one of its fields, a
+# whole sorted set, or due jobs.
+Prefetch = str | Field | Members | Due
 
 # A claim reads a queue's ready jobs this many at a time (then twice as many, and so on).
 READY_BATCH = 64
+# ... and reads and decodes their jobs this many at a time, as the claim takes them.
+JOB_CHUNK = 16
+# A whole sorted set prefetched (Members) is read up to this many members.
+MEMBERS_PREFETCH = 1024
 # Delayed jobs that became due are moved to the ready set this many at a time per claim.
 PROMOTE_BATCH = 1000
 
@@ -175,6 +189,13 @@ class RedisTx(JobTx):
                         limit,
                     )
                     todo.append((key, ("zrange", key, low, high), command))
+            elif isinstance(item, Members):
+                # At most MEMBERS_PREFETCH: a larger set is read in full only if asked for.
+                key, low, high = item.key, "-inf", "+inf"
+                if self._cached_range(key, low, high, None) is None and not self._cleared(key)[1]:
+                    command = ("ZRANGEBYSCORE", key, low, high, "WITHSCORES")
+                    command += ("LIMIT", 0, MEMBERS_PREFETCH)
+                    todo.append((key, ("members", key), command))
             elif isinstance(item, Field):
                 cache_key = ("hget", item.key, item.field)
                 if (
@@ -195,6 +216,8 @@ class RedisTx(JobTx):
         for (_, cache_key, command), reply in zip(todo, replies, strict=True):
             if cache_key[0] == "zrange":
                 self.base[cache_key] = (reply, command[-1])
+            elif cache_key[0] == "members":
+                self.base[("zrange", cache_key[1], "-inf", "+inf")] = (reply, MEMBERS_PREFETCH)
             else:
                 self.base[cache_key] = reply
 
@@ -327,6 +350,19 @@ class RedisTx(JobTx):
         self.op.cleared.add(key)
         self.op.hashes.pop(key, None)
         self.op.zsets.pop(key, None)
+        self.op.strings.pop(key, None)
+
+    def set_string(self, key: str, value: bytes) -> None:
+        self.op.strings[key] = value
+
+    def get_string(self, key: str) -> bytes | None:
+        for layer in (self.op, self.group):
+            if key in layer.strings:
+                return layer.strings[key]
+            if key in layer.cleared:
+                return None
+        reply: bytes | None = self._fetch(key, ("get", key), ("GET", key))
+        return reply
 
     def zadd(self, key: str, member: bytes, score: float) -> None:
         self.op.zsets.setdefault(key, {})[member] = score
@@ -389,10 +425,13 @@ class RedisTx(JobTx):
         self._touched(row.name)
         self.names[row.id] = row.name
         key = self.k.stream(row.name)
-        self.hset(key, encode_fields(dataclasses.asdict(row)), replace=True)
+        self.hset(
+            key, encode_fields({name: getattr(row, name) for name in ROW_FIELDS}), replace=True
+        )
         self.decoded[key] = row
         # Left-overs of an earlier stream of this name cannot exist, but never inherit any.
         self.delete(self.k.units(row.name))
+        self.delete(self.k.folded(row.name))
         self.delete(self.k.producers(row.name))
         self.hset(self.k.sids, {str(row.id): row.name})
         if row.parent_id is not None:
@@ -422,11 +461,28 @@ class RedisTx(JobTx):
         )
         if {"ttl", "expires_at", "touched_at"} & fields.keys():
             self._index_expiry(new, _expiry(row))
+        # (Offsets count bytes: a tail past FOLD_MAX is more data than is folded.)
+        if new.closed and not row.closed and new.tail <= FOLD_MAX:
+            self._fold(row.name)
+
+    def _fold(self, name: str) -> None:
+        """A stream that closed: its units become one compressed record (no unit can follow).
+        A large stream keeps its units one by one (FOLD_MAX)."""
+        units = [unpack_unit(m) for m, _ in self.zrange(self.k.units(name), -math.inf, math.inf)]
+        if not units or sum(len(u.data) for u in units) > FOLD_MAX:
+            return
+        self.delete(self.k.units(name))
+        self.set_string(self.k.folded(name), fold_units(units))
 
     def remove_stream(self, stream_id: int) -> None:
         row = self._row_by_id(stream_id)
         self._touched(row.name)
-        for key in (self.k.stream(row.name), self.k.units(row.name), self.k.producers(row.name)):
+        for key in (
+            self.k.stream(row.name),
+            self.k.units(row.name),
+            self.k.folded(row.name),
+            self.k.producers(row.name),
+        ):
             self.delete(key)
         self.hset(self.k.sids, {str(stream_id): None})
         self.hset(self.k.children, {str(stream_id): None})
@@ -438,11 +494,27 @@ class RedisTx(JobTx):
     def count_children(self, stream_id: int) -> int:
         return int(self.hget(self.k.children, str(stream_id)) or 0)
 
-    def _units_key(self, stream_id: int) -> str:
+    def _units(
+        self, stream_id: int, low: float, high: float, *, open_high: bool = False
+    ) -> list[Unit]:
+        """The stream's units that start from *low* to *high*, in order: folded ones (a closed
+        stream's) and those kept one by one."""
         name = self._name(stream_id)
         if name is None:
             raise LookupError(f"no stream with id {stream_id}")
-        return self.k.units(name)
+        key = self.k.units(name)
+        units = [unpack_unit(m) for m, _ in self.zrange(key, low, high, open_high=open_high)]
+        row = self.get_stream(name)
+        if row is not None and row.closed:
+            record = self.get_string(self.k.folded(name))
+            if record is not None:
+                units += [
+                    u
+                    for u in unfold_units(record)
+                    if low <= u.start and (u.start < high or (u.start == high and not open_high))
+                ]
+                units.sort(key=lambda u: u.start)
+        return units
 
     def insert_unit(self, stream_id: int, unit: Unit) -> None:
         name = self._name(stream_id)
@@ -452,20 +524,21 @@ class RedisTx(JobTx):
         self.zadd(self.k.units(name), pack_unit(unit), unit.start)
 
     def copy_units(self, source_id: int, target_id: int, before: int) -> None:
-        target = self._units_key(target_id)
-        for member, score in self.zrange(self._units_key(source_id), 0, before, open_high=True):
-            if unpack_unit(member).end <= before:
-                self.zadd(target, member, score)
+        name = self._name(target_id)
+        if name is None:
+            raise LookupError(f"no stream with id {target_id}")
+        for unit in self._units(source_id, 0, before, open_high=True):
+            if unit.end <= before:
+                self.zadd(self.k.units(name), pack_unit(unit), unit.start)
 
     def unit_at(self, stream_id: int, start: int) -> Unit | None:
-        found = self.zrange(self._units_key(stream_id), start, start, 1)
-        return unpack_unit(found[0][0]) if found else None
+        found = self._units(stream_id, start, start)
+        return found[0] if found else None
 
     def units_from(self, stream_id: int, start: int, max_bytes: int) -> list[Unit]:
         units: list[Unit] = []
         size = 0
-        for member, _ in self.zrange(self._units_key(stream_id), start, math.inf):
-            unit = unpack_unit(member)
+        for unit in self._units(stream_id, start, math.inf):
             if units and size + len(unit.data) > max_bytes:
                 break
             units.append(unit)
@@ -544,6 +617,21 @@ class RedisTx(JobTx):
         self.decoded[key] = job
         return job
 
+    def lease_of(self, job_id: str) -> tuple[JobState, str | None, int] | None:
+        key = self.k.job(job_id)
+        if key in self.decoded:
+            return super().lease_of(job_id)
+        # Three fields (prefetched by an emit), never the job's input.
+        state = self.hget(key, "state")
+        if state is None:
+            return None
+        owner, attempt = self.hget(key, "lease_owner"), self.hget(key, "attempt")
+        return (
+            JobState(loads(state)),
+            None if owner is None else loads(owner),
+            0 if attempt is None else int(loads(attempt)),
+        )
+
     def update_job(self, job_id: str, **fields: Any) -> None:
         old = self.get_job(job_id)
         if old is None:
@@ -592,14 +680,17 @@ class RedisTx(JobTx):
         count, seen = READY_BATCH, 0
         while True:
             members = self.zrange(key, -math.inf, math.inf, count)
-            jobs = self._jobs(members[seen:], JobState.QUEUED)
-            if keyed:
-                running = self.k.key_running(queue)
-                keys = {j.concurrency_key for j in jobs if j.concurrency_key is not None}
-                self.prefetch([Field(running, k) for k in sorted(keys)])
-            for job in jobs:
-                if job.run_at <= now:
-                    yield job
+            # The jobs a few at a time: a claim usually takes the first few of them, and
+            # reading and decoding every member of the batch would cost most of the claim.
+            for at in range(seen, len(members), JOB_CHUNK):
+                jobs = self._jobs(members[at : at + JOB_CHUNK], JobState.QUEUED)
+                if keyed:
+                    running = self.k.key_running(queue)
+                    keys = {j.concurrency_key for j in jobs if j.concurrency_key is not None}
+                    self.prefetch([Field(running, k) for k in sorted(keys)])
+                for job in jobs:
+                    if job.run_at <= now:
+                        yield job
             if len(members) < count:
                 return
             seen, count = len(members), count * 2

@@ -178,7 +178,11 @@ class Checkpointer(threading.Thread):
         if version != self.data_version:
             self.data_version, self.changed_at = version, now
         size = wal_size(self.path)
-        if size > WAL_RESTART_BYTES and now >= self.restart_after:
+        if size > 0 and now - self.changed_at >= IDLE_TRUNCATE:
+            # Idle comes first: a WAL restarted by the last checkpoint keeps its file size until
+            # the next commit, which may never come.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        elif size > WAL_RESTART_BYTES and now >= self.restart_after:
             # Copy what can be copied while writers go on, then finish with writers held off
             # and readers out of the WAL, so that the next commit starts it again.
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -193,8 +197,6 @@ class Checkpointer(threading.Thread):
                 self.backoff = min(self.backoff * 2, RESTART_BACKOFF_MAX)
             else:
                 self.backoff = CHECKPOINT_INTERVAL
-        elif size > 0 and now - self.changed_at >= IDLE_TRUNCATE:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         elif self.passive:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 

@@ -185,8 +185,12 @@ def _fork_key(spec: CreateSpec) -> str | None:
     return json.dumps([spec.fork_from, spec.fork_offset, spec.fork_sub_offset])
 
 
-def create(tx: Tx, name: str, spec: CreateSpec, now: float) -> Changed[CreateResult]:
-    existing = _live(tx, name, now)
+def create(
+    tx: Tx, name: str, spec: CreateSpec, now: float, *, fresh: bool = False
+) -> Changed[CreateResult]:
+    """Create stream *name* (or find it, created before with the same configuration).
+    *fresh*: the name cannot exist yet (a new job's stream), so it is not looked up."""
+    existing = None if fresh else _live(tx, name, now)
     if existing is not None:
         if existing.deleted:
             raise Conflict(f"stream {name} was deleted and is still referenced by forks")
@@ -199,7 +203,7 @@ def create(tx: Tx, name: str, spec: CreateSpec, now: float) -> Changed[CreateRes
         id=0,
         name=name,
         content_type=spec.content_type,
-        tail=0,
+        tail=sum(len(data) for data, _ in spec.units),
         closed=spec.closed,
         created_at=now,
         touched_at=now,
@@ -212,15 +216,11 @@ def create(tx: Tx, name: str, spec: CreateSpec, now: float) -> Changed[CreateRes
         closed_by=None,
     )
     stream_id = tx.insert_stream(row)
-    tail = 0
+    start = 0
     for data, count in spec.units:
-        tx.insert_unit(stream_id, Unit(tail, tail + len(data), count, data))
-        tail += len(data)
-    if tail:
-        tx.update_stream(stream_id, tail=tail)
-    return Changed(
-        CreateResult(created=True, info=replace(row, id=stream_id, tail=tail).info()), (name,)
-    )
+        tx.insert_unit(stream_id, Unit(start, start + len(data), count, data))
+        start += len(data)
+    return Changed(CreateResult(created=True, info=replace(row, id=stream_id).info()), (name,))
 
 
 def _fork(tx: Tx, name: str, spec: CreateSpec, now: float) -> StreamInfo:

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from outlast.errors import BadRequest, NotFound, StoreError
+from outlast.errors import BadRequest, NotFound, RequestError, StoreError
 from outlast.models import JobRecord, JobState, NewJob
 from outlast.store import jobs_logic as jobs
 from outlast.store import streams_logic as logic
@@ -124,6 +124,10 @@ class RuleStore(Store, Generic[P]):
         """An attempt's steps and a cancel: the job and its stream."""
         return ()
 
+    def _prefetch_emit(self, job_id: str) -> Sequence[P]:
+        """An emit: the job's lease and its stream."""
+        return self._prefetch_running(job_id)
+
     # -- streams ---------------------------------------------------------------------------
 
     async def create_stream(self, name: str, spec: CreateSpec) -> CreateResult:
@@ -203,6 +207,13 @@ class RuleStore(Store, Generic[P]):
         )
         return changed.value
 
+    async def submit_jobs(
+        self, batch: Sequence[tuple[NewJob, int]]
+    ) -> list[SubmitResult | RequestError]:
+        prefetch = list(dict.fromkeys(p for new, _ in batch for p in self._prefetch_submit(new)))
+        changed = await self._change(lambda tx, now: jobs.submit_many(tx, batch, now), prefetch)
+        return changed.value
+
     async def get_job(self, job_id: str) -> JobRecord:
         job = await self._view(lambda tx: tx.get_job(job_id))
         if job is None:
@@ -269,7 +280,7 @@ class RuleStore(Store, Generic[P]):
     ) -> None:
         await self._change(
             lambda tx, now: jobs.emit(tx, job_id, owner, attempt, messages, now),
-            self._prefetch_running(job_id),
+            self._prefetch_emit(job_id),
         )
 
     async def finish_job(

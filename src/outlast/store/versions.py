@@ -17,7 +17,11 @@ from outlast.errors import StoreError
 SQLITE_SCHEMA_VERSION = 3
 # Layout 2: queued jobs that are due wait in ready:<queue> (in start order), delayed ones in
 # due:<queue>. A layout 1 store needs no rewrite: claims move its due jobs to ready:<queue>.
-REDIS_LAYOUT_VERSION = 2
+# Layout 3: a stream that closes has its units folded into one compressed record (f:<name>,
+# redis_data.fold_units). A layout 2 store needs no rewrite: every read takes the units it finds
+# one by one and folded, so its streams closed before stay readable as they are. An outlast
+# of layout 2 would not see folded units: it refuses to start on a layout 3 store.
+REDIS_LAYOUT_VERSION = 3
 
 
 def _statements(script: str) -> list[str]:
