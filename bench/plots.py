@@ -571,7 +571,8 @@ def _load(path: Path) -> dict[str, Any]:
 
 def choose(files: Sequence[Path], results: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
     """benchmark -> (file, its results): the files given, else the newest of each in *results*
-    (the date is in the name; a streams dry run is passed over)."""
+    (the date is in the name; a streams dry run and a relay run without the relay workloads
+    are passed over)."""
     chosen: dict[str, tuple[Path, dict[str, Any]]] = {}
     if files:
         for path in files:
@@ -584,7 +585,9 @@ def choose(files: Sequence[Path], results: Path) -> dict[str, tuple[Path, dict[s
     for bench in BENCHES:
         for path in sorted(results.glob(f"{bench}-*.json"), reverse=True):
             data = _load(path)
-            if data.get("meta", {}).get("dry_run"):
+            meta = data.get("meta", {})
+            # A dry run, or a relay run of the proxy workload alone (--no-relay): nothing to draw.
+            if meta.get("dry_run") or meta.get("config", {}).get("relay") is False:
                 continue
             chosen[bench] = (path, data)
             break

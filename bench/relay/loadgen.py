@@ -6,10 +6,12 @@ measured apart from the server's, the upstream's and the progress display)::
 It prints one JSON line, the result; progress lines go to the file named by ``"progress"``.
 
 - ``streams``: N streams of the fake upstream read *directly* (``"mode": "direct"``: N POSTs to
-  the upstream) or *through outlast* (``"mode": "relay"``: N relay jobs, ``POST /v1/jobs``, each
-  followed live on ``GET /v1/jobs/<id>/events`` by ``readers`` readers). Every reader is
-  connected before the upstream's gate opens, so every event is read live. Per event: receive
-  time − the upstream's send stamp.
+  the upstream), *through outlast* (``"mode": "relay"``: N relay jobs, ``POST /v1/jobs``, each
+  followed live on ``GET /v1/jobs/<id>/events`` by ``readers`` readers) or *through a proxy*
+  (``"mode": "proxy"``: N streaming chat requests POSTed to ``"path"`` of the server, each read
+  on its own answer: outlast's pass-through, the LiteLLM proxy). Every reader is connected
+  before the upstream's gate opens, so every event is read live. Per event: receive time − the
+  upstream's send stamp.
 - ``scale``: memory per running relay and per idle reader, then the flow with every reader on:
   warm-up relays; RSS; R relays held open at the gate (no readers); RSS; R × k readers idle on
   their events; RSS; the gate opens and every reader must get every event, without one error.
@@ -24,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import resource
 import sys
 import time
@@ -35,6 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from bench.relay.upstream import STAMP
 from bench.streams.loadgen import (
     ChunkedDecoder,
     cpu_seconds,
@@ -45,7 +47,6 @@ from bench.streams.loadgen import (
 )
 from bench.streams.targets import proc_rss_bytes
 
-STAMP = re.compile(rb'"bench":\{"s":(\d+),"t":(\d+)\}')
 UPSTREAM_NAME = "bench"  # the upstream's name in outlast's config (OUTLAST_UPSTREAMS__BENCH__URL)
 UPSTREAM_PATH = "/v1/chat/completions"
 CONNECTS_IN_FLIGHT = 200  # readers connecting at once (the rest queue behind them)
@@ -95,6 +96,7 @@ class SSEConn(asyncio.Protocol):
         self.done = False  # data: [DONE] seen
         self.ended = False  # the body ended (or we closed it ourselves)
         self.last_ns = 0
+        self.first_ns: int | None = None  # the latency of event 0 (a proxy answers with it)
         self.headed: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
 
@@ -128,8 +130,10 @@ class SSEConn(asyncio.Protocol):
         for block in blocks:
             match = STAMP.search(block)
             if match is not None:
-                seq = int(match[1])
-                self.latency.append(now - int(match[2]))
+                seq = int(match[1] or match[3])
+                self.latency.append(now - int(match[2] or match[4]))
+                if seq == 0:
+                    self.first_ns = self.latency[-1]
                 self.last_ns = now
                 if seq > self.next_seq:
                     self.gaps += seq - self.next_seq
@@ -156,21 +160,29 @@ class SSEConn(asyncio.Protocol):
                 future.set_result(None)
 
 
-def http_request(method: str, host: str, path: str, body: bytes = b"") -> bytes:
+def http_request(
+    method: str, host: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> bytes:
     head = (
         f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
         f"Accept-Encoding: identity\r\nCache-Control: no-cache\r\n"
     )
+    head += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     if body:
         head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     return head.encode() + b"\r\n" + body
 
 
 async def open_conns(
-    base: str, requests: list[bytes], errors: Errors, note: Callable[[str], None]
+    base: str,
+    requests: list[bytes],
+    errors: Errors,
+    note: Callable[[str], None],
+    wait_head: bool = True,
 ) -> list[SSEConn]:
     """Connect one reader per request, at most CONNECTS_IN_FLIGHT at a time, each until its
-    response head arrived."""
+    response head arrived (with *wait_head*; else until its request is sent: a proxy may hold
+    its head back until the upstream's first event)."""
     parts = urlsplit(base)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     loop = asyncio.get_running_loop()
@@ -183,7 +195,8 @@ async def open_conns(
         async with gate:
             try:
                 await loop.create_connection(lambda: conn, host, port)
-                await conn.headed
+                if wait_head:
+                    await conn.headed
             except OSError as exc:
                 errors.add("connect", repr(exc))
                 conn.ended = True
@@ -196,14 +209,26 @@ async def open_conns(
     return conns
 
 
-def stream_body(gate: str, events: int, rate: float, seconds: float) -> dict[str, Any]:
+def stream_body(
+    gate: str, events: int, rate: float, seconds: float, in_content: bool = False
+) -> dict[str, Any]:
     """The request every stream sends, directly or through the relay: an OpenAI-style chat
-    completion request, plus what the fake upstream is to do."""
+    completion request, plus what the fake upstream is to do. With *in_content*, what it is to
+    do goes in the message, and the stamps come back in the chunks' content: a proxy that
+    passes on only the fields of the OpenAI API (LiteLLM) keeps both."""
+    params = {"gate": gate, "n": events, "rate": rate, "seconds": seconds, "spread": True}
+    if in_content:
+        content = json.dumps({"bench": {**params, "stamp": "content"}})
+        return {
+            "model": "bench",
+            "stream": True,
+            "messages": [{"role": "user", "content": content}],
+        }
     return {
         "model": "bench",
         "stream": True,
         "messages": [{"role": "user", "content": "Count."}],
-        "bench": {"gate": gate, "n": events, "rate": rate, "seconds": seconds, "spread": True},
+        "bench": params,
     }
 
 
@@ -328,6 +353,9 @@ class Bench:
         if mode == "direct":
             host = urlsplit(self.upstream).netloc
             return [http_request("POST", host, UPSTREAM_PATH, body) for _ in ids]
+        if mode == "proxy":
+            host, headers = urlsplit(self.server).netloc, self.spec.get("headers", {})
+            return [http_request("POST", host, self.spec["path"], body, headers) for _ in ids]
         host = urlsplit(self.server).netloc
         return [
             http_request("GET", host, f"/v1/jobs/{job_id}/events")
@@ -384,7 +412,8 @@ class Bench:
     ) -> dict[str, Any]:
         """N streams, read directly or through outlast's relay; see the module docstring."""
         gate = self.new_gate(mode)
-        body = json.dumps(stream_body(gate, events, rate, seconds)).encode()
+        in_content = bool(self.spec.get("stamp_in_content"))
+        body = json.dumps(stream_body(gate, events, rate, seconds, in_content)).encode()
         ids = [str(i) for i in range(streams)]
         if mode == "relay":
             self.note(f"submitting {streams:,} relay jobs")
@@ -398,8 +427,9 @@ class Bench:
             self.reader_requests(mode, ids, readers, body),
             self.errors,
             self.note,
+            wait_head=mode != "proxy",
         )
-        if mode == "direct":
+        if mode in ("direct", "proxy"):
             await self.wait_gate(gate, streams, "streams")
         if before_go is not None:
             await before_go()
@@ -434,6 +464,7 @@ def summarize(
     expected = sent * readers
     span = max(1e-9, (end_ns - go_ns) / 1e9)
     ms = [x / 1e6 for x in latencies]
+    first = sorted(c.first_ns / 1e6 for c in conns if c.first_ns is not None)
     return {
         "streams": streams,
         "readers": len(conns),
@@ -457,6 +488,12 @@ def summarize(
             "p999": percentile(ms, 99.9),
             "max": ms[-1] if ms else float("nan"),
             "mean": sum(ms) / len(ms) if ms else float("nan"),
+        },
+        # Event 0 of each stream apart: through a proxy it also waits for the answer's head.
+        "first_event_latency_ms": {
+            "p50": percentile(first, 50),
+            "p99": percentile(first, 99),
+            "max": first[-1] if first else float("nan"),
         },
         "jobs": jobs,
         **cpu,

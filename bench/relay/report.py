@@ -1,7 +1,8 @@
 """Medians, within-run differences and the Relay section of docs/benchmarks.md.
 
 A run's results are ``{"latency": {N: {"direct": r, target: r}}, "ceiling": {"direct": r,
-target: r}, "scale": {target: r}, "server_log": {target: ...}}``. Added latency is computed
+target: r}, "proxy": {N: {"direct": r, target: r}}, "scale": {target: r}, "server_log":
+{target: ...}}``. Added latency is computed
 within each run (the relay's percentile minus the direct read's, measured minutes apart on the
 same machine), then the median over runs is taken; every other figure is a median over runs.
 Only the text between ``<!-- bench:relay -->`` and ``<!-- /bench:relay -->`` is rewritten.
@@ -16,6 +17,7 @@ from typing import Any
 from bench.common import median, median_present, number
 
 SECTION = "relay"
+PROXY_SECTION = "relay-proxy"  # the pass-through and LiteLLM, its own section
 DIRECT = "direct"
 TARGET_P99_ADDED_MS = 2.0  # target: relay p99 added latency at 100 streams
 TARGET_READER_BYTES = 64 * 1024  # target: per idle reader
@@ -40,7 +42,9 @@ def errors_of(r: Result | None) -> int:
     return count
 
 
-def latency_rows(runs: Runs, levels: list[int], names: list[str]) -> list[Result]:
+def latency_rows(
+    runs: Runs, levels: list[int], names: list[str], key: str = "latency"
+) -> list[Result]:
     rows = []
     for n in levels:
         for pct in ("p50", "p99"):
@@ -49,7 +53,7 @@ def latency_rows(runs: Runs, levels: list[int], names: list[str]) -> list[Result
             def lat(r: Result | None, pct: str = pct) -> float | None:
                 return number(r["latency_ms"][pct]) if ok(r) and r["received"] else None  # type: ignore[index]
 
-            per_run = [run["latency"].get(str(n), {}) for run in runs]
+            per_run = [run.get(key, {}).get(str(n), {}) for run in runs]
             row["direct"] = median_present([lat(p.get(DIRECT)) for p in per_run])
             for name in names:
                 row["relay"][name] = median_present([lat(p.get(name)) for p in per_run])
@@ -131,16 +135,49 @@ def summarize(runs: Runs, levels: list[int], names: list[str]) -> Result:
     return out
 
 
+def summarize_proxies(runs: Runs, levels: list[int], names: list[str]) -> Result:
+    """The proxy workload: latency rows as for the relay, events/s delivered and errors."""
+
+    def delivered(n: int, who: str) -> Callable[[dict[str, Any]], Any]:
+        return lambda run: run["proxy"][str(n)][who]["events_per_s"]
+
+    return {
+        "latency": latency_rows(runs, levels, names, key="proxy"),
+        "delivered": {
+            who: {str(n): _median_of(runs, delivered(n, who)) for n in levels}
+            for who in [DIRECT, *names]
+        },
+        "errors": {
+            who: {
+                str(n): sum(errors_of(r.get("proxy", {}).get(str(n), {}).get(who)) for r in runs)
+                for n in levels
+            }
+            for who in names
+        },
+        "cpu": [
+            (
+                f"{n:,} streams",
+                who,
+                _cpu_shares([r.get("proxy", {}).get(str(n), {}).get(who) for r in runs]),
+            )
+            for n in levels
+            for who in [DIRECT, *names]
+        ],
+    }
+
+
+def _cpu_shares(results: list[Result | None]) -> Result:
+    good = [r for r in results if r is not None and ok(r)]
+    return {
+        k: median([r[k] for r in good if k in r])
+        for k in ("server_cpu", "upstream_cpu", "client_cpu", "other_cpu")
+    }
+
+
 def cpu_rows(runs: Runs, levels: list[int], names: list[str]) -> list[tuple[str, str, Result]]:
     """(workload, who, median CPU shares) for the CPU table."""
 
-    def shares(results: list[Result | None]) -> Result:
-        good = [r for r in results if r is not None and ok(r)]
-        return {
-            k: median([r[k] for r in good if k in r])
-            for k in ("server_cpu", "upstream_cpu", "client_cpu", "other_cpu")
-        }
-
+    shares = _cpu_shares
     rows = []
     for n in levels:
         for who in [DIRECT, *names]:
@@ -164,8 +201,9 @@ def cpu_rows(runs: Runs, levels: list[int], names: list[str]) -> list[tuple[str,
     return rows
 
 
-def problems(runs: Runs) -> list[str]:
-    """Failed or suspicious measurements, in words, grouped by note."""
+def problems(runs: Runs, proxy: bool = False) -> list[str]:
+    """Failed or suspicious measurements, in words, grouped by note: those of the relay
+    workloads, or with *proxy* those of the proxy workload."""
     grouped: dict[str, list[str]] = {}
 
     def note(text: str, where: str) -> None:
@@ -173,10 +211,11 @@ def problems(runs: Runs) -> list[str]:
 
     for i, run in enumerate(runs, 1):
         items: list[tuple[str, str, Result | None]] = []
-        for n, per in run["latency"].items():
+        for n, per in run.get("proxy" if proxy else "latency", {}).items():
             items += [(f"{int(n):,} streams", who, r) for who, r in per.items()]
-        items += [("ceiling", who, r) for who, r in run["ceiling"].items()]
-        items += [("1,000 relays", who, r) for who, r in run["scale"].items()]
+        if not proxy:
+            items += [("ceiling", who, r) for who, r in run["ceiling"].items()]
+            items += [("1,000 relays", who, r) for who, r in run["scale"].items()]
         for workload, who, r in items:
             where = f"run {i} {workload}"
             if not ok(r):
@@ -195,6 +234,8 @@ def problems(runs: Runs) -> list[str]:
                 if flow.get(key):
                     note(f"`{who}`: {flow[key]} events {key.replace('_', ' ')}", where)
         for who, log in run.get("server_log", {}).items():
+            if proxy != is_litellm_name(who):
+                continue
             for message, count in log.get("top", {}).items():
                 note(f"`{who}` log: {count} × {message}", f"run {i}")
     return [f"{text} ({', '.join(places)})" for text, places in grouped.items()]
@@ -217,6 +258,36 @@ def _rate(value: float | None) -> str:
 
 def _verdict(met: bool | None) -> str:
     return "—" if met is None else ("met" if met else "**not met**")
+
+
+def _scale_rows(
+    row: Callable[[str, str, Callable[[Result], str]], None], cfg: Result, redis: bool
+) -> None:
+    row(
+        f"{cfg['relays']:,} relays started: how many reached the upstream, per run",
+        "",
+        lambda s: ", ".join("—" if x is None else f"{x:,}" for x in s["scale_at_upstream"]),
+    )
+    row("memory per running relay (outlast RSS)", "", lambda s: _kib(s["per_relay_bytes"]))
+    if redis:
+        row("… and in redis-server", "", lambda s: _kib(s["per_relay_redis_bytes"]))
+    row("memory per idle reader", "", lambda s: _kib(s["per_reader_bytes"]))
+    row(
+        "peak RSS of outlast",
+        "",
+        lambda s: "—" if not s["peak_rss"] else f"{s['peak_rss'] / 2**20:,.0f} MiB",
+    )
+    readers = cfg["relays"] * cfg["readers_per_relay"]
+    row(
+        f"{cfg['relays']:,} relays + {readers:,} readers: errors per run",
+        "",
+        lambda s: ", ".join(str(e) for e in s["scale_errors"]),
+    )
+    row(
+        "… latency p50 / p99 ms while every reader reads",
+        "",
+        lambda s: f"{_ms(s['scale_p50'])} / {_ms(s['scale_p99'])}",
+    )
 
 
 def render(data: Result) -> str:
@@ -247,10 +318,19 @@ def render(data: Result) -> str:
         f"- **Runs:** {cfg['runs']}. Latency: {cfg['rate']:g} events/s per stream for "
         f"{cfg['duration']:g} s at {', '.join(f'{n:,}' for n in levels)} concurrent streams "
         f"(one reader each); ceiling: {cfg['ceiling_streams']} streams × "
-        f"{cfg['ceiling_events']:,} events, unthrottled; memory and scale: "
-        f"{cfg['relays']:,} relays × {cfg['readers_per_relay']} readers, then "
-        f"{cfg['scale_events']} events per relay at {cfg['scale_rate']:g}/s. "
-        "Events are ~210-byte `chat.completion.chunk`s.",
+        f"{cfg['ceiling_events']:,} events, unthrottled; "
+        + (
+            f"memory and scale: {cfg['relays']:,} relays × {cfg['readers_per_relay']} readers, "
+            f"then {cfg['scale_events']} events per relay at {cfg['scale_rate']:g}/s. "
+            if cfg.get("scale", True)
+            else "memory and the scale run not measured in this run (`--no-scale`). "
+        )
+        + "Events are ~210-byte `chat.completion.chunk`s."
+        + (
+            f" outlast ran with `{' '.join(cfg['outlast_args'])}`."
+            if cfg.get("outlast_args")
+            else ""
+        ),
         "- **Servers:** "
         + "; ".join(f"`{n}` = {labels[n]} ({data['versions'].get(n, '')})" for n in names)
         + ".",
@@ -295,31 +375,9 @@ def render(data: Result) -> str:
         _rate(summary["direct"]["ceiling_events_per_s"]),
         lambda s: _rate(s["ceiling_events_per_s"]),
     )
-    row(
-        f"{cfg['relays']:,} relays started: how many reached the upstream, per run",
-        "",
-        lambda s: ", ".join("—" if x is None else f"{x:,}" for x in s["scale_at_upstream"]),
-    )
-    row("memory per running relay (outlast RSS)", "", lambda s: _kib(s["per_relay_bytes"]))
-    if any(t[n]["per_relay_redis_bytes"] for n in names):
-        row("… and in redis-server", "", lambda s: _kib(s["per_relay_redis_bytes"]))
-    row("memory per idle reader", "", lambda s: _kib(s["per_reader_bytes"]))
-    row(
-        "peak RSS of outlast",
-        "",
-        lambda s: "—" if not s["peak_rss"] else f"{s['peak_rss'] / 2**20:,.0f} MiB",
-    )
-    readers = cfg["relays"] * cfg["readers_per_relay"]
-    row(
-        f"{cfg['relays']:,} relays + {readers:,} readers: errors per run",
-        "",
-        lambda s: ", ".join(str(e) for e in s["scale_errors"]),
-    )
-    row(
-        "… latency p50 / p99 ms while every reader reads",
-        "",
-        lambda s: f"{_ms(s['scale_p50'])} / {_ms(s['scale_p99'])}",
-    )
+    scale = cfg.get("scale", True)  # memory and the scale run (skipped by --no-scale)
+    if scale:
+        _scale_rows(row, cfg, any(t[n]["per_relay_redis_bytes"] for n in names))
     lines += ["", "Targets:", ""]
     lines.append("| Target | " + " | ".join(labels[n] for n in names) + " |")
     lines.append("|---|" + "|".join([":---:"] * len(names)) + "|")
@@ -341,11 +399,12 @@ def render(data: Result) -> str:
     lines.append(
         f"| p99 added latency ≤ {TARGET_P99_ADDED_MS:g} ms at 100 streams | {verdicts(added_ok)} |"
     )
-    lines.append(f"| ≤ 64 KiB per idle reader | {verdicts(reader_ok)} |")
-    lines.append(
-        f"| {cfg['relays']:,} relays with {cfg['relays'] * cfg['readers_per_relay']:,} readers "
-        f"without an error | {verdicts(lambda n: not any(t[n]['scale_errors']))} |"
-    )
+    if scale:
+        lines.append(f"| ≤ 64 KiB per idle reader | {verdicts(reader_ok)} |")
+        lines.append(
+            f"| {cfg['relays']:,} relays with {cfg['relays'] * cfg['readers_per_relay']:,} "
+            f"readers without an error | {verdicts(lambda n: not any(t[n]['scale_errors']))} |"
+        )
     lines += [
         "",
         "CPU during each measurement (median, % of one core): outlast (with its redis-server) / "
@@ -368,4 +427,106 @@ def render(data: Result) -> str:
         lines += ["", "Problems seen during the runs:", ""]
         lines += [f"- {p}" for p in data["problems"]]
     lines += ["", f"<!-- /bench:{SECTION} -->"]
+    return "\n".join(lines) + "\n"
+
+
+def is_litellm_name(name: str) -> bool:
+    return name.startswith("litellm")
+
+
+def render_proxies(data: Result) -> str:
+    """The section of the pass-through and LiteLLM: latency per level, then events/s
+    delivered, CPU and problems."""
+    names, labels, summary = data["proxies"], data["labels"], data["proxy_summary"]
+    meta = data["meta"]
+    levels, cfg = meta["config"]["proxy_levels"], meta["config"]
+
+    def label(n: str) -> str:
+        return f"{labels[n]} pass-through" if n.startswith("outlast") else labels[n]
+
+    lines = [
+        f"<!-- bench:{PROXY_SECTION} -->",
+        "### Relay: outlast's pass-through and the LiteLLM proxy",
+        "",
+        "The same upstream read as an OpenAI client reads a proxy: one streaming chat request "
+        '(`"stream": true`) per stream, read on its own answer — directly from the upstream, '
+        "through outlast's pass-through (`POST /v1/upstreams/bench/v1/chat/completions`: a relay "
+        "job, answered with its live events) and through the LiteLLM proxy (`POST "
+        "/v1/chat/completions` with its master key, a model on the same upstream). LiteLLM "
+        "rebuilds each chunk from the fields it knows, so here the stamps travel in the chunks' "
+        "content, for every reader alike. "
+        f"{cfg['rate']:g} events/s per stream for {cfg['duration']:g} s; every request reached "
+        "the upstream before it started sending. "
+        + (
+            f"outlast ran with `{' '.join(cfg['outlast_args'])}`. "
+            if cfg.get("outlast_args")
+            else "outlast ran as one process. "
+        ),
+        "",
+        "```",
+        meta["command"],
+        "```",
+        "",
+        f"- **Date:** {meta['date']}; **runs:** {cfg['runs']}; **load average** at start: "
+        f"{meta['machine']['loadavg_start']}, at the end: {meta.get('loadavg_end', '?')}.",
+        "- **Servers:** "
+        + "; ".join(f"`{n}` = {label(n)} ({data['versions'].get(n, '')})" for n in names)
+        + ".",
+        f"- **Raw results:** `{meta['json']}`",
+        "",
+        "Per-event latency, ms (median of runs):",
+        "",
+    ]
+    head = ["Streams", "", "direct"]
+    for n in names:
+        head += [label(n), "added"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|---|---|" + "|".join(["---:"] * (len(head) - 2)) + "|")
+    for lat in summary["latency"]:
+        cells = [
+            f"{lat['streams']:,}" if lat["pct"] == "p50" else "",
+            lat["pct"],
+            _ms(lat["direct"]),
+        ]
+        for n in names:
+            added = lat["added"].get(n)
+            cells += [_ms(lat["relay"].get(n)), "—" if added is None else f"{added:+,.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| Figure | direct | " + " | ".join(label(n) for n in names) + " |"]
+    lines.append("|---|---:|" + "|".join(["---:"] * len(names)) + "|")
+    for level in levels:
+        k = str(level)
+        lines.append(
+            f"| events/s delivered at {level:,} streams (offered {cfg['rate'] * level:,.0f}) | "
+            + " | ".join(_rate(summary["delivered"][w][k]) for w in [DIRECT, *names])
+            + " |"
+        )
+        lines.append(
+            f"| errors at {level:,} streams |  | "
+            + " | ".join(str(summary["errors"][w][k]) for w in names)
+            + " |"
+        )
+    lines += [
+        "",
+        "CPU (median, % of one core): the proxy (outlast with its redis-server, or LiteLLM with "
+        "its workers) / upstream / load generator / every other process.",
+        "",
+        "| Workload | Read by | CPU |",
+        "|---|---|---|",
+    ]
+    for workload, who, c in summary["cpu"]:
+        if c["server_cpu"] is None and c["client_cpu"] is None:
+            continue
+        pct = [
+            f"{(c[k] or 0) * 100:.0f} %"
+            for k in ("server_cpu", "upstream_cpu", "client_cpu", "other_cpu")
+        ]
+        lines.append(
+            f"| {workload} | {'direct' if who == DIRECT else label(who)} | {' / '.join(pct)} |"
+        )
+    found = problems(data["runs"], proxy=True)
+    if found:
+        lines += ["", "Problems seen during the runs:", ""]
+        lines += [f"- {p}" for p in found]
+    lines += ["", f"<!-- /bench:{PROXY_SECTION} -->"]
     return "\n".join(lines) + "\n"

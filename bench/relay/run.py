@@ -1,12 +1,14 @@
 """Relay benchmark: the fake SSE upstream read directly against the same upstream read through
-outlast's relay (SQLite, and Redis when the store exists).
+outlast's relay (SQLite, and Redis when the store exists), and through outlast's OpenAI-compatible
+pass-through against the LiteLLM proxy (when bench/.venv-litellm has it).
 
     python -m bench.relay [--runs 3] [--duration 10] [--rate 10] [--targets ...]
 
 Each run starts the fake upstream and every target on free 127.0.0.1 ports, measures per-event
 latency directly and through each target at 1, 100 and 1,000 concurrent streams and the
-events/s ceiling, then restarts each target fresh for memory per running relay and per idle
-reader and the 1,000 relays + 10,000 readers run. Medians go into the Relay section of
+events/s ceiling, then the proxies (outlast's pass-through, LiteLLM) at 1, 100 and 200 streams,
+then restarts each outlast target fresh for memory per running relay and per idle reader and the
+1,000 relays + 10,000 readers run. Medians go into the Relay section of
 docs/benchmarks.md, raw results into bench/results/relay-<date>.json. Every process it started
 is stopped on the way out, Ctrl-C and SIGTERM included. See bench/README.md.
 """
@@ -54,16 +56,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--readers-per-relay", type=int, default=10)
     p.add_argument("--scale-events", type=int, default=20, help="events per relay, scale run")
     p.add_argument("--scale-rate", type=float, default=2.0, help="events/s per relay, scale run")
-    p.add_argument("--targets", help="comma-separated: outlast-sqlite, outlast-redis")
+    p.add_argument(
+        "--targets", help="comma-separated: outlast-sqlite, outlast-redis, litellm, litellm-<N>w"
+    )
     p.add_argument("--no-scale", action="store_true", help="skip memory and the scale run")
+    p.add_argument("--no-relay", action="store_true", help="skip the relay latency and ceiling")
     p.add_argument("--outlast-cmd", help="command template for outlast ({host} {port} {store})")
+    p.add_argument("--outlast-args", help="more arguments for `outlast serve`, one string")
+    p.add_argument(
+        "--outlast-workers", type=int, help="`outlast serve --workers N` (with --outlast-args)"
+    )
+    p.add_argument(
+        "--proxy-levels",
+        default="1,100,200",
+        help="concurrent streams through the pass-through and LiteLLM (default 1,100,200)",
+    )
+    p.add_argument("--no-proxy", action="store_true", help="skip the pass-through and LiteLLM")
+    p.add_argument(
+        "--litellm-workers",
+        help="LiteLLM worker counts, comma-separated (default 1, and outlast's if more)",
+    )
     common.add_outputs(p, section="Relay", results="relay-<date>.json")
     common.add_settle_keep(p, settle=30.0)
     common.add_render(p)
     args = p.parse_args(argv)
     args.levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
+    args.proxy_levels = tuple(int(x) for x in args.proxy_levels.split(",") if x.strip())
     if args.runs < 1 or args.duration <= 0 or args.rate <= 0 or not args.levels:
         p.error("--runs, --duration, --rate and --levels must be positive")
+    if args.outlast_workers is not None and args.outlast_workers < 1:
+        p.error("--outlast-workers must be at least 1")
+    args.outlast_argv = workloads.split_args(args.outlast_args)
+    if args.outlast_workers is not None:
+        args.outlast_argv += ["--workers", str(args.outlast_workers)]
+    if args.litellm_workers:
+        args.litellm = tuple(int(x) for x in args.litellm_workers.split(",") if x.strip())
+    else:
+        args.litellm = tuple(sorted({1, args.outlast_workers or 1}))
+    if any(n < 1 for n in args.litellm):
+        p.error("--litellm-workers must be positive")
     return args
 
 
@@ -78,10 +109,21 @@ def choose_targets(args: argparse.Namespace, console: Console) -> list[str]:
             console.print(
                 "[yellow]no outlast.store.redis or no redis-server: outlast-redis skipped"
             )
+        if args.no_proxy:
+            pass
+        elif workloads.has_litellm():
+            names += [workloads.litellm_name(n) for n in args.litellm]
+        else:
+            console.print(
+                f"[yellow]no {workloads.LITELLM} (see bench/README.md): the LiteLLM peer skipped"
+            )
     known = ("outlast-sqlite", "outlast-redis")
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if n not in known and not workloads.is_litellm(n)]
     if unknown:
         raise SystemExit(f"unknown target(s): {', '.join(unknown)}; known: {', '.join(known)}")
+    # A LiteLLM target named with its workers (litellm-2w) brings that count along.
+    chosen = {workloads.litellm_workers(n) for n in names if workloads.is_litellm(n)}
+    args.litellm = tuple(sorted(set(args.litellm) | chosen))
     return names
 
 
@@ -96,7 +138,10 @@ class Harness:
     """The run loop's state: the progress display, the processes to stop, the results."""
 
     def __init__(self, args: argparse.Namespace, names: list[str], console: Console) -> None:
-        self.args, self.names, self.console = args, names, console
+        self.args, self.console = args, console
+        # The relay workloads run on outlast; the proxy workload on every target.
+        self.names = [n for n in names if not workloads.is_litellm(n)]
+        self.proxies = [] if args.no_proxy else names
         self.cfg = Config(
             levels=args.levels,
             rate=args.rate,
@@ -123,7 +168,9 @@ class Harness:
         self.overall: Any = None
 
     def plan(self) -> int:
-        per_run = len(self.cfg.levels) * (1 + len(self.names)) + 1 + len(self.names)
+        per_run = 0 if self.args.no_relay else (len(self.cfg.levels) + 1) * (1 + len(self.names))
+        if self.proxies:
+            per_run += len(self.args.proxy_levels) * (1 + len(self.proxies))
         runs: int = self.args.runs
         return runs * (per_run + (0 if self.args.no_scale else len(self.names)))
 
@@ -147,7 +194,9 @@ class Harness:
         return result
 
     def start_targets(self, upstream: Upstream, names: list[str]) -> None:
-        specs = workloads.specs(upstream, self.args.outlast_cmd)
+        specs = workloads.specs(
+            upstream, self.args.outlast_cmd, self.args.outlast_argv, self.args.litellm
+        )
         for name in names:
             task = self.progress.add_task(f"starting {name}", total=None)
             try:
@@ -175,59 +224,22 @@ class Harness:
             self.upstream = None
 
     def one_run(self, run: int) -> dict[str, Any]:
-        cfg, log = self.cfg, self.logdir / "loadgen.log"
-        results: dict[str, Any] = {"latency": {}, "ceiling": {}, "scale": {}, "server_log": {}}
+        cfg = self.cfg
+        results: dict[str, Any] = {
+            "latency": {},
+            "ceiling": {},
+            "proxy": {},
+            "scale": {},
+            "server_log": {},
+        }
         self.upstream = upstream = workloads.start_upstream()
         where = f"run {run}/{self.args.runs}"
         # Rotate the order of the targets run by run, so that none always goes first.
-        names = (
-            self.names[(run - 1) % len(self.names) :] + self.names[: (run - 1) % len(self.names)]
-        )
-        self.start_targets(upstream, names)
-
-        def missing(name: str) -> dict[str, Any]:
-            return {"error": f"{name} is not running"}
-
-        def bind(work: Callable[..., dict[str, Any]], *args: Any) -> Step:
-            """A workload as a step: its arguments, then the step's tick, the log, the status."""
-            return lambda tick, status: work(*args, tick, log, status)
-
-        # The ceiling first: a level that fails (1,000 relays) may leave a server unable to relay.
-        results["ceiling"]["direct"] = self.step(
-            where,
-            "direct · ceiling",
-            bind(workloads.ceiling, "direct", cfg, upstream, None),
-        )
-        for name in names:
-            server = self.servers.get(name)
-            results["ceiling"][name] = (
-                missing(name)
-                if server is None
-                else self.step(
-                    where,
-                    f"{name} · ceiling",
-                    bind(workloads.ceiling, "relay", cfg, upstream, server),
-                )
-            )
-        for n in cfg.levels:
-            per: dict[str, Any] = {}
-            results["latency"][str(n)] = per
-            per["direct"] = self.step(
-                where,
-                f"direct · {n:,} streams",
-                bind(workloads.latency, "direct", n, cfg, upstream, None),
-            )
-            for name in names:
-                server = self.servers.get(name)
-                per[name] = (
-                    missing(name)
-                    if server is None
-                    else self.step(
-                        where,
-                        f"{name} · {n:,} streams",
-                        bind(workloads.latency, "relay", n, cfg, upstream, server),
-                    )
-                )
+        names, proxies = rotate(self.names, run), rotate(self.proxies, run)
+        self.start_targets(upstream, list(dict.fromkeys(names + proxies)))
+        log = self.logdir / "loadgen.log"
+        self.relay_phases(where, results, names, upstream)
+        self.proxy_phase(where, results, proxies, upstream)
         self.stop_targets(results["server_log"])
         if not self.args.no_scale:
             # Memory is measured on a fresh server: one that ran the phases above keeps their
@@ -241,7 +253,7 @@ class Harness:
                     else self.step(
                         where,
                         f"{name} · {cfg.relays:,} relays × {cfg.readers_per_relay} readers",
-                        bind(workloads.scale, cfg, upstream, server),
+                        bind(log, workloads.scale, cfg, upstream, server),
                     )
                 )
                 scale_log: dict[str, Any] = {}
@@ -250,6 +262,95 @@ class Harness:
         workloads.stop_upstream(upstream, keep=self.args.keep)
         self.upstream = None
         return results
+
+    def relay_phases(
+        self, where: str, results: dict[str, Any], names: list[str], upstream: Upstream
+    ) -> None:
+        """The ceiling, then latency at each level: direct, then through each outlast's relay."""
+        if self.args.no_relay:
+            return
+        cfg, log = self.cfg, self.logdir / "loadgen.log"
+        # The ceiling first: a level that fails (1,000 relays) may leave a server unable to relay.
+        results["ceiling"]["direct"] = self.step(
+            where,
+            "direct · ceiling",
+            bind(log, workloads.ceiling, "direct", cfg, upstream, None),
+        )
+        for name in names:
+            server = self.servers.get(name)
+            results["ceiling"][name] = (
+                missing(name)
+                if server is None
+                else self.step(
+                    where,
+                    f"{name} · ceiling",
+                    bind(log, workloads.ceiling, "relay", cfg, upstream, server),
+                )
+            )
+        for n in cfg.levels:
+            per: dict[str, Any] = {}
+            results["latency"][str(n)] = per
+            per["direct"] = self.step(
+                where,
+                f"direct · {n:,} streams",
+                bind(log, workloads.latency, "direct", n, cfg, upstream, None),
+            )
+            for name in names:
+                server = self.servers.get(name)
+                per[name] = (
+                    missing(name)
+                    if server is None
+                    else self.step(
+                        where,
+                        f"{name} · {n:,} streams",
+                        bind(log, workloads.latency, "relay", n, cfg, upstream, server),
+                    )
+                )
+
+    def proxy_phase(
+        self, where: str, results: dict[str, Any], proxies: list[str], upstream: Upstream
+    ) -> None:
+        """Latency at each proxy level: the upstream read directly (stamps in the content),
+        then through outlast's pass-through and through LiteLLM, one streaming request each."""
+        if not proxies:
+            return
+        cfg, log = self.cfg, self.logdir / "loadgen.log"
+        for n in self.args.proxy_levels:
+            per: dict[str, Any] = {}
+            results["proxy"][str(n)] = per
+            per["direct"] = self.step(
+                where,
+                f"direct (content stamps) · {n:,} streams",
+                bind(log, workloads.proxy_latency, n, cfg, upstream, None),
+            )
+            for name in proxies:
+                server = self.servers.get(name)
+                per[name] = (
+                    missing(name)
+                    if server is None
+                    else self.step(
+                        where,
+                        f"{name} · {'pass-through · ' * (name in self.names)}{n:,} streams",
+                        bind(log, workloads.proxy_latency, n, cfg, upstream, server),
+                    )
+                )
+
+
+def rotate(names: list[str], run: int) -> list[str]:
+    """*names* starting from a different one each run, so that none always goes first."""
+    if not names:
+        return names
+    k = (run - 1) % len(names)
+    return names[k:] + names[:k]
+
+
+def missing(name: str) -> dict[str, Any]:
+    return {"error": f"{name} is not running"}
+
+
+def bind(log: Path, work: Callable[..., dict[str, Any]], *args: Any) -> Step:
+    """A workload as a step: its arguments, then the step's tick, the log, the status."""
+    return lambda tick, status: work(*args, tick, log, status)
 
 
 def headline(r: dict[str, Any]) -> str:
@@ -274,13 +375,21 @@ def finish(data: dict[str, Any], out: str | None, console: Console) -> None:
     """(Re)compute the summary from the raw runs, print the section and write it."""
     levels, names = data["meta"]["config"]["levels"], data["names"]
     data["summary"] = report.summarize(data["runs"], levels, names)
+    data["proxy_summary"] = report.summarize_proxies(
+        data["runs"], data["meta"]["config"].get("proxy_levels", []), data.get("proxies", [])
+    )
     data["cpu"] = report.cpu_rows(data["runs"], levels, names)
     data["problems"] = report.problems(data["runs"])
-    section = report.render(data)
-    print()
-    print(section, flush=True)
-    if path := common.publish(out, report.SECTION, section):
-        console.print(f"wrote {path} (section 'Relay')")
+    sections = []
+    if names and data["meta"]["config"].get("relay", True):
+        sections.append((report.SECTION, report.render(data)))
+    if data.get("proxies"):
+        sections.append((report.PROXY_SECTION, report.render_proxies(data)))
+    for name, section in sections:
+        print()
+        print(section, flush=True)
+        if path := common.publish(out, name, section):
+            console.print(f"wrote {path} (section {name!r})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
             "scale_events": cfg.scale_events,
             "scale_rate": cfg.scale_rate,
             "queue_concurrency": workloads.CONCURRENCY,
+            "proxy_levels": [] if args.no_proxy else list(args.proxy_levels),
+            "outlast_args": args.outlast_argv,
+            "relay": not args.no_relay,
+            "scale": not args.no_scale,
         },
         "json": common.repo_relative(json_path),
     }
@@ -330,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     runs: list[dict[str, Any]] = []
     labels = {**{n: workloads.specs_label(n) for n in names}, "direct": "direct"}
+    relays, proxies = harness.names, harness.proxies
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         with harness.progress:
@@ -343,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
                     json.dumps(
                         {
                             "meta": partial,
-                            "names": names,
+                            "names": relays,
+                            "proxies": proxies,
                             "labels": labels,
                             "runs": runs,
                             "versions": harness.versions,
@@ -361,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     meta["loadavg_end"] = common.loadavg()
     data: dict[str, Any] = {
         "meta": meta,
-        "names": names,
+        "names": relays,
+        "proxies": proxies,
         "labels": labels,
         "versions": harness.versions,
         "runs": runs,

@@ -9,7 +9,9 @@ its bytes are written: CLOCK_MONOTONIC is one clock for every process of the mac
 reader in another process subtracts it from its own receive time.
 
 What a stream does comes from the ``"bench"`` object of the JSON request body (the same body
-whether the load generator calls the upstream itself or outlast's relay calls it):
+whether the load generator calls the upstream itself or outlast's relay calls it), or, for a
+proxy that passes only the fields of the OpenAI API on (LiteLLM), from the content of the last
+message when that is a JSON object with a ``"bench"`` key:
 
 - ``gate``: the stream waits (sending ``: ping`` comments every ``PING_EVERY`` s, so the relay's
   idle timeout never fires) until ``POST /control/go?gate=<gate>``; every stream of a
@@ -19,7 +21,10 @@ whether the load generator calls the upstream itself or outlast's relay calls it
 - ``rate``: events/s per stream on an absolute schedule (late events are sent at once, not
   skipped); ``0`` = unthrottled, each event as soon as the socket takes it;
 - ``spread``: start each stream at a random phase within its first interval, so that N streams
-  at the same rate do not all send in the same millisecond.
+  at the same rate do not all send in the same millisecond;
+- ``stamp``: ``"content"`` puts the sequence number and the send time into the chunk's
+  ``delta.content`` as ``#s<seq>#t<ns>#`` instead of a ``"bench"`` field: a proxy that rebuilds
+  each chunk from the fields it knows (LiteLLM) keeps the content, and drops the rest.
 
 ``GET /control/stats?gate=<gate>`` answers the gate's counters (streams waiting, running,
 finished, cut by the client, events sent). stdlib only (+ uvloop when present).
@@ -32,6 +37,7 @@ import asyncio
 import contextlib
 import json
 import random
+import re
 import resource
 import signal
 import time
@@ -50,8 +56,31 @@ EVENT = (
     b'"model":"bench","choices":[{"index":0,"delta":{"content":"tok%d "},"finish_reason":null}],'
     b'"bench":{"s":%d,"t":%d}}\n\n'
 )
+# The same chunk with its stamp in the content (``"stamp": "content"``), about as long.
+EVENT_IN_CONTENT = (
+    b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
+    b'"model":"bench","choices":[{"index":0,"delta":{"content":"tok%d #s%d#t%d# "},'
+    b'"finish_reason":null}]}\n\n'
+)
+# What a reader looks for: the stamp as the chunk's "bench" field, or inside its content.
+STAMP = re.compile(rb'"bench":\{"s":(\d+),"t":(\d+)\}|#s(\d+)#t(\d+)#')
 DONE = b"data: [DONE]\n\n"
 PING = b": ping\n\n"
+
+
+def bench_params(body: bytes) -> dict[str, Any]:
+    """What the stream is to do: the body's ``"bench"`` object, else the one in the content of
+    its last message; ``{}`` when neither is there."""
+    try:
+        request = json.loads(body or b"{}")
+        params = request.get("bench")
+        if isinstance(params, dict):
+            return params
+        content = request["messages"][-1]["content"]
+        params = json.loads(content).get("bench") if content.startswith("{") else None
+    except (ValueError, AttributeError, KeyError, IndexError, TypeError):
+        return {}
+    return params if isinstance(params, dict) else {}
 
 
 def chunk(data: bytes) -> bytes:
@@ -139,10 +168,8 @@ class Upstream:
         await writer.drain()
 
     async def stream(self, writer: asyncio.StreamWriter, body: bytes) -> None:
-        try:
-            params = json.loads(body or b"{}").get("bench") or {}
-        except (ValueError, AttributeError):
-            params = {}
+        params = bench_params(body)
+        event = EVENT_IN_CONTENT if params.get("stamp") == "content" else EVENT
         gate = self.gate(str(params.get("gate", "")))
         if not params.get("gate"):
             gate.opened.set()  # no gate named: start at once
@@ -178,7 +205,7 @@ class Upstream:
                     if seconds > 0 and time.monotonic() >= deadline:
                         break
                 sent_ns = time.monotonic_ns()
-                writer.write(chunk(EVENT % (seq, seq, sent_ns)))
+                writer.write(chunk(event % (seq, seq, sent_ns)))
                 gate.sent += 1
                 gate.last_send_ns = sent_ns
                 seq += 1

@@ -1,15 +1,19 @@
 """The relay benchmark's pieces as seen from the harness: the fake upstream's process, the
-outlast targets configured for it, and one function per workload, each running the load
-generator (``bench/relay/loadgen.py``) as a child process and returning its JSON result.
+outlast targets configured for it, the LiteLLM proxy as a peer, and one function per workload,
+each running the load generator (``bench/relay/loadgen.py``) as a child process and returning
+its JSON result.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,6 +34,26 @@ SUBPROCESS_GRACE = 600.0  # seconds a load generator may run past its nominal du
 # what limits them (the rule: queue concurrency must allow N relays at once).
 CONCURRENCY = 5000
 CAPACITY = 50_000
+# The LiteLLM proxy, from its own environment (bench/README.md says how to make it).
+LITELLM = targets.BENCH_DIR / ".venv-litellm" / "bin" / "litellm"
+LITELLM_KEY = "sk-outlast-bench"  # its master key: every request must carry it
+LITELLM_START_TIMEOUT = 120.0  # seconds: it imports a lot, in each worker
+# Off everything LiteLLM would fetch or send outside: the model cost map (bundled copy instead),
+# telemetry; and no database, so no Prisma. Each is checked in bench/README.md.
+LITELLM_ENV = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "LITELLM_TELEMETRY": "False",
+    "LITELLM_MODE": "PRODUCTION",
+    "LITELLM_MASTER_KEY": LITELLM_KEY,
+    "LITELLM_LOG": "ERROR",
+    "DISABLE_SCHEMA_UPDATE": "True",
+    "NO_DOCS": "True",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+# The pass-through path of outlast for the fake upstream, and LiteLLM's own.
+PASS_THROUGH_PATH = "/v1/upstreams/bench/v1/chat/completions"
+LITELLM_PATH = "/v1/chat/completions"
 
 
 @dataclass(frozen=True)
@@ -102,35 +126,140 @@ LABELS = {
 
 
 def specs_label(name: str) -> str:
+    if is_litellm(name):
+        workers = litellm_workers(name)
+        return f"LiteLLM proxy ({workers} worker{'s' if workers > 1 else ''})"
     return LABELS.get(name, name)
+
+
+def is_litellm(name: str) -> bool:
+    """``litellm`` (one worker) or ``litellm-<N>w`` (N workers)."""
+    return re.fullmatch(r"litellm(-[1-9][0-9]*w)?", name) is not None
+
+
+def litellm_workers(name: str) -> int:
+    return int(name.removeprefix("litellm-").removesuffix("w")) if "-" in name else 1
+
+
+def litellm_name(workers: int) -> str:
+    return "litellm" if workers == 1 else f"litellm-{workers}w"
+
+
+def has_litellm() -> bool:
+    return os.access(LITELLM, os.X_OK)
 
 
 def has_redis_store() -> bool:
     return importlib.util.find_spec("outlast.store.redis") is not None
 
 
-def specs(upstream: Upstream, outlast_cmd: str | None = None) -> dict[str, TargetSpec]:
-    """outlast-sqlite and outlast-redis from the streams bench, configured for the upstream."""
+def specs(
+    upstream: Upstream,
+    outlast_cmd: str | None = None,
+    outlast_args: list[str] | None = None,
+    litellm: tuple[int, ...] = (),
+) -> dict[str, TargetSpec]:
+    """outlast-sqlite and outlast-redis from the streams bench, configured for the upstream
+    (with *outlast_args* after their command line, ``--workers 2`` say), and the LiteLLM proxy
+    with each number of workers in *litellm*."""
     env = {
         "OUTLAST_UPSTREAMS__BENCH__URL": upstream.base,
         "OUTLAST_UPSTREAMS__BENCH__ALLOW_PRIVATE": "true",
-        "OUTLAST_QUEUES__DEFAULT__CONCURRENCY": str(CONCURRENCY),
-        "OUTLAST_QUEUES__DEFAULT__CAPACITY": str(CAPACITY),
+        # Relays run on the built-in "relay" queue (256 at once by default); "default" too,
+        # for an outlast that still runs them there.
+        **{
+            f"OUTLAST_QUEUES__{queue}__{key}": str(value)
+            for queue in ("DEFAULT", "RELAY")
+            for key, value in (("CONCURRENCY", CONCURRENCY), ("CAPACITY", CAPACITY))
+        },
     }
     base = targets.specs(outlast_cmd)
     out = {
-        name: dataclasses.replace(base[name], env=env)
+        name: dataclasses.replace(
+            base[name], env=env, argv=_with_args(base[name].argv, outlast_args or [])
+        )
         for name in ("outlast-sqlite", "outlast-redis")
     }
+    for workers in litellm:
+        name = litellm_name(workers)
+        out[name] = TargetSpec(
+            name,
+            specs_label(name),
+            "litellm",
+            functools.partial(_litellm_argv, upstream.base, workers),
+            env=LITELLM_ENV,
+            start_timeout=LITELLM_START_TIMEOUT,
+        )
     return out
+
+
+def _with_args(
+    argv: Callable[[int, Path, str], list[str]], extra: list[str]
+) -> Callable[[int, Path, str], list[str]]:
+    return lambda port, workdir, store: [*argv(port, workdir, store), *extra]
+
+
+def _litellm_argv(upstream: str, workers: int, port: int, workdir: Path, store: str) -> list[str]:
+    """LiteLLM's command line, its config written into *workdir*: one model, ``bench``, on the
+    fake upstream as an OpenAI-compatible API."""
+    config = workdir / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - model_name: bench\n"
+        "    litellm_params:\n"
+        "      model: openai/bench\n"
+        f"      api_base: {upstream}/v1\n"
+        "      api_key: sk-upstream-bench\n"
+        "litellm_settings:\n"
+        "  telemetry: false\n"
+        "  drop_params: true\n"
+        "general_settings:\n"
+        f"  master_key: {LITELLM_KEY}\n"
+    )
+    return [
+        str(LITELLM),
+        "--config",
+        str(config),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--num_workers",
+        str(workers),
+    ]
+
+
+def proxy_spec(server: Server) -> dict[str, Any]:
+    """Where the load generator POSTs its streaming chat requests on *server*: outlast's
+    pass-through, or LiteLLM's endpoint with its key."""
+    if server.spec.kind == "litellm":
+        return {"path": LITELLM_PATH, "headers": {"Authorization": f"Bearer {LITELLM_KEY}"}}
+    return {"path": PASS_THROUGH_PATH, "headers": {}}
+
+
+def split_args(text: str | None) -> list[str]:
+    return shlex.split(text) if text else []
 
 
 def start(spec: TargetSpec, keep: bool) -> Server:
     try:
-        return targets.start(spec, keep=keep)
+        server = targets.start(spec, keep=keep)
     except RuntimeError:  # once more: a first start can trip on a cold disk
         time.sleep(2)
-        return targets.start(spec, keep=keep)
+        server = targets.start(spec, keep=keep)
+    if spec.kind == "litellm":
+        server.version = litellm_version()
+    return server
+
+
+def litellm_version() -> str:
+    python = LITELLM.parent / "python"
+    code = "import importlib.metadata as m; print(m.version('litellm'))"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=30)
+        if out.returncode == 0:
+            return f"litellm {out.stdout.strip()}"
+    return "litellm"
 
 
 # ------------------------------------------------------------------------------ workloads
@@ -178,6 +307,33 @@ def latency(
         "streams": streams,
         "events": max(1, round(cfg.rate * cfg.duration)),
         "rate": cfg.rate,
+        **_pids(server, upstream),
+    }
+    return loadgen(spec, cfg.duration * 4 + SUBPROCESS_GRACE, tick, log, show)
+
+
+def proxy_latency(
+    streams: int,
+    cfg: Config,
+    upstream: Upstream,
+    server: Server | None,
+    tick: Tick,
+    log: Path,
+    show: Callable[[str], None],
+) -> dict[str, Any]:
+    """N streaming chat requests at cfg.rate events/s for cfg.duration s, each read on its own
+    answer: from the upstream itself (*server* ``None``), through outlast's pass-through or
+    through LiteLLM. The stamps travel in the chunks' content, for every reader alike."""
+    spec = {
+        "op": "streams",
+        "mode": "proxy" if server else "direct",
+        "upstream": upstream.base,
+        "server": server.base if server else "",
+        "streams": streams,
+        "events": max(1, round(cfg.rate * cfg.duration)),
+        "rate": cfg.rate,
+        "stamp_in_content": True,
+        **(proxy_spec(server) if server else {}),
         **_pids(server, upstream),
     }
     return loadgen(spec, cfg.duration * 4 + SUBPROCESS_GRACE, tick, log, show)

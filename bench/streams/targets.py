@@ -53,6 +53,7 @@ class TargetSpec:
     needs_redis: bool = False
     env: dict[str, str] = field(default_factory=dict)
     custom_command: bool = False  # --outlast-cmd was given
+    start_timeout: float = START_TIMEOUT  # seconds for its first answer
 
 
 @dataclass
@@ -298,7 +299,7 @@ def start(spec: TargetSpec, keep: bool = False) -> Server:
 
 def wait_ready(server: Server) -> None:
     """Wait until the server answers HTTP on its port (any status: a 404 is fine)."""
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + server.spec.start_timeout
     probe = f"{server.base}/v1/stream/__bench_probe__"
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
@@ -313,7 +314,8 @@ def wait_ready(server: Server) -> None:
             return
         time.sleep(0.1)
     raise RuntimeError(
-        f"{server.spec.name} did not answer within {START_TIMEOUT:.0f}s:\n{server.log_tail()}"
+        f"{server.spec.name} did not answer within {server.spec.start_timeout:.0f}s:\n"
+        f"{server.log_tail()}"
     )
 
 

@@ -415,3 +415,38 @@ async def test_a_cancelled_reservation_cannot_start(store: Store) -> None:
         await store.start_job(job.id, "w1", LEASE)
     assert await store.unreserve_jobs("w1", [(job.id, job.run_at)]) == 0
     assert (await store.get_job(job.id)).state == JobState.CANCELLED
+
+
+async def test_a_jobs_live_readers_read_its_events_from_memory_never_stale(store: Store) -> None:
+    """Readers at the tail of a job's stream (a relay's) get each emitted event from the
+    recent-units cache, as readers of an append do, and the cache is never older than the
+    store: the job's end, committed by another rule, replaces or drops what it held."""
+    import json
+
+    from outlast.store.template import RuleStore
+
+    assert isinstance(store, RuleStore)
+    job_id = (await store.submit_job(new(), capacity=10)).job.id
+    await store.claim_jobs("q", "me", 1, LEASE)
+    name = job_stream_name(job_id)
+    before = (await store.head(name)).tail
+    await store.emit(
+        job_id, "me", 1, [{"type": "output", "data": 1}, {"type": "output", "data": 2}]
+    )
+    cached = store.recent.read(name, before, 1 << 20)
+    assert cached is not None
+    assert [json.loads(unit.data) for unit in cached.units] == [
+        {"type": "output", "data": 1},
+        {"type": "output", "data": 2},
+    ]
+    assert cached.next == (await store.head(name)).tail
+    await store.finish_job(job_id, "me", 1, Outcome("succeeded", result=1))
+    head = await store.head(name)
+    assert head.closed and head.tail > cached.next
+    kept = store.recent.info(name)
+    assert kept is None or (kept.closed and kept.tail == head.tail)
+    end = await store.read(name, cached.next, 1 << 20)
+    assert end.info.closed and [json.loads(u.data)["type"] for u in end.units] == [
+        "result",
+        "state",
+    ]

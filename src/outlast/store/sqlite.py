@@ -24,13 +24,14 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Never, TypeVar
+from typing import Any, Generic, Never, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from outlast.errors import ConfigError
 from outlast.models import JobRecord
+from outlast.store import jobs_logic
 from outlast.store import streams_logic as logic
-from outlast.store.base import AppendResult, AppendSpec
+from outlast.store.base import AppendResult, AppendSpec, Unit
 from outlast.store.jobs_logic import JobTx
 from outlast.store.notify import Notifier, Siblings
 from outlast.store.recent import RecentUnits
@@ -64,6 +65,60 @@ class _Appended:
 
     def on_commit(self) -> None:
         self.recent.appended(self.name, self.spec, self.result)
+
+
+class _Committed(Generic[T]):
+    """A rule's result as it comes back from the engine. At commit, before readers are woken,
+    the streams it changed leave the recent-units cache: what the cache says of a stream is
+    then never older than the store."""
+
+    __slots__ = ("changed", "recent")
+
+    def __init__(self, recent: RecentUnits, changed: Changed[T]) -> None:
+        self.recent = recent
+        self.changed = changed
+
+    @property
+    def changed_names(self) -> tuple[str, ...]:
+        return self.changed.changed_names
+
+    def on_commit(self) -> None:
+        for name in self.changed.changed_names:
+            self.recent.forget(name)
+
+
+class _UnitsTx(SQLiteTx):
+    """A transaction that also keeps the units it inserted, by stream id."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__(conn)
+        self.inserted: dict[int, list[Unit]] = {}
+
+    def insert_unit(self, stream_id: int, unit: Unit) -> None:
+        super().insert_unit(stream_id, unit)
+        self.inserted.setdefault(stream_id, []).append(unit)
+
+
+class _Emitted:
+    """An emit's result as it comes back from the engine. At commit (before readers are woken)
+    it records the job stream's new units in the recent-units cache, so that the job's live
+    readers read them from memory, as readers of an append do."""
+
+    __slots__ = ("changed_names", "changes", "recent")
+
+    def __init__(
+        self,
+        recent: RecentUnits,
+        changes: list[tuple[logic.Row, list[Unit]]],
+        changed_names: tuple[str, ...],
+    ) -> None:
+        self.recent = recent
+        self.changes = changes
+        self.changed_names = changed_names
+
+    def on_commit(self) -> None:
+        for row, units in self.changes:
+            self.recent.committed(row.name, row.info(), units)
 
 
 def _path_from_url(url: str) -> str:
@@ -109,8 +164,11 @@ class SQLiteStore(RuleStore[Never]):
 
     # -- the template's primitives -----------------------------------------------------------
 
-    def _change(self, rule: Rule[T], prefetch: Sequence[Never] = ()) -> Awaitable[Changed[T]]:
-        return self.engine.write(lambda conn: rule(SQLiteTx(conn), time.time()))
+    async def _change(self, rule: Rule[T], prefetch: Sequence[Never] = ()) -> Changed[T]:
+        committed = await self.engine.write(
+            lambda conn: _Committed(self.recent, rule(SQLiteTx(conn), time.time()))
+        )
+        return committed.changed
 
     def _view(self, query: Callable[[JobTx], T]) -> Awaitable[T]:
         return self.engine.read(lambda conn: query(SQLiteTx(conn)))
@@ -127,6 +185,23 @@ class SQLiteStore(RuleStore[Never]):
         return appended.result
 
     # -- jobs -------------------------------------------------------------------------------
+
+    async def emit(
+        self, job_id: str, owner: str, attempt: int, messages: list[dict[str, Any]]
+    ) -> None:
+        # The template's, but the new units are cached at the commit, before readers wake: a
+        # relay's live readers then read its events from memory instead of the file.
+        def op(conn: sqlite3.Connection) -> _Emitted:
+            tx = _UnitsTx(conn)
+            changed = jobs_logic.emit(tx, job_id, owner, attempt, messages, time.time())
+            changes = []
+            for stream_id, units in tx.inserted.items():
+                row = tx.get_stream_by_id(stream_id)
+                if row is not None:
+                    changes.append((row, units))
+            return _Emitted(self.recent, changes, changed.changed_names)
+
+        await self.engine.write(op)
 
     async def _find_jobs(self, where: JobFilter, below: str | None, limit: int) -> list[JobRecord]:
         terms, args = [], []
