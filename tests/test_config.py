@@ -51,3 +51,28 @@ def test_errors_in_the_file_and_flags_name_them(
     )
     flagged = _error(environ={}, overrides={"server": {"port": 70000}})
     assert flagged.startswith("invalid configuration (command-line flag --port): 'server.port'")
+
+
+def test_an_old_boolean_workers_setting_is_read_as_run_jobs_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``[server] workers`` was "run job workers here" (a boolean) before it became the number of
+    processes: a file that still says ``workers = false`` keeps meaning API only."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "outlast.toml"
+    config.write_text("[server]\nworkers = false\n")
+    with caplog.at_level("WARNING", logger="outlast.config"):
+        settings = load_settings(config, environ={})
+    assert settings.server.run_jobs is False
+    assert settings.server.workers == 1
+    assert "deprecated" in caplog.text and "run_jobs" in caplog.text
+    settings = load_settings(environ={"OUTLAST_SERVER__WORKERS": "true"})
+    assert (settings.server.run_jobs, settings.server.workers) == (True, 1)
+
+
+def test_workers_is_a_number_of_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ={}, overrides={"server": {"workers": 4, "run_jobs": False}})
+    assert (settings.server.workers, settings.server.run_jobs) == (4, False)
+    assert load_settings(environ={}).server.workers == 1
+    assert "'server.workers'" in _error(environ={"OUTLAST_SERVER__WORKERS": "-1"})

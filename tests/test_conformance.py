@@ -32,12 +32,16 @@ def _counts(output: str) -> dict[str, int]:
     return {word: int(num) for num, word in re.findall(r"(\d+) (passed|failed|skipped)", line)}
 
 
-def test_conformance_suite(server_factory: Callable[..., ServerProcess]) -> None:
+# One process, and `serve --workers 2` (its processes share wake-ups and the port).
+@pytest.mark.parametrize("workers", [1, 2])
+def test_conformance_suite(server_factory: Callable[..., ServerProcess], workers: int) -> None:
     if not (SUITE_DIR / "node_modules" / "@durable-streams").is_dir():
         pytest.fail("conformance suite not installed: run scripts/test (it runs npm ci)")
     npx = shutil.which("npx")
     assert npx is not None, "node and npx are needed for the conformance suite"
-    server = server_factory(env={"OUTLAST_STREAMS__LONG_POLL_TIMEOUT": "0.5"}).start()
+    server = server_factory(
+        env={"OUTLAST_STREAMS__LONG_POLL_TIMEOUT": "0.5"}, args=["--workers", str(workers)]
+    ).start()
     env = dict(os.environ, OUTLAST_CONFORMANCE_URL=server.url, CI="true", NO_COLOR="1")
     proc = subprocess.run(
         [npx, "vitest", "run", "conformance.test.mjs"],

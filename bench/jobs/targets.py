@@ -68,7 +68,7 @@ def _outlast(slot: Slot) -> list[list[str]]:
     command = stargets.outlast_command(slot.spec.outlast_cmd)
     argv = command(slot.port, slot.workdir, slot.spec.outlast_store(slot))
     argv += ["--app", "bench.jobs.outlast_tasks:app"]
-    return [argv + ([] if slot.with_workers else ["--no-workers"])]
+    return [argv + ([] if slot.with_workers else ["--no-jobs"])]
 
 
 def _script(name: str) -> str:

@@ -6,7 +6,7 @@ its CPU is counted apart from the target's and from the progress display) and re
 JSON-able result:
 
 1. ``enqueue``  enqueue/s of no-op jobs, ``producers`` producers in a closed loop, no worker
-                running (outlast: ``serve --no-workers``, its API alone); ``enqueue_batch``:
+                running (outlast: ``serve --no-jobs``, its API alone); ``enqueue_batch``:
                 the same, each call enqueueing ``batch`` jobs at once;
 2. ``noop``     drain of ``jobs`` no-op jobs enqueued beforehand (untimed), jobs/s;
 3. ``sleep10``  the same with jobs that sleep 10 ms, at concurrency 10: the ceiling is 1000/s;

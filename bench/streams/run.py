@@ -59,8 +59,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--targets",
-        help="comma-separated: ref, ref-file, outlast-sqlite, "
-        "outlast-redis (default ref,outlast-sqlite, plus outlast-redis with --redis)",
+        help="comma-separated: ref, ref-file, outlast-sqlite, outlast-redis, "
+        "outlast-sqlite-workers, outlast-redis-workers (default ref,outlast-sqlite, plus "
+        "outlast-redis with --redis)",
+    )
+    p.add_argument(
+        "--outlast-workers",
+        type=int,
+        default=2,
+        help="processes of the outlast-*-workers targets (serve --workers N; default 2)",
     )
     p.add_argument(
         "--redis",
@@ -104,7 +111,7 @@ def choose_targets(args: argparse.Namespace, console: Console) -> list[str]:
                 names.append("outlast-redis")
             else:
                 console.print("[yellow]--redis: no redis-server on PATH, outlast-redis skipped")
-    known = targets.specs(dry_run=args.dry_run)
+    known = targets.specs(dry_run=args.dry_run, workers=args.outlast_workers)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise SystemExit(f"unknown target(s): {', '.join(unknown)}; known: {', '.join(known)}")
@@ -168,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console()
     names = choose_targets(args, console)
-    specs = targets.specs(args.outlast_cmd, args.dry_run)
+    specs = targets.specs(args.outlast_cmd, args.dry_run, args.outlast_workers)
     cfg = Config(
         duration=args.duration,
         warmup=args.warmup,

@@ -9,6 +9,8 @@ kills everything it spawned. Adding a target is adding one entry to :func:`specs
 - ``outlast-sqlite`` ``outlast serve --store sqlite:///<tmp>/outlast.db``
 - ``outlast-redis``  ``outlast serve --store redis://127.0.0.1:<port>/0`` on a private
                      ``redis-server`` started for the run
+- ``outlast-sqlite-workers``, ``outlast-redis-workers``: the same with ``--workers N``
+                     (``--outlast-workers``, default 2): N processes on the port
 
 ``--outlast-cmd`` replaces the outlast command line (a template with ``{host}``, ``{port}``,
 ``{store}``); ``--dry-run`` points the outlast targets at the reference server instead, to test
@@ -97,10 +99,14 @@ def node_command() -> list[str]:
     return [shutil.which("node") or "node", str(REF_SCRIPT)]
 
 
-def outlast_command(template: str | None) -> Callable[[int, Path, str], list[str]]:
+def outlast_command(
+    template: str | None, workers: int = 1
+) -> Callable[[int, Path, str], list[str]]:
+    extra = ["--workers", str(workers)] if workers != 1 else []
+
     def argv(port: int, workdir: Path, store: str) -> list[str]:
         if template:
-            return shlex.split(template.format(host=HOST, port=port, store=store))
+            return shlex.split(template.format(host=HOST, port=port, store=store)) + extra
         # The same interpreter as the benchmark, so `pip install -e .` here is what runs.
         return [
             sys.executable,
@@ -113,12 +119,15 @@ def outlast_command(template: str | None) -> Callable[[int, Path, str], list[str
             str(port),
             "--store",
             store,
+            *extra,
         ]
 
     return argv
 
 
-def specs(outlast_cmd: str | None = None, dry_run: bool = False) -> dict[str, TargetSpec]:
+def specs(
+    outlast_cmd: str | None = None, dry_run: bool = False, workers: int = 2
+) -> dict[str, TargetSpec]:
     ref = TargetSpec("ref", "reference (Node, in memory)", "ref", lambda p, w, s: node_command())
     ref_file = TargetSpec(
         "ref-file",
@@ -139,8 +148,18 @@ def specs(outlast_cmd: str | None = None, dry_run: bool = False) -> dict[str, Ta
             "outlast-redis": TargetSpec(
                 "outlast-redis", "DRY RUN: reference as outlast-redis", "ref", fake
             ),
+            "outlast-sqlite-workers": TargetSpec(
+                "outlast-sqlite-workers",
+                "DRY RUN: reference as outlast-sqlite-workers",
+                "ref",
+                fake,
+            ),
+            "outlast-redis-workers": TargetSpec(
+                "outlast-redis-workers", "DRY RUN: reference as outlast-redis-workers", "ref", fake
+            ),
         }
     argv = outlast_command(outlast_cmd)
+    many = outlast_command(outlast_cmd, workers)
     return {
         "ref": ref,
         "ref-file": ref_file,
@@ -157,6 +176,23 @@ def specs(outlast_cmd: str | None = None, dry_run: bool = False) -> dict[str, Ta
             "outlast (Redis)",
             "outlast",
             argv,
+            store=lambda w: "redis://{redis}/0",
+            needs_redis=True,
+            custom_command=bool(outlast_cmd),
+        ),
+        "outlast-sqlite-workers": TargetSpec(
+            "outlast-sqlite-workers",
+            f"outlast (SQLite, --workers {workers})",
+            "outlast",
+            many,
+            store=lambda w: f"sqlite:///{w}/outlast.db",
+            custom_command=bool(outlast_cmd),
+        ),
+        "outlast-redis-workers": TargetSpec(
+            "outlast-redis-workers",
+            f"outlast (Redis, --workers {workers})",
+            "outlast",
+            many,
             store=lambda w: "redis://{redis}/0",
             needs_redis=True,
             custom_command=bool(outlast_cmd),

@@ -49,8 +49,12 @@ def main() -> None:
     "--insecure", is_flag=True, default=None, help="Allow a non-loopback bind without tokens."
 )
 @click.option(
-    "--workers/--no-workers", default=None, help="Run workers in this process (default: yes)."
+    "--workers",
+    type=click.IntRange(min=0, max=256),
+    help="Processes serving the port (default 1; 0 = one per core).",
 )
+@click.option("--jobs/--no-jobs", "run_jobs", default=None, help="Run job workers (default: yes).")
+@click.option("--no-workers", "no_workers", is_flag=True, hidden=True)  # deprecated: --no-jobs
 @click.option("--log-level", default="info", show_default=True)
 @_log_format_option
 def serve(
@@ -61,18 +65,31 @@ def serve(
     app_path: str | None,
     grace: float | None,
     insecure: bool | None,
-    workers: bool | None,
+    workers: int | None,
+    run_jobs: bool | None,
+    no_workers: bool,
     log_level: str,
     log_format: str | None,
 ) -> None:
-    """Run the API and the workers in one process."""
+    """Run the API and the job workers (in one process, or --workers N processes)."""
     from outlast import server
+
+    if no_workers:
+        click.echo("warning: --no-workers is deprecated: use --no-jobs", err=True)
+        run_jobs = False if run_jobs is None else run_jobs
+
+    def start(settings: Settings) -> Coroutine[Any, Any, None]:
+        from outlast import supervisor
+
+        if supervisor.process_count(settings) > 1:
+            return supervisor.supervise(settings, log_level)
+        return server.serve(settings)
 
     _run(
         log_level,
         log_format,
         config_path,
-        lambda settings: server.serve(settings),
+        start,
         host=host,
         port=port,
         store=store,
@@ -80,6 +97,7 @@ def serve(
         grace=grace,
         insecure=insecure,
         workers=workers,
+        run_jobs=run_jobs,
     )
 
 

@@ -8,6 +8,7 @@ Nothing here does I/O at import time; :func:`load_settings` reads the file and t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -25,6 +26,8 @@ from pydantic import (
 
 from outlast.errors import ConfigError
 
+log = logging.getLogger("outlast.config")
+
 ENV_PREFIX = "OUTLAST_"
 DEFAULT_STORE = "sqlite:///./outlast.db"
 
@@ -40,7 +43,10 @@ class ServerSettings(_Section):
     grace: float = Field(default=30.0, ge=0)
     app: str = ""
     insecure: bool = False
-    workers: bool = True  # run workers in `serve` (false: API only)
+    # Processes serving the port (`serve --workers N`); 0 = one per core. 1 runs in this
+    # process, without a supervisor.
+    workers: int = Field(default=1, ge=0, le=256)
+    run_jobs: bool = True  # run job workers in `serve` (false: API only)
     # One JSON line per request on the `outlast.access` logger.
     access_log: bool = True
     # Without tokens, only requests whose Host is a loopback name or address are served (a web
@@ -56,6 +62,22 @@ class ServerSettings(_Section):
     keep_alive_timeout: float = Field(default=5.0, gt=0)
     # Open connections at most (live readers included); more are answered 503 and closed.
     max_connections: int = Field(default=20_000, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _boolean_workers(cls, data: Any) -> Any:
+        # `workers = true/false` meant "run job workers in this process" until it became the
+        # number of processes: read as `run_jobs`, with a warning.
+        if isinstance(data, Mapping) and isinstance(data.get("workers"), bool):
+            log.warning(
+                "[server] workers = %s is deprecated: it is now the number of processes; "
+                "use run_jobs = %s (read as that)",
+                str(data["workers"]).lower(),
+                str(data["workers"]).lower(),
+            )
+            data = {"run_jobs": data["workers"], **data}
+            del data["workers"]
+        return data
 
 
 class StoreSettings(_Section):

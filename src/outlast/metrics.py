@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -71,9 +72,30 @@ JOB_BUCKETS = (
 ScrapeHook = Callable[[], Awaitable[None]]
 
 
+class _WithPid(CollectorRegistry):
+    """A registry's samples, each with a ``pid`` label: the processes of ``serve --workers N``
+    keep their own counts, and a scrape of the shared port is answered by one of them."""
+
+    def __init__(self, registry: CollectorRegistry, pid: int) -> None:
+        super().__init__(auto_describe=False)
+        self.registry = registry
+        self.pid = str(pid)
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            family.samples = [
+                sample._replace(labels={**sample.labels, "pid": self.pid})
+                for sample in family.samples
+            ]
+            yield family
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *, pid_label: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._exposed: CollectorRegistry = (
+            _WithPid(self.registry, os.getpid()) if pid_label else self.registry
+        )
         # Run before each scrape: gauges read from the store are fresh when they are read.
         self._scrape_hooks: list[ScrapeHook] = []
         r = self.registry
@@ -181,7 +203,7 @@ class Metrics:
         self._scrape_hooks.append(hook)
 
     def render(self) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(self._exposed), media_type=CONTENT_TYPE_LATEST)
 
     async def endpoint(self, request: Request) -> Response:
         for hook in self._scrape_hooks:

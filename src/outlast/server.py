@@ -27,6 +27,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -48,6 +49,8 @@ from outlast.lifecycle import Lifecycle
 from outlast.metrics import Metrics
 from outlast.store import open_store
 from outlast.store.base import Store
+from outlast.store.notify import Siblings
+from outlast.store.sqlite import SQLiteStore
 from outlast.tasks import App, load_app
 from outlast.worker import Worker
 
@@ -111,7 +114,11 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def open_node(settings: Settings, *, workers: bool) -> AsyncIterator[Node]:
+async def open_node(
+    settings: Settings, *, workers: bool, siblings: Siblings | None = None
+) -> AsyncIterator[Node]:
+    """*siblings*: in a process of ``serve --workers N``, how it shares wake-ups with the
+    others (SQLite; Redis shares them itself)."""
     app: App | None = load_app(settings.server.app) if settings.server.app else None
     threads = ThreadPoolExecutor(
         max_workers=settings.jobs.threads or sum(q.concurrency for q in settings.queues.values()),
@@ -130,7 +137,9 @@ async def open_node(settings: Settings, *, workers: bool) -> AsyncIterator[Node]
     try:
         store = await open_store(settings.server.store, fsync=settings.store.fsync)
         try:
-            metrics = Metrics()
+            if siblings is not None and isinstance(store, SQLiteStore):
+                store.share_wakeups(siblings)
+            metrics = Metrics(pid_label=siblings is not None)
             registry = build_registry(settings, app, store, http_client, threads)
             lifecycle = Lifecycle()
             worker = (
@@ -240,8 +249,17 @@ async def _drain_jobs(node: Node, signals: _Signals) -> None:
     stop_now.cancel()
 
 
-async def serve(settings: Settings) -> None:
-    """The API and (unless disabled) the workers in one process, until a signal."""
+async def serve(
+    settings: Settings,
+    *,
+    listener: socket.socket | None = None,
+    siblings: Siblings | None = None,
+) -> None:
+    """The API and (unless disabled) the workers in one process, until a signal.
+
+    In a process of ``serve --workers N`` (:mod:`outlast.supervisor`), *listener* is its own
+    socket on the shared port and *siblings* the other processes to wake after commits.
+    """
     check_binding(settings)
     if not settings.auth_enabled:
         log.warning(
@@ -249,7 +267,7 @@ async def serve(settings: Settings) -> None:
             "to a loopback Host name or one in [server] allowed_hosts are served",
             settings.server.host,
         )
-    async with open_node(settings, workers=settings.server.workers) as node:
+    async with open_node(settings, workers=settings.server.run_jobs, siblings=siblings) as node:
         app = create_app(
             settings, node.store, node.lifecycle, node.metrics, node.registry, node.worker
         )
@@ -277,7 +295,7 @@ async def serve(settings: Settings) -> None:
                 await node.worker.start()
             if node.deliverer is not None:
                 await node.deliverer.start()
-            await server.serve()
+            await server.serve(sockets=None if listener is None else [listener])
             # uvicorn returns once its listener is closed and connections are done; workers
             # stopped claiming at the signal (phase 1). If uvicorn stopped for another reason
             # (say the port was taken), stop everything as for a signal.

@@ -107,7 +107,7 @@ def test_kill_9_of_the_node_running_jobs(cluster: Callable[[], Cluster]) -> None
     c = cluster()
     short_lease = {"OUTLAST_JOBS__LEASE": "1"}
     a = c.serve("a", env=short_lease)
-    b = c.serve("b", env=short_lease, args=["--no-workers"])
+    b = c.serve("b", env=short_lease, args=["--no-jobs"])
     ids = _submit_all([b.url], 24, ms=1000)
     # Kill A while it is in the middle of some of them.
     wait_for(lambda: _running_on(c, ids, "a"), timeout=30)
@@ -235,8 +235,8 @@ def test_capacity_20_under_200_concurrent_submits_on_two_nodes(
     c = cluster()
     capacity = {"OUTLAST_QUEUES__DEFAULT__CAPACITY": "20"}
     # No workers: nothing leaves the queue, so exactly the capacity can be admitted.
-    a = c.serve("a", env=capacity, args=["--no-workers"])
-    b = c.serve("b", env=capacity, args=["--no-workers"])
+    a = c.serve("a", env=capacity, args=["--no-jobs"])
+    b = c.serve("b", env=capacity, args=["--no-jobs"])
 
     async def burst() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=200)

@@ -22,7 +22,7 @@ def test_every_admitted_job_survives_kill_9_right_after_the_answer(
 ) -> None:
     # No workers: admitted jobs stay queued; capacity below the total, so some are refused.
     server = jobs_server_factory(
-        args=["--no-workers"], env={"OUTLAST_QUEUES__DEFAULT__CAPACITY": "900"}
+        args=["--no-jobs"], env={"OUTLAST_QUEUES__DEFAULT__CAPACITY": "900"}
     ).start()
     admitted: dict[str, dict[str, object]] = {}
     refused = 0

@@ -151,7 +151,7 @@ def test_cancel_reaches_a_job_running_in_another_process(
 ) -> None:
     """The API node has no workers; the job runs on a second node sharing the store, which
     learns of the cancel through its lease heartbeat."""
-    api = jobs_server_factory(args=["--no-workers"]).start()
+    api = jobs_server_factory(args=["--no-jobs"]).start()
     worker = jobs_server_factory(store=api.store).start()
     job = submit(api, "hold", input={})
     wait_for(lambda: runs_of(runs, job["id"]) == ["start 1"], timeout=30)

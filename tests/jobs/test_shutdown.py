@@ -204,7 +204,7 @@ def test_a_second_signal_stops_at_once(
     never.set()
 
     # Restart without workers: the jobs wait in their queue, no attempt spent.
-    server.args = [*server.args, "--no-workers"]
+    server.args = [*server.args, "--no-jobs"]
     server.start()
     for job in jobs:
         queued = get_job(server, job["id"])
@@ -258,7 +258,7 @@ def test_a_worker_process_runs_jobs_and_drains_on_sigterm(
     worker_factory: Callable[..., WorkerProcess],
     runs: Path,
 ) -> None:
-    api = jobs_server_factory(args=["--no-workers"]).start()
+    api = jobs_server_factory(args=["--no-jobs"]).start()
     worker = worker_factory(api.store)
     assert worker.proc is not None
     done = finished(api, submit(api, "echo", input={"via": "worker"})["id"])

@@ -25,7 +25,7 @@ def anyio_backend() -> str:
 
 
 def test_many_openers_of_one_new_file_all_succeed(tmp_path: Path) -> None:
-    """``serve --no-workers`` and ``worker`` started together: each opens (creating and
+    """``serve --no-jobs`` and ``worker`` started together: each opens (creating and
     migrating) the same new file at the same moment, on its own connections. Threads stand for
     the processes: SQLite's locks are per connection, and the store's open path releases the
     GIL while it waits for them."""

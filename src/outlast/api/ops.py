@@ -3,6 +3,8 @@ cannot be reached)."""
 
 from __future__ import annotations
 
+import os
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -27,7 +29,8 @@ def ops_routes(lifecycle: Lifecycle) -> list[Route]:
                 503,
                 headers={"Retry-After": "5"},
             )
-        return JSONResponse({"status": "ready"})
+        # Each process of `serve --workers N` answers for itself; the pid says which one did.
+        return JSONResponse({"status": "ready", "pid": os.getpid()})
 
     return [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),

@@ -5,9 +5,11 @@ The stream and job rules run inside SQLite transactions executed by an engine (s
 thread with ``[store] fsync = true``. Either way an operation's result is returned only after
 its transaction committed, so what a client was told survives ``kill -9``.
 
-Live readers in this process are woken right after each commit. Other processes sharing the
-file are noticed by a slower re-check (:data:`~outlast.store.template.RECHECK_INTERVAL`):
-correctness never depends on the in-process wake-up, only latency does.
+Live readers in this process are woken right after each commit. The processes of one
+``serve --workers N`` tell each other their commits (:class:`~outlast.store.notify.Siblings`);
+other processes sharing the file are noticed by a slower re-check
+(:data:`~outlast.store.template.RECHECK_INTERVAL`): correctness never depends on a wake-up,
+only latency does.
 
 Everything else is :class:`~outlast.store.template.RuleStore`'s: this module supplies the
 transaction (:class:`~outlast.store.sqlite_tx.SQLiteTx`), the engine, the schema and the SQL of
@@ -31,7 +33,7 @@ from outlast.store import jobs_logic
 from outlast.store import streams_logic as logic
 from outlast.store.base import AppendResult, AppendSpec, Unit
 from outlast.store.jobs_logic import JobTx
-from outlast.store.notify import Notifier
+from outlast.store.notify import Notifier, Siblings
 from outlast.store.recent import RecentUnits
 from outlast.store.sqlite_engine import InlineEngine, ThreadEngine, prepare
 from outlast.store.sqlite_tx import JOB_COLUMNS, SQLiteTx, job_from_row
@@ -240,7 +242,27 @@ class SQLiteStore(RuleStore[Never]):
 
         return await self.engine.read(op)
 
+    def share_wakeups(self, siblings: Siblings) -> None:
+        """Tell *siblings* this process's commits, and hear theirs."""
+        siblings.start(self._changed_elsewhere)
+        self.notifier.siblings = siblings
+
+    def _changed_elsewhere(self, names: list[str] | None) -> None:
+        if isinstance(self.engine, InlineEngine):
+            self.engine.lock_released()
+        # What this process cached of those streams is behind now: readers go to the file.
+        if names is None:
+            self.recent.forget()
+            self.notifier.changed_all()
+            return
+        for name in names:
+            self.recent.forget(name)
+            self.notifier.wake(name)
+
     async def close(self) -> None:
+        if self.notifier.siblings is not None:
+            self.notifier.siblings.close()
+            self.notifier.siblings = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

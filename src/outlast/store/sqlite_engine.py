@@ -280,6 +280,7 @@ class InlineEngine:
         self.pending: list[tuple[Op, asyncio.Future[Any]]] = []
         self.scheduled = False
         self.busy_since: float | None = None
+        self._busy_retry: asyncio.TimerHandle | None = None
         self.checkpointer = Checkpointer(path, passive=True)
 
     async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
@@ -324,7 +325,15 @@ class InlineEngine:
             return
         self.pending = group + self.pending
         self.scheduled = True
-        self.loop.call_later(BUSY_RETRY, self._flush)
+        self._busy_retry = self.loop.call_later(BUSY_RETRY, self._flush)
+
+    def lock_released(self) -> None:
+        """Another process committed (a sibling said so): a write waiting for the lock tries
+        again now rather than at its timer."""
+        retry, self._busy_retry = self._busy_retry, None
+        if retry is not None and self.busy_since is not None and not retry.cancelled():
+            retry.cancel()
+            self.loop.call_soon(self._flush)
 
     async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
         # Reads run between transactions on the loop thread: short, and never blocked by the
