@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -15,7 +17,7 @@ from outlast.errors import ConfigError, LeaseLost, StoreError, StoreUnavailable
 from outlast.models import JobState, NewJob
 from outlast.store import open_store, redis_data
 from outlast.store.base import AppendSpec, CreateSpec, Outcome, Store
-from outlast.store.redis import RedisStore
+from outlast.store.redis import MAX_CONNECTIONS, RedisStore
 from outlast.store.redis_data import Command
 from outlast.store.redis_setup import parse_url
 from outlast.store.versions import REDIS_LAYOUT_VERSION
@@ -366,4 +368,39 @@ async def test_a_large_closed_stream_keeps_its_units_and_is_not_read_to_close(
         read = await store.read("big", len(chunk), 1 << 21)
         assert read.info.closed and [u.data for u in read.units] == [chunk]
     finally:
+        await store.close()
+
+
+async def test_readers_holding_every_pooled_connection_do_not_stall_the_claim_loop(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    """Under overload readers queue for the pool's connections; a claim loop's look at its
+    queue (next_due) has connections of its own and answers meanwhile."""
+    server = redis_factory()
+    store = await open_store(server.url)
+    assert isinstance(store, RedisStore)
+    # Every pooled connection held by a reader that waits (a blocking pop that times out in 3 s).
+    held = [
+        asyncio.create_task(store.client.blpop(["nothing"], timeout=3))
+        for _ in range(MAX_CONNECTIONS)
+    ]
+    try:
+        with redis.Redis(port=server.port) as admin:
+            deadline = time.monotonic() + 10
+            # (The subscription to other nodes' changes holds one pooled connection.)
+            while int(admin.info("clients")["blocked_clients"]) < MAX_CONNECTIONS - 1:
+                assert time.monotonic() < deadline, "the readers never held the pool"
+                await asyncio.sleep(0.01)
+        with pytest.raises(TimeoutError):  # the readers' pool is exhausted...
+            await asyncio.wait_for(store.client.ping(), 0.5)
+        # ...and the claim loop's look at its queue is answered all the same.
+        await store.submit_job(
+            NewJob(task="t", queue="q", input={}, max_attempts=1, timeout=60.0), capacity=10
+        )
+        due = await asyncio.wait_for(store.next_due("q"), 2.0)
+        assert due is not None and due <= time.time()
+    finally:
+        for task in held:
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
         await store.close()

@@ -79,6 +79,9 @@ SUBSCRIBE_TIMEOUT = 5.0
 MAX_HEADS = 4096
 # Connections to Redis for reads, per node: more concurrent reads wait for one.
 MAX_CONNECTIONS = 64
+# ... and apart from them, for the node's own upkeep (a claim loop's look at its queue, the
+# memory watch), so that readers queueing for the pool under overload never stall the workers.
+UPKEEP_CONNECTIONS = 4
 # With Redis's maxmemory set, new work (submissions, stream creations and appends) is refused
 # with 503 once Redis uses this share of it: the rest is kept for the work already accepted
 # (running jobs' events and outcomes), which Redis would refuse too once memory is full.
@@ -104,14 +107,29 @@ class _Snapshot(RedisTx):
         return self.units
 
 
+def _pooled(parsed: RedisURL, connections: int) -> aioredis.Redis:
+    """A client on a bounded pool: more concurrent calls queue for a connection rather than
+    opening more."""
+    pool = aioredis.BlockingConnectionPool(
+        max_connections=connections,
+        timeout=COMMAND_TIMEOUT,
+        retry=AsyncRetry(NoBackoff(), 0),  # outlast decides what to retry, and when
+        **parsed.params,
+    )
+    return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
+
+
 def _no_calls(commands: Any) -> list[Any]:
     raise AssertionError("a snapshot does not query Redis")
 
 
 class RedisStore(RuleStore[Prefetch]):
-    def __init__(self, url: RedisURL, client: aioredis.Redis, engine: WriterEngine) -> None:
+    def __init__(
+        self, url: RedisURL, client: aioredis.Redis, upkeep: aioredis.Redis, engine: WriterEngine
+    ) -> None:
         self.url = url
-        self.client = client
+        self.client = client  # readers (streams, jobs, listings)
+        self.upkeep = upkeep  # this node's own reads (UPKEEP_CONNECTIONS)
         self.engine = engine
         self.keys = engine.keys
         self.notifier = engine.notifier
@@ -137,13 +155,7 @@ class RedisStore(RuleStore[Prefetch]):
         parsed = parse_url(url)
         # A bounded pool: a thousand concurrent readers queue for a connection rather than
         # opening a thousand connections.
-        pool = aioredis.BlockingConnectionPool(
-            max_connections=MAX_CONNECTIONS,
-            timeout=COMMAND_TIMEOUT,
-            retry=AsyncRetry(NoBackoff(), 0),  # outlast decides what to retry, and when
-            **parsed.params,
-        )
-        client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
+        client = _pooled(parsed, MAX_CONNECTIONS)
         try:
             info = await client.info("server")
         except RedisError as exc:
@@ -165,7 +177,7 @@ class RedisStore(RuleStore[Prefetch]):
             asyncio.get_running_loop(),
         )
         engine.start()
-        store = cls(parsed, client, engine)
+        store = cls(parsed, client, _pooled(parsed, UPKEEP_CONNECTIONS), engine)
         store._tasks.append(asyncio.create_task(store._listen(), name="outlast-redis-listen"))
         store._tasks.append(asyncio.create_task(store._sweep_forever(), name="outlast-redis-sweep"))
         store._tasks.append(asyncio.create_task(store._watch_memory(), name="outlast-redis-memory"))
@@ -194,7 +206,7 @@ class RedisStore(RuleStore[Prefetch]):
         # (A cancellation during the call may come out of redis-py as a connection error.)
         while task is None or not task.cancelling():
             with contextlib.suppress(RedisError, OSError):  # an outage is reported elsewhere
-                self._memory(await self.client.info("memory"))
+                self._memory(await self.upkeep.info("memory"))
             await asyncio.sleep(MEMORY_POLL)
 
     def _memory(self, info: dict[str, Any]) -> None:
@@ -469,7 +481,7 @@ class RedisStore(RuleStore[Prefetch]):
         }
 
     async def next_due(self, queue: str) -> float | None:
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.upkeep.pipeline(transaction=False)
         pipe.hexists(self.keys.paused, queue)
         pipe.zcard(self.keys.ready(queue))
         pipe.zrange(self.keys.due(queue), 0, 0, withscores=True)
@@ -488,6 +500,7 @@ class RedisStore(RuleStore[Prefetch]):
                 await task
         await self.engine.close()
         await self.client.aclose()
+        await self.upkeep.aclose()
 
     # -- settings shared by every node ------------------------------------------------------
 
