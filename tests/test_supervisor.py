@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from outlast import cli
 from outlast.config import load_settings
 from outlast.metrics import Metrics
-from outlast.supervisor import bind_shared, process_count
+from outlast.supervisor import bind_shared, process_count, sweep_stale_peer_dirs
 
 
 def test_workers_0_means_one_process_per_core(
@@ -63,3 +63,21 @@ def test_serve_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert old.exit_code == 0 and "deprecated" in old.output
     assert runner.invoke(cli.main, ["serve", "--workers", "-1"]).exit_code == 2
     assert [(f["workers"], f["run_jobs"]) for f in seen] == [(2, False), (None, False)]
+
+
+def test_wake_up_directories_of_parents_that_are_gone_are_swept(tmp_path: Path) -> None:
+    # A parent killed with SIGKILL leaves its directory; the next supervisor removes it, and
+    # only such directories.
+    dead = next(
+        pid for pid in range(4_000_000, 1, -1) if not Path(f"/proc/{pid}").exists()
+    )  # beyond or below pid_max, a pid no process has
+    gone = tmp_path / f"outlast-peers-{dead}-abc"
+    alive = tmp_path / f"outlast-peers-{os.getpid()}-def"
+    old_style = tmp_path / "outlast-peers-xyz"  # no pid: not ours to judge
+    other = tmp_path / f"other-{dead}-abc"
+    for path in (gone, alive, old_style, other):
+        path.mkdir()
+    (gone / "0.sock").write_bytes(b"")
+    assert sweep_stale_peer_dirs(str(tmp_path)) == [str(gone)]
+    assert not gone.exists()
+    assert alive.exists() and old_style.exists() and other.exists()

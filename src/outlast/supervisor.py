@@ -50,6 +50,8 @@ RESTART_CAP = 30.0
 RESTART_STABLE = 60.0
 LISTEN_BACKLOG = 2048
 PR_SET_PDEATHSIG = 1
+# The processes' wake-up sockets live in <temp dir>/outlast-peers-<parent pid>-<random>/.
+PEERS_PREFIX = "outlast-peers-"
 
 
 def process_count(settings: Settings) -> int:
@@ -105,7 +107,8 @@ class Supervisor:
         server = self.settings.server
         reserved = bind_shared(server.host, server.port, listen=False)
         self.port = reserved.getsockname()[1]
-        self.peers_dir = tempfile.mkdtemp(prefix="outlast-peers-")
+        sweep_stale_peer_dirs(tempfile.gettempdir())
+        self.peers_dir = tempfile.mkdtemp(prefix=f"{PEERS_PREFIX}{os.getpid()}-")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -194,6 +197,31 @@ async def supervise(settings: Settings, log_level: str) -> None:
     code = await Supervisor(settings, log_level).run()
     if code:
         sys.exit(code)
+
+
+def sweep_stale_peer_dirs(root: str) -> list[str]:
+    """Remove the wake-up directories of parents that are gone without removing theirs (a
+    parent killed with SIGKILL cannot); returns what was removed."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(root):
+            pid, dash, _ = entry.name.removeprefix(PEERS_PREFIX).partition("-")
+            if not entry.name.startswith(PEERS_PREFIX) or not dash or not pid.isdigit():
+                continue
+            if entry.is_dir(follow_symlinks=False) and not _alive(int(pid)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def _die_with_parent(parent: int) -> None:
