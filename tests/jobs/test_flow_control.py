@@ -271,11 +271,12 @@ def _order(runs: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def _check_fair(events: list[str], per_key: int) -> None:
-    """Tenant b's and c's jobs all end before a's 10th starts; no key runs beyond its limit."""
+def _check_fair(events: list[str], per_key: int, settled: str = "end") -> None:
+    """Tenant b's and c's jobs all reach *settled* (``end``, or ``start``) before a's 10th
+    starts; no key runs beyond its limit."""
     running: dict[str, int] = {}
     a_started = 0
-    b_and_c_ended = 0
+    b_and_c_settled = 0
     for event in events:
         what, tag = event.split()
         tenant = tag.split("-")[0]
@@ -284,9 +285,9 @@ def _check_fair(events: list[str], per_key: int) -> None:
         if what == "start" and tenant == "a":
             a_started += 1
             if a_started == 10:
-                assert b_and_c_ended == 10, events
-        if what == "end" and tenant in ("b", "c"):
-            b_and_c_ended += 1
+                assert b_and_c_settled == 10, events
+        if what == settled and tenant in ("b", "c"):
+            b_and_c_settled += 1
 
 
 def _submit_tenants(server: ServerProcess) -> list[str]:
@@ -329,7 +330,10 @@ def test_tenants_are_served_in_turn_by_two_nodes_sharing_redis(
     httpx.post(f"{second.url}/v1/queues/default/resume", timeout=10)
     for job_id in ids:
         assert finished(second, job_id)["state"] == "succeeded"
-    _check_fair(_order(runs), per_key=1)
+    # The turns decide when each job starts. When one ends on the other node depends on how
+    # that process is scheduled (a loaded machine stalled one past a's 10th start), so the
+    # two-node check is on starts.
+    _check_fair(_order(runs), per_key=1, settled="start")
 
 
 def test_with_the_queue_busy_a_higher_priority_job_submitted_last_starts_first(
