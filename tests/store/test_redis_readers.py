@@ -42,8 +42,9 @@ def anyio_backend() -> str:
 
 
 class _Pool:
-    """The reader node's pool: its free connections taken by the test, and each task that was
-    refused a connection recorded (``all_refused`` is set once *readers* tasks were)."""
+    """The reader node's pool: its free connections taken by the test, each connection it gave
+    counted (``given``: one a call to Redis), and each task that was refused a connection
+    recorded (``all_refused`` is set once *readers* tasks were)."""
 
     def __init__(self, store: RedisStore, readers: int, monkeypatch: pytest.MonkeyPatch) -> None:
         pool = store.client.connection_pool
@@ -53,11 +54,12 @@ class _Pool:
         self.held: list[AbstractConnection] = []
         self.refused: set[asyncio.Task[Any]] = set()
         self.all_refused = asyncio.Event()
+        self.given = 0
         get = pool.get_connection
 
         async def counted(*args: Any, **kwargs: Any) -> AbstractConnection:
             try:
-                return await get(*args, **kwargs)
+                connection = await get(*args, **kwargs)
             except RedisConnectionError:
                 task = asyncio.current_task()
                 assert task is not None
@@ -65,6 +67,8 @@ class _Pool:
                 if len(self.refused) >= readers:
                     self.all_refused.set()
                 raise
+            self.given += 1
+            return connection
 
         self._get = get
         monkeypatch.setattr(pool, "get_connection", counted)
@@ -172,3 +176,39 @@ async def test_live_readers_waiting_for_the_pool_end_when_redis_goes(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await pool.release()
+
+
+async def test_a_reader_of_another_node_s_stream_costs_one_call_per_change(
+    nodes: tuple[RedisProcess, RedisStore, RedisStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live reader waiting at the tail of a stream written by another node: woken by each
+    append, it reads at once (no look at the stream's head first), and after that read it
+    waits again without a look either. One call to Redis per change."""
+    _, writer, reader = nodes
+    pool = _Pool(reader, READERS, monkeypatch)
+    await writer.create_stream("s", CreateSpec(content_type=TEXT))
+    waiting = asyncio.Event()  # set when the reader starts a wait
+    waiter = reader.notifier.waiter
+
+    def watched(name: str, timeout: float) -> asyncio.Future[bool]:
+        future = waiter(name, timeout)
+        waiting.set()
+        return future
+
+    monkeypatch.setattr(reader.notifier, "waiter", watched)
+    task = asyncio.create_task(_follow(Readers(reader, asyncio.Event(), 1 << 20), "s"))
+    sent = [f"event {i};".encode() for i in range(10)]
+    try:
+        async with asyncio.timeout(GUARD):
+            for i, data in enumerate(sent):
+                await waiting.wait()
+                waiting.clear()
+                await _append(writer, "s", data, close=i == len(sent) - 1)
+            assert await task == sent
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    # The first read (at the tail: nothing yet), maybe a look at the head before the first
+    # wait (if the stream's creation was heard of while that read was in flight), then one
+    # read per append.
+    assert pool.given <= 2 + len(sent), pool.given

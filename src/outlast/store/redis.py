@@ -155,6 +155,16 @@ class RedisStore(RuleStore[Prefetch]):
         # entry is dropped when another node changes the stream (its notification) or when
         # notifications may have been missed (a reconnect).
         self.heads: OrderedDict[str, StreamInfo] = OrderedDict()
+        # What this node's reads last found of other nodes' streams, for a live reader's look
+        # before it waits (not for head(): a read can be older than a write acknowledged by
+        # another node). An entry is kept only if its stream did not change while the read
+        # was in flight: `changes` counts the changes this node heard of, `changed_at` tells
+        # when each of the latest MAX_HEADS streams changed last, and the others changed at
+        # `changed_before` at the latest.
+        self.seen: OrderedDict[str, StreamInfo] = OrderedDict()
+        self.changes = 0
+        self.changed_at: OrderedDict[str, int] = OrderedDict()
+        self.changed_before = 0
         engine.on_commit = self._committed
         engine.on_unknown = self._forget_all
         self._tasks: list[asyncio.Task[None]] = []
@@ -387,7 +397,29 @@ class RedisStore(RuleStore[Prefetch]):
         """Changes may have gone unheard: drop the caches and let every waiter re-check."""
         self.recent.forget()
         self.heads.clear()
+        self.seen.clear()
+        self.changes += 1
+        self.changed_at.clear()
+        self.changed_before = self.changes
         self.notifier.changed_all()
+
+    def _heard(self, name: str) -> None:
+        """*name* changed (a commit of this node or another's): what was seen of it is old."""
+        self.seen.pop(name, None)
+        self.changes += 1
+        self.changed_at[name] = self.changes
+        self.changed_at.move_to_end(name)
+        while len(self.changed_at) > MAX_HEADS:
+            _, self.changed_before = self.changed_at.popitem(last=False)
+
+    def _saw(self, name: str, info: StreamInfo, since: int) -> None:
+        """A read that started when `changes` was *since* found *info*."""
+        if self.changed_at.get(name, self.changed_before) > since or info.expiry() is not None:
+            return  # changed meanwhile; or expiring (a look must check the expiry)
+        self.seen[name] = info
+        self.seen.move_to_end(name)
+        while len(self.seen) > MAX_HEADS:
+            self.seen.popitem(last=False)
 
     def _on_message(self, data: bytes) -> None:
         try:
@@ -399,11 +431,13 @@ class RedisStore(RuleStore[Prefetch]):
         for name in names:
             self.recent.forget(name)
             self.heads.pop(name, None)
+            self._heard(name)
             self.notifier.changed(name)
 
     def _committed(self, changes: list[StreamChange]) -> None:
         """This node's commit changed these streams: keep what live readers need in memory."""
         for name, row, units in changes:
+            self._heard(name)
             if row is None or row.deleted:
                 self.recent.forget(name)
                 self.heads.pop(name, None)
@@ -428,6 +462,8 @@ class RedisStore(RuleStore[Prefetch]):
         # position hold what the read may return, and Redis sends them straight from the set
         # (a script gathering them instead costs Redis time per byte; see docs/benchmarks.md).
         # A closed stream's units may be folded into one record (redis_data.fold_units).
+        since = self.changes
+
         def query() -> Awaitable[list[Any]]:
             pipe = self.client.pipeline(transaction=True)
             pipe.hgetall(self.keys.stream(name))
@@ -449,7 +485,9 @@ class RedisStore(RuleStore[Prefetch]):
                 break  # at least one unit, then no more than max_bytes
             units.append(unit)
             size += len(unit.data)
-        return logic.read(_Snapshot(self.keys, row, units), name, position, max_bytes, now)
+        result = logic.read(_Snapshot(self.keys, row, units), name, position, max_bytes, now)
+        self._saw(name, result.info, since)
+        return result
 
     async def head(self, name: str) -> StreamInfo:
         known = self.heads.get(name)
@@ -463,7 +501,9 @@ class RedisStore(RuleStore[Prefetch]):
         # Register before checking, so that a commit after the check still wakes us.
         waiter = self.notifier.waiter(name, timeout)
         try:
-            info = await self.head(name)
+            # What this node's last read of the stream found, if nothing changed since: a reader
+            # waits after a read that reached the tail, and wakes at the next change.
+            info = self.seen.get(name) or await self.head(name)
             if info.tail > position or info.closed:
                 return True
             # Woken: the stream changed (or notifications may have been missed: a reconnect).
