@@ -3,15 +3,14 @@ with its secret headers, or an allowed raw URL), and the request each attempt se
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
 
-from outlast.boundary import check_headers
 from outlast.config import Settings
 from outlast.egress import Target, check_url, resolve_and_check, upstream_target
 from outlast.errors import Unprocessable
+from outlast.executors.http import check_input_headers, request_body
 from outlast.executors.relay_progress import asks_usage
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
@@ -56,14 +55,7 @@ async def validate_input(value: Any, settings: Settings) -> None:
             "input.wait_rate_limits must be true or false",
             extra={"field": "input.wait_rate_limits"},
         )
-    headers = value.get("headers", {})
-    if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
-        raise Unprocessable(
-            "input.headers must map names to strings", extra={"field": "input.headers"}
-        )
-    check_headers(headers, "input.headers")
+    check_input_headers(value)
 
 
 def resolve_target(value: dict[str, Any], settings: Settings) -> Target:
@@ -92,14 +84,6 @@ def resolve_target(value: dict[str, Any], settings: Settings) -> Target:
             "input.upstream or input.url is required", extra={"field": "input.upstream"}
         )
     return check_url(url, settings.egress, field="input.url")
-
-
-def request_body(value: Any) -> tuple[bytes | None, dict[str, str]]:
-    if value is None:
-        return None, {}
-    if isinstance(value, str):
-        return value.encode(), {}
-    return json.dumps(value).encode(), {"content-type": "application/json"}
 
 
 def upstream_headers(
