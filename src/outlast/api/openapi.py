@@ -1,19 +1,32 @@
 """``GET /openapi.json``: the OpenAPI 3.1 document of the JSON API (jobs, queues, relays, ops).
 
 The stream endpoints speak the Durable Streams protocol (docs/streams.md); their operations,
-headers and statuses are listed here too. Every secured operation documents 401 and 403; the
-document is checked against the server by a schemathesis run (tests/security/test_openapi_fuzz.py).
+headers and statuses are listed here too. Every secured operation documents 401 and 403; every
+operation refers to the shared responses (``components/responses``) of what the connection layer
+and the browser guard refuse before any endpoint runs (408, 431, 503, 403 and, for JSON writes,
+415). The document is checked against the server by a schemathesis run
+(tests/security/test_openapi_fuzz.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from outlast.api.jobs import MAX_BATCH, MAX_PAGE
+from outlast.api.middleware import (
+    FORBIDDEN_HOST,
+    FORBIDDEN_ORIGIN,
+    STORE_UNAVAILABLE,
+    UNSUPPORTED_MEDIA_TYPE,
+    checks_content_type,
+)
 from outlast.boundary import MAX_DEPTH
+from outlast.connections import HEADERS_TOO_LARGE, REQUEST_TIMEOUT, TOO_MANY_CONNECTIONS
+from outlast.errors import Refusal
 from outlast.models import JOB_ID_PATTERN, ErrorCode, JobState
 from outlast.store.webhooks_logic import ALL_EVENTS as WEBHOOK_EVENTS
 
@@ -672,20 +685,99 @@ PUBLIC = frozenset({"/healthz", "/readyz", "/openapi.json"})
 METHODS = ("get", "put", "post", "delete", "head")
 
 
-def _with_auth_errors(paths: dict[str, Any]) -> dict[str, Any]:
-    """Every secured operation documents 401 (no or bad credential) and 403 (missing scope)."""
+class Shared(NamedTuple):
+    """A response any operation may get before its endpoint runs (``components/responses``):
+    what the connection layer and the browser guard refuse, with their error codes."""
+
+    name: str
+    description: str
+    refusals: tuple[Refusal, ...]  # one status
+    retry_after: bool = False
+    # Whether a *method* request to *path* may get it (default: every operation).
+    applies: Callable[[str, str], bool] = lambda method, path: True
+
+    @property
+    def status(self) -> str:
+        return str(self.refusals[0].status)
+
+
+SHARED = [
+    Shared(
+        "RequestTimeout",
+        "The request's headers did not arrive within [server] header_timeout; the connection "
+        "is closed",
+        (REQUEST_TIMEOUT,),
+    ),
+    Shared(
+        "HeadersTooLarge",
+        "The request's headers exceed [server] max_header_bytes or max_header_count; the "
+        "connection is closed",
+        (HEADERS_TOO_LARGE,),
+    ),
+    Shared(
+        "Unavailable",
+        "Overloaded or unavailable: [server] max_connections connections are open (the "
+        "connection is closed), or the store cannot be reached",
+        (TOO_MANY_CONNECTIONS, STORE_UNAVAILABLE),
+        retry_after=True,
+    ),
+    Shared(
+        "BrowserRefused",
+        "Refused as a web page's request: a Host not served without tokens ([server] "
+        "allowed_hosts), or an Origin that is neither the server's own nor in [cors] origins",
+        (FORBIDDEN_HOST, FORBIDDEN_ORIGIN),
+    ),
+    Shared(
+        "UnsupportedMediaType",
+        "A body not declared Content-Type: application/json",
+        (UNSUPPORTED_MEDIA_TYPE,),
+        applies=checks_content_type,
+    ),
+]
+
+
+def _shared_response(shared: Shared) -> dict[str, Any]:
+    codes = ", ".join(f"`{refusal.code}`" for refusal in shared.refusals)
+    response = _error(f"{shared.description} ({codes})", retry_after=shared.retry_after)
+    response["content"]["application/json"]["examples"] = {
+        refusal.code: {"value": {"error": {"code": refusal.code, "message": shared.description}}}
+        for refusal in shared.refusals
+    }
+    return response
+
+
+SHARED_RESPONSES = {shared.name: _shared_response(shared) for shared in SHARED}
+
+
+def _with_shared_errors(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every secured operation documents 401 (no or bad credential) and 403 (missing scope);
+    every operation refers to the shared responses that apply to it. Where the operation has
+    an answer of its own with that status, the reference keeps the operation's description and
+    adds the shared one."""
     out: dict[str, Any] = {}
     for path, item in paths.items():
         item = dict(item)
         for method in METHODS:
-            if method not in item or path in PUBLIC:
+            if method not in item:
                 continue
             operation = dict(item[method])
             responses = dict(operation["responses"])
-            responses.setdefault("401", _error("No valid bearer token (or signed link)"))
-            responses.setdefault("403", _error("The token lacks this route's scope"))
+            if path not in PUBLIC:
+                responses.setdefault("401", _error("No valid bearer token (or signed link)"))
+                responses.setdefault("403", _error("The token lacks this route's scope"))
+                operation["security"] = [{"bearer": []}]
+            for shared in SHARED:
+                if not shared.applies(method, path):
+                    continue
+                ref = {"$ref": f"#/components/responses/{shared.name}"}
+                own = responses.get(shared.status)
+                if own is not None:
+                    ref["description"] = (
+                        f"{own['description']}. Also: "
+                        f"{SHARED_RESPONSES[shared.name]['description']}"
+                    )
+                responses[shared.status] = ref
             operation["responses"] = responses
-            operation["security"] = [{"bearer": []}]
             item[method] = operation
         out[path] = item
     return out
@@ -695,9 +787,10 @@ def document(version: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "outlast", "version": version},
-        "paths": _with_auth_errors(PATHS),
+        "paths": _with_shared_errors(PATHS),
         "components": {
             "schemas": SCHEMAS,
+            "responses": SHARED_RESPONSES,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         # Tokens are optional (without any configured, every request is trusted).
