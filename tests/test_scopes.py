@@ -113,3 +113,37 @@ def test_the_documented_php_app_token_does_what_the_docs_say(
     for path in ("/healthz", "/readyz", "/openapi.json"):
         assert httpx.get(f"{server.url}{path}").status_code == 200, path
     assert httpx.get(f"{server.url}/v1/queues").status_code == 401
+
+
+def test_a_credential_checked_while_the_store_is_unreachable_answers_503_with_retry_after() -> None:
+    """The auth middleware loads the read-link key from the store first: while the store is
+    unreachable the answer is 503 ``unavailable`` with the store's Retry-After, as documented in
+    the OpenAPI document's shared 503."""
+    import asyncio
+
+    from outlast.api.middleware import STORE_UNAVAILABLE, AuthMiddleware
+    from outlast.config import AuthSettings
+    from outlast.errors import StoreUnavailable
+
+    class Unreachable:
+        async def load(self) -> bytes:
+            raise StoreUnavailable("connection refused", retry_after=3)
+
+    async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the request must not reach the endpoint")
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b""}
+
+    middleware = AuthMiddleware(endpoint, AuthSettings(), Unreachable())  # type: ignore[arg-type]
+    scope = {"type": "http", "method": "GET", "path": "/v1/queues", "headers": []}
+    asyncio.run(middleware(scope, receive, send))
+    start, body = sent
+    assert start["status"] == STORE_UNAVAILABLE.status == 503
+    assert (b"retry-after", b"3") in start["headers"]
+    assert json.loads(body["body"])["error"]["code"] == STORE_UNAVAILABLE.code

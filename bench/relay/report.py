@@ -260,6 +260,47 @@ def _verdict(met: bool | None) -> str:
     return "—" if met is None else ("met" if met else "**not met**")
 
 
+def _latency_table(
+    latency: list[Result], names: list[str], label: Callable[[str], str]
+) -> list[str]:
+    """The per-event latency table: a row per level and percentile, the direct read, then each
+    target's latency and what it added."""
+    head = ["Streams", "", "direct"]
+    for n in names:
+        head += [label(n), "added"]
+    lines = [
+        "Per-event latency, ms (median of runs):",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---|---|" + "|".join(["---:"] * (len(head) - 2)) + "|",
+    ]
+    for lat in latency:
+        cells = [
+            f"{lat['streams']:,}" if lat["pct"] == "p50" else "",
+            lat["pct"],
+            _ms(lat["direct"]),
+        ]
+        for n in names:
+            added = lat["added"].get(n)
+            cells += [_ms(lat["relay"].get(n)), "—" if added is None else f"{added:+,.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cpu_table(rows: list[tuple[str, str, Result]], label: Callable[[str], str]) -> list[str]:
+    """The CPU table: a row per measurement that recorded CPU, its reader named by *label*."""
+    lines = ["", "| Workload | Read by | CPU |", "|---|---|---|"]
+    for workload, who, c in rows:
+        if c["server_cpu"] is None and c["client_cpu"] is None:
+            continue
+        pct = [
+            f"{(c[k] or 0) * 100:.0f} %"
+            for k in ("server_cpu", "upstream_cpu", "client_cpu", "other_cpu")
+        ]
+        lines.append(f"| {workload} | {label(who)} | {' / '.join(pct)} |")
+    return lines
+
+
 def _scale_rows(
     row: Callable[[str, str, Callable[[Result], str]], None], cfg: Result, redis: bool
 ) -> None:
@@ -336,24 +377,8 @@ def render(data: Result) -> str:
         + ".",
         f"- **Raw results:** `{meta['json']}`",
         "",
-        "Per-event latency, ms (median of runs):",
-        "",
+        *_latency_table(summary["latency"], names, labels.__getitem__),
     ]
-    head = ["Streams", "", "direct"]
-    for n in names:
-        head += [labels[n], "added"]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|---|---|" + "|".join(["---:"] * (len(head) - 2)) + "|")
-    for lat in summary["latency"]:
-        cells = [
-            f"{lat['streams']:,}" if lat["pct"] == "p50" else "",
-            lat["pct"],
-            _ms(lat["direct"]),
-        ]
-        for n in names:
-            added = lat["added"].get(n)
-            cells += [_ms(lat["relay"].get(n)), "—" if added is None else f"{added:+,.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Throughput, memory and the 1,000-relay run (median of runs; errors summed):", ""]
     lines.append("| Figure | direct | " + " | ".join(labels[n] for n in names) + " |")
     lines.append("|---|---:|" + "|".join(["---:"] * len(names)) + "|")
@@ -409,18 +434,8 @@ def render(data: Result) -> str:
         "",
         "CPU during each measurement (median, % of one core): outlast (with its redis-server) / "
         "upstream / load generator / every other process on the machine (200 % is both cores).",
-        "",
-        "| Workload | Read by | CPU |",
-        "|---|---|---|",
+        *_cpu_table(data["cpu"], lambda who: labels.get(who, who)),
     ]
-    for workload, who, c in data["cpu"]:
-        if c["server_cpu"] is None and c["client_cpu"] is None:
-            continue
-        pct = [
-            f"{(c[k] or 0) * 100:.0f} %"
-            for k in ("server_cpu", "upstream_cpu", "client_cpu", "other_cpu")
-        ]
-        lines.append(f"| {workload} | {labels.get(who, who)} | {' / '.join(pct)} |")
     if data.get("notes"):
         lines += ["", *data["notes"]]
     if data["problems"]:
@@ -474,24 +489,8 @@ def render_proxies(data: Result) -> str:
         + ".",
         f"- **Raw results:** `{meta['json']}`",
         "",
-        "Per-event latency, ms (median of runs):",
-        "",
+        *_latency_table(summary["latency"], names, label),
     ]
-    head = ["Streams", "", "direct"]
-    for n in names:
-        head += [label(n), "added"]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|---|---|" + "|".join(["---:"] * (len(head) - 2)) + "|")
-    for lat in summary["latency"]:
-        cells = [
-            f"{lat['streams']:,}" if lat["pct"] == "p50" else "",
-            lat["pct"],
-            _ms(lat["direct"]),
-        ]
-        for n in names:
-            added = lat["added"].get(n)
-            cells += [_ms(lat["relay"].get(n)), "—" if added is None else f"{added:+,.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| Figure | direct | " + " | ".join(label(n) for n in names) + " |"]
     lines.append("|---|---:|" + "|".join(["---:"] * len(names)) + "|")
     for level in levels:
@@ -510,20 +509,8 @@ def render_proxies(data: Result) -> str:
         "",
         "CPU (median, % of one core): the proxy (outlast with its redis-server, or LiteLLM with "
         "its workers) / upstream / load generator / every other process.",
-        "",
-        "| Workload | Read by | CPU |",
-        "|---|---|---|",
+        *_cpu_table(summary["cpu"], lambda who: "direct" if who == DIRECT else label(who)),
     ]
-    for workload, who, c in summary["cpu"]:
-        if c["server_cpu"] is None and c["client_cpu"] is None:
-            continue
-        pct = [
-            f"{(c[k] or 0) * 100:.0f} %"
-            for k in ("server_cpu", "upstream_cpu", "client_cpu", "other_cpu")
-        ]
-        lines.append(
-            f"| {workload} | {'direct' if who == DIRECT else label(who)} | {' / '.join(pct)} |"
-        )
     found = problems(data["runs"], proxy=True)
     if found:
         lines += ["", "Problems seen during the runs:", ""]

@@ -207,6 +207,21 @@ class Harness:
                 self.progress.console.print(f"[red]{name} could not start: {exc}", soft_wrap=True)
             self.progress.remove_task(task)
 
+    def on_target(
+        self,
+        where: str,
+        desc: str,
+        name: str,
+        work: Callable[..., dict[str, Any]],
+        *args: Any,
+    ) -> dict[str, Any]:
+        """*work* on target *name*'s server (its last argument before the step's) as a step, or
+        a 'not running' result."""
+        server = self.servers.get(name)
+        if server is None:
+            return missing(name)
+        return self.step(where, desc, bind(self.logdir / "loadgen.log", work, *args, server))
+
     def stop_targets(self, run_log: dict[str, Any]) -> None:
         while self.servers:
             name, server = self.servers.popitem()
@@ -237,7 +252,6 @@ class Harness:
         # Rotate the order of the targets run by run, so that none always goes first.
         names, proxies = rotate(self.names, run), rotate(self.proxies, run)
         self.start_targets(upstream, list(dict.fromkeys(names + proxies)))
-        log = self.logdir / "loadgen.log"
         self.relay_phases(where, results, names, upstream)
         self.proxy_phase(where, results, proxies, upstream)
         self.stop_targets(results["server_log"])
@@ -246,15 +260,13 @@ class Harness:
             # freed memory for reuse, and a delta on top of it would read too low.
             for name in names:
                 self.start_targets(upstream, [name])
-                server = self.servers.get(name)
-                results["scale"][name] = (
-                    missing(name)
-                    if server is None
-                    else self.step(
-                        where,
-                        f"{name} · {cfg.relays:,} relays × {cfg.readers_per_relay} readers",
-                        bind(log, workloads.scale, cfg, upstream, server),
-                    )
+                results["scale"][name] = self.on_target(
+                    where,
+                    f"{name} · {cfg.relays:,} relays × {cfg.readers_per_relay} readers",
+                    name,
+                    workloads.scale,
+                    cfg,
+                    upstream,
                 )
                 scale_log: dict[str, Any] = {}
                 self.stop_targets(scale_log)
@@ -277,15 +289,8 @@ class Harness:
             bind(log, workloads.ceiling, "direct", cfg, upstream, None),
         )
         for name in names:
-            server = self.servers.get(name)
-            results["ceiling"][name] = (
-                missing(name)
-                if server is None
-                else self.step(
-                    where,
-                    f"{name} · ceiling",
-                    bind(log, workloads.ceiling, "relay", cfg, upstream, server),
-                )
+            results["ceiling"][name] = self.on_target(
+                where, f"{name} · ceiling", name, workloads.ceiling, "relay", cfg, upstream
             )
         for n in cfg.levels:
             per: dict[str, Any] = {}
@@ -296,15 +301,15 @@ class Harness:
                 bind(log, workloads.latency, "direct", n, cfg, upstream, None),
             )
             for name in names:
-                server = self.servers.get(name)
-                per[name] = (
-                    missing(name)
-                    if server is None
-                    else self.step(
-                        where,
-                        f"{name} · {n:,} streams",
-                        bind(log, workloads.latency, "relay", n, cfg, upstream, server),
-                    )
+                per[name] = self.on_target(
+                    where,
+                    f"{name} · {n:,} streams",
+                    name,
+                    workloads.latency,
+                    "relay",
+                    n,
+                    cfg,
+                    upstream,
                 )
 
     def proxy_phase(
@@ -324,15 +329,14 @@ class Harness:
                 bind(log, workloads.proxy_latency, n, cfg, upstream, None),
             )
             for name in proxies:
-                server = self.servers.get(name)
-                per[name] = (
-                    missing(name)
-                    if server is None
-                    else self.step(
-                        where,
-                        f"{name} · {'pass-through · ' * (name in self.names)}{n:,} streams",
-                        bind(log, workloads.proxy_latency, n, cfg, upstream, server),
-                    )
+                per[name] = self.on_target(
+                    where,
+                    f"{name} · {'pass-through · ' * (name in self.names)}{n:,} streams",
+                    name,
+                    workloads.proxy_latency,
+                    n,
+                    cfg,
+                    upstream,
                 )
 
 

@@ -288,6 +288,30 @@ def _pids(server: Server | None, upstream: Upstream) -> dict[str, Any]:
     return {"pids": server.pids() if server else [], "upstream_pids": upstream.pids()}
 
 
+def _streams_spec(
+    mode: str,
+    upstream: Upstream,
+    server: Server | None,
+    streams: int,
+    events: int,
+    rate: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The load generator's spec for *streams* streams of *events* events at *rate* events/s
+    each (0: unthrottled), read directly or through *server*; *extra* adds to it."""
+    return {
+        "op": "streams",
+        "mode": mode,
+        "upstream": upstream.base,
+        "server": server.base if server else "",
+        "streams": streams,
+        "events": events,
+        "rate": rate,
+        **(extra or {}),
+        **_pids(server, upstream),
+    }
+
+
 def latency(
     mode: str,
     streams: int,
@@ -297,18 +321,12 @@ def latency(
     tick: Tick,
     log: Path,
     show: Callable[[str], None],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """N streams at cfg.rate events/s for cfg.duration s, read directly or through a relay."""
-    spec = {
-        "op": "streams",
-        "mode": mode,
-        "upstream": upstream.base,
-        "server": server.base if server else "",
-        "streams": streams,
-        "events": max(1, round(cfg.rate * cfg.duration)),
-        "rate": cfg.rate,
-        **_pids(server, upstream),
-    }
+    """N streams at cfg.rate events/s for cfg.duration s, read directly or through a relay;
+    *extra* adds to the load generator's spec."""
+    events = max(1, round(cfg.rate * cfg.duration))
+    spec = _streams_spec(mode, upstream, server, streams, events, cfg.rate, extra)
     return loadgen(spec, cfg.duration * 4 + SUBPROCESS_GRACE, tick, log, show)
 
 
@@ -324,19 +342,9 @@ def proxy_latency(
     """N streaming chat requests at cfg.rate events/s for cfg.duration s, each read on its own
     answer: from the upstream itself (*server* ``None``), through outlast's pass-through or
     through LiteLLM. The stamps travel in the chunks' content, for every reader alike."""
-    spec = {
-        "op": "streams",
-        "mode": "proxy" if server else "direct",
-        "upstream": upstream.base,
-        "server": server.base if server else "",
-        "streams": streams,
-        "events": max(1, round(cfg.rate * cfg.duration)),
-        "rate": cfg.rate,
-        "stamp_in_content": True,
-        **(proxy_spec(server) if server else {}),
-        **_pids(server, upstream),
-    }
-    return loadgen(spec, cfg.duration * 4 + SUBPROCESS_GRACE, tick, log, show)
+    extra = {"stamp_in_content": True, **(proxy_spec(server) if server else {})}
+    mode = "proxy" if server else "direct"
+    return latency(mode, streams, cfg, upstream, server, tick, log, show, extra)
 
 
 def ceiling(
@@ -352,16 +360,7 @@ def ceiling(
     each: events/s from the go until the last delivery. A count rather than a time: the relay
     reads up to 16 MiB ahead of its store, so an upstream sending for a fixed time would leave
     a backlog of unknown length behind it."""
-    spec = {
-        "op": "streams",
-        "mode": mode,
-        "upstream": upstream.base,
-        "server": server.base if server else "",
-        "streams": cfg.ceiling_streams,
-        "events": cfg.ceiling_events,
-        "rate": 0.0,
-        **_pids(server, upstream),
-    }
+    spec = _streams_spec(mode, upstream, server, cfg.ceiling_streams, cfg.ceiling_events, 0.0)
     return loadgen(spec, cfg.duration * 10 + SUBPROCESS_GRACE, tick, log, show)
 
 

@@ -128,76 +128,34 @@ def outlast_command(
 def specs(
     outlast_cmd: str | None = None, dry_run: bool = False, workers: int = 2
 ) -> dict[str, TargetSpec]:
-    ref = TargetSpec("ref", "reference (Node, in memory)", "ref", lambda p, w, s: node_command())
+    node: Callable[[int, Path, str], list[str]] = lambda p, w, s: node_command()  # noqa: E731
+    ref = TargetSpec("ref", "reference (Node, in memory)", "ref", node)
     ref_file = TargetSpec(
-        "ref-file",
-        "reference (Node, file store)",
-        "ref",
-        lambda p, w, s: node_command(),
-        env={"DATA_DIR": "{workdir}/data"},
+        "ref-file", "reference (Node, file store)", "ref", node, env={"DATA_DIR": "{workdir}/data"}
     )
-    if dry_run:
-        # Harness test: the outlast slots run the reference server, labelled as such.
-        fake = lambda p, w, s: node_command()  # noqa: E731
-        return {
-            "ref": ref,
-            "ref-file": ref_file,
-            "outlast-sqlite": TargetSpec(
-                "outlast-sqlite", "DRY RUN: reference as outlast-sqlite", "ref", fake
-            ),
-            "outlast-redis": TargetSpec(
-                "outlast-redis", "DRY RUN: reference as outlast-redis", "ref", fake
-            ),
-            "outlast-sqlite-workers": TargetSpec(
-                "outlast-sqlite-workers",
-                "DRY RUN: reference as outlast-sqlite-workers",
-                "ref",
-                fake,
-            ),
-            "outlast-redis-workers": TargetSpec(
-                "outlast-redis-workers", "DRY RUN: reference as outlast-redis-workers", "ref", fake
-            ),
-        }
-    argv = outlast_command(outlast_cmd)
-    many = outlast_command(outlast_cmd, workers)
-    return {
-        "ref": ref,
-        "ref-file": ref_file,
-        "outlast-sqlite": TargetSpec(
-            "outlast-sqlite",
-            "outlast (SQLite)",
-            "outlast",
-            argv,
-            store=lambda w: f"sqlite:///{w}/outlast.db",
-            custom_command=bool(outlast_cmd),
-        ),
-        "outlast-redis": TargetSpec(
-            "outlast-redis",
-            "outlast (Redis)",
-            "outlast",
-            argv,
-            store=lambda w: "redis://{redis}/0",
-            needs_redis=True,
-            custom_command=bool(outlast_cmd),
-        ),
-        "outlast-sqlite-workers": TargetSpec(
-            "outlast-sqlite-workers",
-            f"outlast (SQLite, --workers {workers})",
-            "outlast",
-            many,
-            store=lambda w: f"sqlite:///{w}/outlast.db",
-            custom_command=bool(outlast_cmd),
-        ),
-        "outlast-redis-workers": TargetSpec(
-            "outlast-redis-workers",
-            f"outlast (Redis, --workers {workers})",
-            "outlast",
-            many,
-            store=lambda w: "redis://{redis}/0",
-            needs_redis=True,
-            custom_command=bool(outlast_cmd),
-        ),
-    }
+    found = {"ref": ref, "ref-file": ref_file}
+    for suffix, count, how in (("", 1, ""), ("-workers", workers, f", --workers {workers}")):
+        argv = outlast_command(outlast_cmd, count)
+        for store, label, url in (
+            ("sqlite", "SQLite", lambda w: f"sqlite:///{w}/outlast.db"),
+            ("redis", "Redis", lambda w: "redis://{redis}/0"),
+        ):
+            name = f"outlast-{store}{suffix}"
+            found[name] = (
+                # Harness test: the outlast slots run the reference server, labelled as such.
+                TargetSpec(name, f"DRY RUN: reference as {name}", "ref", node)
+                if dry_run
+                else TargetSpec(
+                    name,
+                    f"outlast ({label}{how})",
+                    "outlast",
+                    argv,
+                    store=url,
+                    needs_redis=store == "redis",
+                    custom_command=bool(outlast_cmd),
+                )
+            )
+    return found
 
 
 # ------------------------------------------------------------------------------ lifecycle

@@ -22,10 +22,19 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from outlast.errors import Refusal
+
 log = logging.getLogger("outlast.connections")
 
 # Refusals under attack come in floods: one warning per this many seconds is enough.
 WARN_INTERVAL = 10.0
+
+# What a connection is refused with (the OpenAPI document lists them on every operation).
+REQUEST_TIMEOUT = Refusal(408, "request_timeout")  # headers not complete within header_timeout
+HEADERS_TOO_LARGE = Refusal(431, "request_header_fields_too_large")  # bytes or count
+TOO_MANY_CONNECTIONS = Refusal(503, "too_many_connections")  # with Retry-After
+# Too many connections is a moment's overload: a client may come back after this many seconds.
+TOO_MANY_CONNECTIONS_RETRY_AFTER = 1
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_count = 0
         self._head_timer: asyncio.TimerHandle | None = None
-        self._refusal: tuple[int, str, str] | None = None
+        self._refusal: tuple[Refusal, str] | None = None
 
     # -- connection --------------------------------------------------------------------------
 
@@ -79,7 +88,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 f"refusing a connection: {self.limits.max_connections} connections are open "
                 "([server] max_connections)",
             )
-            self._refuse(503, "too_many_connections", "too many open connections; retry later")
+            self._refuse(TOO_MANY_CONNECTIONS, "too many open connections; retry later")
             return
         self._arm_head_timer()
 
@@ -138,8 +147,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._head_count += 1
         if self._head_count > self.limits.max_header_count:
             self._refusal = (
-                431,
-                "request_header_fields_too_large",
+                HEADERS_TOO_LARGE,
                 f"more than {self.limits.max_header_count} request header fields",
             )
             raise _Refused
@@ -160,9 +168,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             "headers", "refusing a request whose headers exceed [server] max_header_bytes"
         )
         self._refuse(
-            431,
-            "request_header_fields_too_large",
-            f"request headers larger than {self.limits.max_header_bytes} bytes",
+            HEADERS_TOO_LARGE, f"request headers larger than {self.limits.max_header_bytes} bytes"
         )
 
     # -- the head's deadline ------------------------------------------------------------------
@@ -182,26 +188,25 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self._head_bytes == 0 and (self.cycle is None or self.cycle.response_complete):
             self.transport.close()  # nothing was asked: nothing to answer
             return
-        self._refuse(408, "request_timeout", "request headers not received in time")
+        self._refuse(REQUEST_TIMEOUT, "request headers not received in time")
 
     # -- answering a refusal ------------------------------------------------------------------
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
-        """Answer *status* with an error body and close; mid-response, just close."""
+    def _refuse(self, refusal: Refusal, message: str) -> None:
+        """Answer *refusal* with an error body and close; mid-response, just close."""
         self._cancel_head_timer()
         if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(_error_response(status, code, message))
+            self.transport.write(_error_response(refusal, message))
         self.transport.close()
 
 
-def _error_response(status: int, code: str, message: str) -> bytes:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+def _error_response(refusal: Refusal, message: str) -> bytes:
+    body = json.dumps({"error": {"code": refusal.code, "message": message}}).encode()
     head = [
-        STATUS_LINE[status],
+        STATUS_LINE[refusal.status],
         b"content-type: application/json\r\n",
         b"content-length: %d\r\n" % len(body),
-        # Too many connections is a moment's overload: a client may come back soon.
-        b"retry-after: 1\r\n" if status == 503 else b"",
+        b"retry-after: %d\r\n" % TOO_MANY_CONNECTIONS_RETRY_AFTER if refusal.status == 503 else b"",
         b"connection: close\r\n\r\n",
     ]
     return b"".join(head) + body

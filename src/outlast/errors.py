@@ -45,6 +45,7 @@ where they are caught (``raise StoreUnavailable(...) from exc``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 
 class OutlastError(Exception):
@@ -74,6 +75,14 @@ class LeaseLost(OutlastError):
 class WebhookVerificationError(OutlastError):
     """A webhook request does not verify (:func:`outlast.webhooks.verify`): missing headers, a
     timestamp too far from now, or no signature made with the secret."""
+
+
+class Refusal(NamedTuple):
+    """An error answer given before a request reaches its endpoint (by the connection layer or
+    the browser guard, on any route): its status and code. The OpenAPI document lists each."""
+
+    status: int
+    code: str
 
 
 class RequestError(OutlastError):

@@ -70,9 +70,7 @@ def state_is(page: Page, state: str) -> None:
 
 def submit(server: ServerProcess, task: str, token: str | None = None, **input: Any) -> str:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    resp = httpx.post(
-        f"{server.url}/v1/jobs", json={"task": task, "input": input}, headers=headers
-    )
+    resp = httpx.post(f"{server.url}/v1/jobs", json={"task": task, "input": input}, headers=headers)
     assert resp.status_code == 202, resp.text
     return str(resp.json()["id"])
 
@@ -139,9 +137,7 @@ def test_a_running_jobs_output_appears_as_it_is_emitted(
     assert errors == []
 
 
-def test_cancel_from_the_page_cancels_the_job(
-    app_server: ServerProcess, tmp_path: Path
-) -> None:
+def test_cancel_from_the_page_cancels_the_job(app_server: ServerProcess, tmp_path: Path) -> None:
     job_id = submit(app_server, "block", gate=str(tmp_path / "never"))
     wait_for(lambda: job_state(app_server, job_id) == "running", timeout=30)
     with browser_page() as (page, errors):

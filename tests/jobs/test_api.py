@@ -12,7 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
+from outlast import connections
+from outlast.api import middleware
 from outlast.api.jobs import SUBMIT_FIELDS
+from outlast.errors import Refusal
 from tests.conftest import ServerProcess
 from tests.jobs.helpers import finished, get_job, stream_messages, submit
 
@@ -251,6 +254,49 @@ def test_openapi_documents_the_jobs_api(jobs_server: ServerProcess) -> None:
     fields = set(doc["components"]["schemas"]["Submission"]["properties"])
     assert fields == SUBMIT_FIELDS
     json.dumps(doc)
+
+
+def test_openapi_lists_what_the_connection_layer_and_browser_guard_refuse_on_every_operation(
+    jobs_server: ServerProcess,
+) -> None:
+    """Every refusal the connection layer and the middleware answer before an endpoint runs
+    (found in the code, not listed here again) is on every operation it can reach, as a shared
+    response that names its code; the 503 carries Retry-After; nothing else is named."""
+    doc = httpx.get(f"{jobs_server.url}/openapi.json").json()
+    refusals = {
+        value
+        for module in (connections, middleware)
+        for value in vars(module).values()
+        if isinstance(value, Refusal)
+    }
+    assert {r.status for r in refusals} == {403, 408, 415, 431, 503}
+    shared = doc["components"]["responses"]
+
+    def codes(response: dict[str, Any]) -> set[str]:
+        ref = response.get("$ref", "")
+        assert ref.startswith("#/components/responses/"), response
+        return set(shared[ref.rsplit("/", 1)[1]]["content"]["application/json"]["examples"])
+
+    operations = 0
+    for path, item in doc["paths"].items():
+        for method in ("get", "put", "post", "delete", "head"):
+            if method not in item:
+                continue
+            operations += 1
+            responses = item[method]["responses"]
+            for refusal in refusals:
+                if refusal == middleware.UNSUPPORTED_MEDIA_TYPE and not (
+                    middleware.checks_content_type(method, path)
+                ):
+                    assert "415" not in responses, (method, path)
+                    continue
+                assert refusal.code in codes(responses[str(refusal.status)]), (method, path)
+    assert operations >= 20
+    named = {code for name in shared for code in codes({"$ref": f"#/components/responses/{name}"})}
+    assert named == {r.code for r in refusals}
+    assert "Retry-After" in shared["Unavailable"]["headers"]
+    assert "415" in doc["paths"]["/v1/jobs"]["post"]["responses"]
+    assert "415" not in doc["paths"]["/v1/stream/{name}"]["post"]["responses"]
 
 
 def test_queues_endpoint_counts_jobs(

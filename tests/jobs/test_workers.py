@@ -29,14 +29,6 @@ APP = "tests.jobs.pid_app:app"
 TEXT = {"Content-Type": "text/plain"}
 
 
-def _workers(
-    jobs_server_factory: Callable[..., ServerProcess],
-    env: dict[str, str] | None = None,
-    args: list[str] | None = None,
-) -> ServerProcess:
-    return jobs_server_factory(env=env, args=["--app", APP, "--workers", "2", *(args or [])])
-
-
 def _pid_of(client: httpx.Client, url: str) -> int | None:
     resp = client.get(f"{url}/readyz")
     return int(resp.json()["pid"]) if resp.status_code == 200 else None
@@ -67,18 +59,38 @@ def clients() -> Iterator[Callable[[ServerProcess, int], dict[int, httpx.Client]
         client.close()
 
 
+TwoProcesses = Callable[..., tuple[ServerProcess, dict[int, httpx.Client]]]
+
+
+@pytest.fixture
+def two_processes(
+    jobs_server_factory: Callable[..., ServerProcess],
+    clients: Callable[[ServerProcess, int], dict[int, httpx.Client]],
+) -> TwoProcesses:
+    """``two_processes(env=..., args=...)``: a started ``serve --workers 2`` server of the test
+    tasks, and a one-connection client to each of its two processes, by pid."""
+
+    def start(
+        env: dict[str, str] | None = None, args: list[str] | None = None
+    ) -> tuple[ServerProcess, dict[int, httpx.Client]]:
+        server = jobs_server_factory(
+            env=env, args=["--app", APP, "--workers", "2", *(args or [])]
+        ).start()
+        return server, clients(server, 2)
+
+    return start
+
+
 def _stop(server: ServerProcess) -> int:
     server.signal(signal.SIGTERM)
     return server.wait_exit(timeout=60)
 
 
 def test_a_reader_on_one_process_sees_appends_made_through_the_other(
-    jobs_server_factory: Callable[..., ServerProcess],
-    clients: Callable[[ServerProcess, int], dict[int, httpx.Client]],
+    two_processes: TwoProcesses,
 ) -> None:
-    server = _workers(jobs_server_factory, env={"OUTLAST_STREAMS__LONG_POLL_TIMEOUT": "30"})
-    server.start()
-    reader, writer = clients(server, 2).values()
+    server, by_pid = two_processes(env={"OUTLAST_STREAMS__LONG_POLL_TIMEOUT": "30"})
+    reader, writer = by_pid.values()
     url = f"{server.url}/v1/stream/shared"
     assert writer.put(url, headers=TEXT).status_code == 201
     offset = reader.get(url, params={"offset": "-1"}).headers["Stream-Next-Offset"]
@@ -105,12 +117,10 @@ def test_a_reader_on_one_process_sees_appends_made_through_the_other(
 
 
 def test_admission_never_overshoots_capacity_across_processes(
-    jobs_server_factory: Callable[..., ServerProcess],
-    clients: Callable[[ServerProcess, int], dict[int, httpx.Client]],
+    two_processes: TwoProcesses,
 ) -> None:
     capacity = {"OUTLAST_QUEUES__DEFAULT__CAPACITY": "20"}
-    server = _workers(jobs_server_factory, env=capacity, args=["--no-jobs"]).start()
-    clients(server, 2)  # both processes are serving
+    server, _ = two_processes(env=capacity, args=["--no-jobs"])  # both processes are serving
 
     def submit_one(i: int) -> int:
         # A connection each: the kernel spreads them over both processes.
@@ -128,12 +138,9 @@ def test_admission_never_overshoots_capacity_across_processes(
 
 
 def test_sigterm_under_load_exits_0_with_every_accepted_job_finished_or_handed_back(
-    jobs_server_factory: Callable[..., ServerProcess],
-    clients: Callable[[ServerProcess, int], dict[int, httpx.Client]],
-    runs: Path,
+    two_processes: TwoProcesses,
 ) -> None:
-    server = _workers(jobs_server_factory).start()
-    clients(server, 2)
+    server, _ = two_processes()
     accepted: list[str] = []
     lock = threading.Lock()
     refused = threading.Event()
@@ -172,12 +179,10 @@ def test_sigterm_under_load_exits_0_with_every_accepted_job_finished_or_handed_b
 
 
 def test_a_child_killed_with_kill_9_is_restarted_and_its_jobs_are_recovered(
-    jobs_server_factory: Callable[..., ServerProcess],
-    clients: Callable[[ServerProcess, int], dict[int, httpx.Client]],
-    runs: Path,
+    two_processes: TwoProcesses, runs: Path
 ) -> None:
-    server = _workers(jobs_server_factory, env={"OUTLAST_JOBS__LEASE": "2"}).start()
-    pids = set(clients(server, 2))
+    server, by_pid = two_processes(env={"OUTLAST_JOBS__LEASE": "2"})
+    pids = set(by_pid)
     # Sixteen jobs, eight slots per process: each process runs eight of them.
     ids = []
     for _ in range(16):

@@ -104,9 +104,7 @@ def test_pass_through_path_outside_the_base_is_refused(
 
 
 @pytest.mark.parametrize("path", ["/../echo", "/%2e%2e/echo", "/..\\echo"])
-def test_proxy_upstream_path_outside_the_base_is_422(
-    tmp_path: Path, fake: Any, path: str
-) -> None:
+def test_proxy_upstream_path_outside_the_base_is_422(tmp_path: Path, fake: Any, path: str) -> None:
     async def check(node: Running) -> None:
         headers = {"Upstream-Name": "fake", "Upstream-Path": path}
         resp = await node.client.post("/v1/proxy", content=b"{}", headers=headers)

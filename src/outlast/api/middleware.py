@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from outlast.api import scopes
 from outlast.api.capability import Link, LinkKey, readable_with_link, verify
 from outlast.config import AuthSettings, CorsSettings, Settings, TokenSettings
-from outlast.errors import StoreError
+from outlast.errors import Refusal, ServiceUnavailable, StoreError, StoreUnavailable
 
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     # Browsers must not guess a type for stream bytes (protocol §10.7).
@@ -71,6 +71,13 @@ EXPOSED_HEADERS = ", ".join(
     ]
 )
 PREFLIGHT_MAX_AGE = "86400"
+
+# What the browser guard refuses, on any route (the OpenAPI document lists them).
+FORBIDDEN_HOST = Refusal(403, "forbidden_host")
+FORBIDDEN_ORIGIN = Refusal(403, "forbidden_origin")
+UNSUPPORTED_MEDIA_TYPE = Refusal(415, "unsupported_media_type")  # writes to JSON endpoints
+# The auth middleware cannot check a credential while the store is unreachable.
+STORE_UNAVAILABLE = Refusal(503, ServiceUnavailable.code)  # with Retry-After
 
 
 class HeadersMiddleware:
@@ -181,8 +188,7 @@ class BrowserGuard:
         if self.check_host and host is not None and not self._host_allowed(host):
             await _reject(
                 send,
-                403,
-                "forbidden_host",
+                *FORBIDDEN_HOST,
                 "this Host is not served without tokens; list it in [server] allowed_hosts",
             )
             return
@@ -190,20 +196,14 @@ class BrowserGuard:
         if origin is not None and not self._origin_allowed(origin, host):
             await _reject(
                 send,
-                403,
-                "forbidden_origin",
+                *FORBIDDEN_ORIGIN,
                 "requests from this origin are not allowed; list it in [cors] origins",
             )
             return
-        if (
-            scope["method"] not in ("GET", "HEAD")
-            and not _own_content_types(scope["path"])
-            and not _json_or_no_body(scope)
-        ):
+        if checks_content_type(scope["method"], scope["path"]) and not _json_or_no_body(scope):
             await _reject(
                 send,
-                415,
-                "unsupported_media_type",
+                *UNSUPPORTED_MEDIA_TYPE,
                 "the body must be sent as Content-Type: application/json",
             )
             return
@@ -265,8 +265,12 @@ def _is_loopback(name: str) -> bool:
         return False
 
 
-def _own_content_types(path: str) -> bool:
-    return path.startswith("/v1/stream/") or path == "/v1/proxy"
+def checks_content_type(method: str, path: str) -> bool:
+    """Whether the browser guard requires a JSON body of a *method* request to *path*: every
+    write but stream writes and ``/v1/proxy``, whose bodies have types of their own."""
+    return method.upper() not in ("GET", "HEAD") and not (
+        path.startswith("/v1/stream/") or path == "/v1/proxy"
+    )
 
 
 def _json_or_no_body(scope: Scope) -> bool:
@@ -331,7 +335,13 @@ class AuthMiddleware:
             # Once per node (then cached): jobs rendered after this carry links signed with it.
             link_key = await self.links.load()
         except StoreError as exc:
-            await _reject(send, 503, "unavailable", f"the store is unreachable: {exc}")
+            retry = exc.retry_after if isinstance(exc, StoreUnavailable) else 1
+            await _reject(
+                send,
+                *STORE_UNAVAILABLE,
+                f"the store is unreachable: {exc}",
+                retry_after=max(1, round(retry)),
+            )
             return
         needed = scopes.required_scopes(scope["method"], scope["path"])
         raw = _header(scope, b"authorization")
@@ -389,10 +399,14 @@ def _private(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]
     return out
 
 
-async def _reject(send: Send, status: int, code: str, message: str) -> None:
+async def _reject(
+    send: Send, status: int, code: str, message: str, *, retry_after: int | None = None
+) -> None:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="outlast"'))
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
