@@ -43,6 +43,11 @@ async def validate_input(value: Any, egress: EgressSettings) -> None:
     method = value.get("method", "GET")
     if not isinstance(method, str) or method.upper() not in METHODS:
         raise Unprocessable("input.method must be an HTTP method", extra={"field": "input.method"})
+    check_input_headers(value)
+
+
+def check_input_headers(value: dict[str, Any]) -> None:
+    """``input.headers`` of a built-in task: valid header names mapped to valid values."""
     headers = value.get("headers", {})
     if not isinstance(headers, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
@@ -53,7 +58,9 @@ async def validate_input(value: Any, egress: EgressSettings) -> None:
     check_headers(headers, "input.headers")
 
 
-def _body(value: Any) -> tuple[bytes | None, dict[str, str]]:
+def request_body(value: Any) -> tuple[bytes | None, dict[str, str]]:
+    """``input.body`` as bytes: a string as it is, anything else as JSON; with the implied
+    ``content-type``."""
     if value is None:
         return None, {}
     if isinstance(value, str):
@@ -66,7 +73,7 @@ async def run_http(
 ) -> dict[str, Any]:
     target = check_url(spec["url"], egress, field="input.url")
     await resolve_and_check(target)
-    body, implied = _body(spec.get("body"))
+    body, implied = request_body(spec.get("body"))
     headers = {**implied, **spec.get("headers", {})}
     method = spec.get("method", "GET").upper()
     try:

@@ -24,361 +24,84 @@ other formats end when their body ends. An attempt that finds the stream already
 complete (``data: [DONE]`` stored, the worker stopped before it could finish the job) finishes
 without calling the upstream again. A non-event-stream 2xx answer (a plain JSON completion,
 say) is kept whole as the result's ``body``.
+
+This module runs the attempt; its parts are :mod:`~outlast.executors.relay_request` (the input
+and the upstream request), :mod:`~outlast.executors.relay_stream` (reading the answer and
+storing its events), :mod:`~outlast.executors.relay_progress` (what the stream holds so far, the
+OpenAI-style format) and :mod:`~outlast.executors.relay_policy` (retries and waits).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import re
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
-from outlast.boundary import check_headers
-from outlast.config import RelaySettings, Settings
-from outlast.egress import (
-    EgressRefused,
-    Target,
-    check_url,
-    egress_scope,
-    resolve_and_check,
-    upstream_target,
-)
-from outlast.errors import Forbidden, Unprocessable
+from outlast.config import Settings
+from outlast.egress import EgressRefused, Target, egress_scope, resolve_and_check
+from outlast.errors import Forbidden
 from outlast.executors import TaskFailure, TaskWait
-from outlast.follow import Follow
-from outlast.models import job_stream_name
-from outlast.sse import SSEDecoder, SSEEvent, SSELimitError
+from outlast.executors.relay_policy import (
+    RATE_LIMIT_STATUSES,
+    RELAY_HOLD,
+    RETRYABLE_STATUSES,
+    Silent,
+    parse_duration,
+    retry_delay,
+    transport_failure,
+)
+from outlast.executors.relay_progress import (
+    USAGE_FIELDS,
+    Progress,
+    asks_usage,
+    is_streaming_chat,
+    is_unasked_usage,
+    reported_usage,
+    stored_progress,
+)
+from outlast.executors.relay_request import (
+    DROPPED_HEADERS,
+    INPUT_FIELDS,
+    METHODS,
+    build_request,
+    resolve_target,
+    validate_input,
+)
+from outlast.executors.relay_stream import (
+    ABORT_WAIT,
+    MAX_BATCH_BYTES,
+    MAX_PENDING_BYTES,
+    Appender,
+    consume,
+)
 from outlast.store.base import Store, UpstreamLimits
 from outlast.tasks import Job
 
-METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
-INPUT_FIELDS = frozenset(
-    {"upstream", "path", "url", "method", "headers", "body", "wait_rate_limits"}
-)
-# Statuses that mean "not now": with a delay the upstream names, the relay waits that long.
-RATE_LIMIT_STATUSES = frozenset({429, 503})
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)")
-# Decoded events waiting while the previous batch commits. Past this the upstream read pauses
-# until the store catches up: memory stays bounded. Readers never cause this, the store does.
-MAX_PENDING_BYTES = 16 << 20
-# One append to the store carries at most this much; a burst is cut into several.
-MAX_BATCH_BYTES = 1 << 20
-# How long a cancelled attempt lets its last append finish before cutting it.
-ABORT_WAIT = 5.0
-# Headers a client may not set on the upstream request: hop-by-hop, or owned by outlast.
-DROPPED_HEADERS = frozenset(
-    {
-        "host",
-        "content-length",
-        "connection",
-        "transfer-encoding",
-        "keep-alive",
-        "upgrade",
-        "te",
-        "trailer",
-        "proxy-authorization",
-        "accept-encoding",
-        "last-event-id",
-    }
-)
-# 4xx answers worth another attempt; any other 4xx will not change by asking again.
-RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
-
-
-async def validate_input(value: Any, settings: Settings) -> None:
-    """Reject a bad relay input at submit time: 422 naming the field, 403 for egress."""
-    if not isinstance(value, dict):
-        raise Unprocessable("input must be a JSON object", extra={"field": "input"})
-    unknown = sorted(set(value) - INPUT_FIELDS)
-    if unknown:
-        raise Unprocessable(
-            f"input.{unknown[0]}: unknown field", extra={"field": f"input.{unknown[0]}"}
-        )
-    target = resolve_target(value, settings)
-    await resolve_and_check(target)
-    method = value.get("method", "POST")
-    if not isinstance(method, str) or method.upper() not in METHODS:
-        raise Unprocessable("input.method must be an HTTP method", extra={"field": "input.method"})
-    if not isinstance(value.get("wait_rate_limits", True), bool):
-        raise Unprocessable(
-            "input.wait_rate_limits must be true or false",
-            extra={"field": "input.wait_rate_limits"},
-        )
-    headers = value.get("headers", {})
-    if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
-        raise Unprocessable(
-            "input.headers must map names to strings", extra={"field": "input.headers"}
-        )
-    check_headers(headers, "input.headers")
-
-
-def resolve_target(value: dict[str, Any], settings: Settings) -> Target:
-    if "upstream" in value:
-        if "url" in value:
-            raise Unprocessable(
-                "give input.upstream or input.url, not both", extra={"field": "input.url"}
-            )
-        name = value["upstream"]
-        if not isinstance(name, str) or name not in settings.upstreams:
-            raise Unprocessable(
-                f"input.upstream: unknown upstream {name!r}",
-                code="unknown_upstream",
-                extra={"field": "input.upstream"},
-            )
-        path = value.get("path", "")
-        if not isinstance(path, str) or "://" in path or path.startswith("//"):
-            raise Unprocessable(
-                "input.path must be a path such as /v1/chat/completions",
-                extra={"field": "input.path"},
-            )
-        return upstream_target(settings.upstreams[name], path)
-    url = value.get("url")
-    if not isinstance(url, str):
-        raise Unprocessable(
-            "input.upstream or input.url is required", extra={"field": "input.upstream"}
-        )
-    return check_url(url, settings.egress, field="input.url")
-
-
-@dataclass
-class _Progress:
-    """What the job's stream holds so far, so that a retry continues instead of repeating."""
-
-    events: int = 0
-    last_id: str | None = None
-    done: bool = False
-    text_parts: list[str] = field(default_factory=list)
-    saw_chat_chunks: bool = False
-    usage: dict[str, int] | None = None
-    openai_style: bool = False  # chunks with ``choices``: such a stream says when it is over
-    finished: bool = False  # a ``finish_reason`` was given
-
-    def add(self, event: SSEEvent) -> None:
-        self.events += 1
-        if event.id is not None:
-            # An empty id resets it, as for EventSource: nothing to resume from then.
-            self.last_id = event.id or None
-        data = event.data
-        if data.strip() == "[DONE]":
-            self.done = True
-            return
-        if not data.startswith("{"):
-            return
-        try:
-            parsed = json.loads(data)
-        except ValueError:
-            return
-        choices = _choices(parsed)
-        if choices:
-            self.openai_style = True
-            if any(choice.get("finish_reason") for choice in choices):
-                self.finished = True
-        content = _delta_content(parsed)
-        if content is not None:
-            self.saw_chat_chunks = True
-            self.text_parts.append(content)
-        usage = reported_usage(parsed)
-        if usage is not None:
-            self.usage = usage
-
-    @property
-    def cut_short(self) -> bool:
-        """An OpenAI-style stream that has not said it is over: no ``[DONE]``, no finish."""
-        return self.openai_style and not self.done and not self.finished
-
-    def result(self, status: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"status": status, "events": self.events, "done": self.done}
-        if self.saw_chat_chunks:
-            out["text"] = "".join(self.text_parts)
-        if self.usage is not None:
-            out["usage"] = self.usage
-        return out
-
-
-USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
-
-
-def reported_usage(body: Any) -> dict[str, int] | None:
-    """The token counts an OpenAI-style answer or chunk reports (its ``usage`` object)."""
-    usage = body.get("usage") if isinstance(body, dict) else None
-    if not isinstance(usage, dict):
-        return None
-    counts = {
-        name: usage[name]
-        for name in USAGE_FIELDS
-        if isinstance(usage.get(name), int) and not isinstance(usage.get(name), bool)
-    }
-    return counts or None
-
-
-def is_streaming_chat(body: Any) -> bool:
-    """An OpenAI-style streaming chat request: ``stream: true`` and ``messages``."""
-    return isinstance(body, dict) and body.get("stream") is True and "messages" in body
-
-
-def asks_usage(body: Any) -> Any:
-    """*body* asking for the usage chunk too, unless its client set ``stream_options`` (then
-    the client's choice stands)."""
-    if is_streaming_chat(body) and "stream_options" not in body:
-        return {**body, "stream_options": {"include_usage": True}}
-    return body
-
-
-def is_unasked_usage(data: str, body: Any) -> bool:
-    """Whether an event's *data* is the usage chunk outlast asked for on the client's behalf
-    (``"choices": []`` and ``usage``): not passed to a pass-through client that did not."""
-    if not is_streaming_chat(body) or "stream_options" in body:
-        return False
-    if not data.startswith("{") or '"usage"' not in data:
-        return False
-    try:
-        chunk = json.loads(data)
-    except ValueError:
-        return False
-    return isinstance(chunk, dict) and chunk.get("choices") == [] and "usage" in chunk
-
-
-def _choices(chunk: Any) -> list[dict[str, Any]]:
-    """The ``choices`` of an OpenAI-style streaming chunk (chat or legacy completions), or []."""
-    if not isinstance(chunk, dict):
-        return []
-    choices = chunk.get("choices")
-    if not isinstance(choices, list):
-        return []
-    return [c for c in choices if isinstance(c, dict) and ("delta" in c or "finish_reason" in c)]
-
-
-def _delta_content(chunk: Any) -> str | None:
-    """``choices[0].delta.content`` of an OpenAI-style streaming chunk, if that is what it is."""
-    if not isinstance(chunk, dict):
-        return None
-    choices = chunk.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return None
-    delta = choices[0].get("delta")
-    if not isinstance(delta, dict):
-        return None
-    content = delta.get("content")
-    return content if isinstance(content, str) else ("" if "content" in delta else None)
-
-
-async def _stored_progress(store: Store, job: Job, max_bytes: int) -> _Progress:
-    progress = _Progress()
-    async for result in Follow(store, job_stream_name(job.id), 0, max_bytes):
-        for unit in result.units if result is not None else ():
-            for message in json.loads(b"[" + unit.data + b"]"):
-                if message.get("type") == "event":
-                    progress.add(
-                        SSEEvent(
-                            event=message.get("event") or "message",
-                            data=message.get("data", ""),
-                            id=message.get("id"),
-                        )
-                    )
-    return progress
-
-
-def _request_body(value: Any) -> tuple[bytes | None, dict[str, str]]:
-    if value is None:
-        return None, {}
-    if isinstance(value, str):
-        return value.encode(), {}
-    return json.dumps(value).encode(), {"content-type": "application/json"}
-
-
-def _event_message(event: SSEEvent) -> dict[str, Any]:
-    message: dict[str, Any] = {"type": "event", "event": event.event, "data": event.data}
-    if event.id is not None:
-        message["id"] = event.id
-    return message
-
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    """Mark an abandoned append's outcome as seen (it no longer matters to anyone)."""
-    if not task.cancelled():
-        task.exception()
-
-
-def _cut(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The first batch of *messages* (at least one, at most about ``MAX_BATCH_BYTES``)."""
-    size = 0
-    for i, message in enumerate(messages):
-        size += len(message["data"])
-        if size >= MAX_BATCH_BYTES:
-            return messages[: i + 1], messages[i + 1 :]
-    return messages, []
-
-
-class _Appender:
-    """Appends events in order with one append in flight; the next batch starts as soon as the
-    previous one committed, so no event waits for the upstream's next chunk to be stored."""
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.pending: list[dict[str, Any]] = []
-        self.pending_bytes = 0
-        self.inflight: asyncio.Task[None] | None = None
-
-    async def add(self, messages: list[dict[str, Any]]) -> None:
-        self.pending.extend(messages)
-        self.pending_bytes += sum(len(m["data"]) for m in messages)
-        if self.inflight is not None and self.inflight.done():
-            task, self.inflight = self.inflight, None
-            await task  # raises what the append raised
-        if self.inflight is None:
-            self.inflight = asyncio.ensure_future(self._drain())
-        if self.pending_bytes > MAX_PENDING_BYTES:
-            await self.flush()  # back-pressure: the store is behind
-
-    async def _drain(self) -> None:
-        while self.pending:
-            batch, self.pending = _cut(self.pending)
-            self.pending_bytes -= sum(len(m["data"]) for m in batch)
-            await self.job.emit_messages(batch)
-
-    async def flush(self) -> None:
-        """Wait until everything added is stored (raises what an append raised)."""
-        while self.inflight is not None:
-            task = self.inflight
-            await task
-            if self.inflight is task:
-                self.inflight = None
-        if self.pending:
-            self.inflight = asyncio.ensure_future(self._drain())
-            await self.flush()
-
-    async def abort(self) -> None:
-        """The attempt is over (cancelled, timed out): drop what waits, and let the append in
-        flight end on its own rather than cut a store write in the middle."""
-        self.pending, self.pending_bytes = [], 0
-        task, self.inflight = self.inflight, None
-        if task is None:
-            return
-        await asyncio.wait({task}, timeout=ABORT_WAIT)
-        if not task.done():
-            task.cancel()
-        task.add_done_callback(_retrieve)
-
-
-def _headers(value: dict[str, Any], settings: Settings, implied: dict[str, str]) -> dict[str, str]:
-    headers: dict[str, str] = {"accept": "text/event-stream", **implied}
-    for name, header_value in value.get("headers", {}).items():
-        if name.lower() not in DROPPED_HEADERS:
-            headers[name.lower()] = header_value
-    if "upstream" in value:
-        # The upstream's own headers (its API key, say) win; clients never see them.
-        for name, header_value in settings.upstreams[value["upstream"]].headers.items():
-            headers[name.lower()] = header_value
-    return headers
+# What this module offered before its parts moved to relay_request, relay_progress,
+# relay_stream and relay_policy stays importable from here.
+__all__ = [
+    "ABORT_WAIT",
+    "DROPPED_HEADERS",
+    "INPUT_FIELDS",
+    "MAX_BATCH_BYTES",
+    "MAX_PENDING_BYTES",
+    "METHODS",
+    "RATE_LIMIT_STATUSES",
+    "RELAY_HOLD",
+    "RETRYABLE_STATUSES",
+    "USAGE_FIELDS",
+    "asks_usage",
+    "is_streaming_chat",
+    "is_unasked_usage",
+    "parse_duration",
+    "reported_usage",
+    "resolve_target",
+    "retry_delay",
+    "run_relay",
+    "validate_input",
+]
 
 
 async def run_relay(
@@ -389,7 +112,7 @@ async def run_relay(
         await resolve_and_check(target)
     except Forbidden as exc:
         raise TaskFailure("upstream_error", exc.message, retryable=False) from exc
-    progress = await _stored_progress(store, job, settings.streams.max_read_bytes)
+    progress = await stored_progress(store, job, settings.streams.max_read_bytes)
     if progress.done:
         # An earlier attempt stored the whole stream and stopped before finishing the job.
         return progress.result(200)
@@ -432,31 +155,12 @@ async def _call(
     settings: Settings,
     client: httpx.AsyncClient,
     target: Target,
-    progress: _Progress,
+    progress: Progress,
 ) -> dict[str, Any]:
     relay = settings.relay
     wait_limits = value.get("wait_rate_limits", True) is True
-    body, implied = _request_body(asks_usage(value.get("body")))
-    headers = _headers(value, settings, implied)
-    if progress.last_id is not None:
-        headers["last-event-id"] = progress.last_id
-    request = client.build_request(
-        value.get("method", "POST").upper(),
-        target.url,
-        headers=headers,
-        content=body,
-        # Our own clocks below enforce first byte and idle with clear messages, and every
-        # read runs under one of them (the head under first_byte_timeout, each body chunk
-        # under idle_timeout). No httpx read timeout: it would only repeat them, at the cost
-        # of a timeout scope per chunk read (see egress.LeanStream).
-        timeout=httpx.Timeout(
-            connect=relay.connect_timeout,
-            read=None,
-            write=relay.idle_timeout,
-            pool=relay.connect_timeout,
-        ),
-    )
-    appender = _Appender(job)
+    request = build_request(client, value, settings, target, progress.last_id)
+    appender = Appender(job)
     try:
         with egress_scope(target):
             try:
@@ -469,193 +173,19 @@ async def _call(
                     "(first_byte_timeout)",
                 ) from exc
             try:
-                return await _consume(response, progress, appender, relay, wait_limits)
+                return await consume(response, progress, appender, relay, wait_limits)
             finally:
                 await response.aclose()
     except EgressRefused as exc:
         raise TaskFailure("upstream_error", str(exc), retryable=False) from exc
-    except (httpx.HTTPError, _Silent) as exc:
+    except (httpx.HTTPError, Silent) as exc:
         # What arrived before the break is kept: a retry resumes after it (Last-Event-ID), and
         # a relay that cannot resume reports exactly what was stored.
         await appender.flush()
-        raise _transport_failure(exc, progress, relay) from exc
+        raise transport_failure(exc, progress, relay) from exc
     except TaskFailure:
         await appender.flush()
         raise
     except BaseException:
         await appender.abort()
         raise
-
-
-# How long a limited upstream's call counts as running at most, should its worker vanish.
-RELAY_HOLD = 600.0
-
-
-def parse_duration(text: str) -> float | None:
-    """OpenAI's reset durations: "6m0s", "1.5s", "20ms", "1h2m3s"; ``None`` if not one."""
-    text = text.strip()
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        return None
-    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    return sum(float(n) * scale[u] for n, u in parts)
-
-
-def retry_delay(headers: httpx.Headers, now: float | None = None) -> float | None:
-    """Seconds the upstream asks to wait: ``Retry-After`` (seconds or an HTTP date), or
-    OpenAI's ``x-ratelimit-reset-requests`` / ``-tokens`` (the longer); ``None``: not said."""
-    delays: list[float] = []
-    raw = headers.get("retry-after")
-    if raw is not None:
-        raw = raw.strip()
-        try:
-            delays.append(float(raw))
-        except ValueError:
-            with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
-                when = parsedate_to_datetime(raw).timestamp()
-                delays.append(when - (time.time() if now is None else now))
-    for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
-        value = headers.get(name)
-        parsed = None if value is None else parse_duration(value)
-        if parsed is not None:
-            delays.append(parsed)
-    finite = [d for d in delays if d == d and d != float("inf")]
-    return max(0.0, max(finite)) if finite else None
-
-
-class _Silent(Exception):
-    """The upstream sent nothing for longer than ``idle_timeout``."""
-
-
-async def _chunks(response: httpx.Response, idle: float) -> AsyncIterator[bytes]:
-    """The body's chunks (content-encoding undone), each within *idle* seconds of the last."""
-    chunks = response.aiter_bytes()
-    while True:
-        try:
-            async with asyncio.timeout(idle):
-                chunk = await anext(chunks)
-        except StopAsyncIteration:
-            return
-        except TimeoutError as exc:
-            raise _Silent() from exc
-        yield chunk
-
-
-async def _consume(
-    response: httpx.Response,
-    progress: _Progress,
-    appender: _Appender,
-    relay: RelaySettings,
-    wait_limits: bool,
-) -> dict[str, Any]:
-    status = response.status_code
-    if not 200 <= status < 300:
-        excerpt = await _excerpt(response, relay)
-        failure = TaskFailure(
-            "upstream_status",
-            f"upstream answered {status}",
-            retryable=status >= 500 or status in RETRYABLE_STATUSES,
-            status=status,
-            body=excerpt,
-        )
-        delay = retry_delay(response.headers) if status in RATE_LIMIT_STATUSES else None
-        if wait_limits and delay is not None and not progress.events:
-            # "Not now, try in <delay>": wait in the queue, without spending the attempt.
-            raise TaskWait(time.time() + delay, "upstream_rate_limited", failure)
-        raise failure
-    content_type = response.headers.get("content-type", "")
-    if "text/event-stream" not in content_type.lower():
-        return await _plain_body(response, status, content_type, relay)
-    decoder = SSEDecoder(max_line_bytes=relay.max_line_bytes, max_event_bytes=relay.max_event_bytes)
-    try:
-        async for chunk in _chunks(response, relay.idle_timeout):
-            events = decoder.feed(chunk)
-            if events:
-                for event in events:
-                    progress.add(event)
-                await appender.add([_event_message(e) for e in events])
-    except SSELimitError as exc:
-        raise TaskFailure(
-            "upstream_error", f"upstream stream rejected: {exc}", retryable=False
-        ) from exc
-    # The unfinished last event (no blank line after it) is dropped, as WHATWG says.
-    decoder.close()
-    await appender.flush()
-    if progress.cut_short:
-        raise _after_break(
-            "the upstream stream ended without data: [DONE] or a finish_reason (cut short)",
-            progress,
-        )
-    return progress.result(status)
-
-
-async def _excerpt(response: httpx.Response, relay: RelaySettings) -> str:
-    """The start of an error body, bounded in size and in time."""
-    data = b""
-    with contextlib.suppress(httpx.HTTPError, _Silent):
-        async for chunk in _chunks(response, relay.idle_timeout):
-            data += chunk
-            if len(data) >= relay.excerpt_bytes:
-                break
-    return data[: relay.excerpt_bytes].decode("utf-8", "replace")
-
-
-async def _plain_body(
-    response: httpx.Response, status: int, content_type: str, relay: RelaySettings
-) -> dict[str, Any]:
-    data = b""
-    async for chunk in _chunks(response, relay.idle_timeout):
-        data += chunk
-        if len(data) > relay.max_body_bytes:
-            raise TaskFailure(
-                "upstream_error",
-                f"upstream body larger than {relay.max_body_bytes} bytes (max_body_bytes)",
-                retryable=False,
-            )
-    text = data.decode("utf-8", "replace")
-    out: dict[str, Any] = {
-        "status": status,
-        "events": 0,
-        "done": False,
-        "content_type": content_type,
-        "body": text,
-    }
-    if "json" in content_type.lower() and '"usage"' in text:
-        with contextlib.suppress(ValueError):
-            usage = reported_usage(json.loads(text))
-            if usage is not None:
-                out["usage"] = usage
-    return out
-
-
-def _transport_failure(
-    exc: httpx.HTTPError | _Silent, progress: _Progress, relay: RelaySettings
-) -> TaskFailure:
-    if isinstance(exc, _Silent | httpx.ReadTimeout):
-        what = f"the upstream was silent for more than {relay.idle_timeout:g} s (idle_timeout)"
-    elif isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-        what = (
-            f"connecting to the upstream took more than {relay.connect_timeout:g} s "
-            "(connect_timeout)"
-        )
-    elif isinstance(exc, httpx.ConnectError):
-        what = f"cannot connect to the upstream: {exc or 'connection refused'}"
-    elif isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
-        what = f"the upstream connection broke: {exc or type(exc).__name__}"
-    else:
-        what = f"{type(exc).__name__}: {exc}"
-    return _after_break(what, progress)
-
-
-def _after_break(what: str, progress: _Progress) -> TaskFailure:
-    """The failure for a stream that broke after *progress*: retried (resuming after the last
-    id) when it can be, ``interrupted`` when events were stored without ids to resume from."""
-    if progress.events and progress.last_id is None:
-        return TaskFailure(
-            "interrupted",
-            f"{what}, after {progress.events} events without ids to resume from",
-            retryable=False,
-        )
-    if progress.events:
-        what += f", after {progress.events} events (a retry resumes after id {progress.last_id})"
-    return TaskFailure("upstream_error", what)
