@@ -76,6 +76,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}"
     )
     common.add_outlast_cmd(p)
+    p.add_argument(
+        "--outlast-workers",
+        type=int,
+        default=2,
+        help="processes of the outlast-sqlite-workers and outlast-redis-workers targets "
+        "(serve --workers N; default 2)",
+    )
     common.add_outputs(p, section="Jobs", results="jobs-<date>.json")
     common.add_settle_keep(p, settle=30.0)
     common.add_render(p)
@@ -98,11 +105,12 @@ def choose_targets(args: argparse.Namespace, console: Console) -> list[str]:
             raise SystemExit(f"unknown target(s): {', '.join(unknown)}; known: {', '.join(known)}")
     else:
         names = ["outlast-sqlite", "outlast-redis", *PEERS]
-    if "outlast-redis" in names and not targets.outlast_redis_available():
-        console.print(
-            "[yellow]outlast has no Redis store (outlast.store.redis): outlast-redis skipped"
-        )
-        names.remove("outlast-redis")
+    if not targets.outlast_redis_available():
+        for name in [n for n in names if n.startswith("outlast-redis")]:
+            console.print(
+                f"[yellow]outlast has no Redis store (outlast.store.redis): {name} skipped"
+            )
+            names.remove(name)
     return names
 
 
@@ -208,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         write_out(args, console, report.render(json.loads(path.read_text())), path)
         return 0
     names = choose_targets(args, console)
-    specs = targets.specs(args.outlast_cmd)
+    specs = targets.specs(args.outlast_cmd, args.outlast_workers)
     outlasts = [n for n in names if specs[n].is_outlast]
     cfg = Config(
         duration=args.duration,

@@ -56,6 +56,7 @@ class TargetSpec:
     workers: Callable[[Slot], list[list[str]]]  # the worker processes' command lines
     outlast_store: Callable[[Slot], str] | None = None  # outlast targets: the store URL
     outlast_cmd: str | None = None  # outlast targets: --outlast-cmd (the serve command template)
+    outlast_workers: int = 1  # outlast targets: processes of `serve --workers N`
 
     @property
     def is_outlast(self) -> bool:
@@ -65,7 +66,7 @@ class TargetSpec:
 def _outlast(slot: Slot) -> list[list[str]]:
     assert slot.spec.outlast_store is not None
     # The streams benchmark's `outlast serve` command line, with the tasks (and workers or not).
-    command = stargets.outlast_command(slot.spec.outlast_cmd)
+    command = stargets.outlast_command(slot.spec.outlast_cmd, slot.spec.outlast_workers)
     argv = command(slot.port, slot.workdir, slot.spec.outlast_store(slot))
     argv += ["--app", "bench.jobs.outlast_tasks:app"]
     return [argv + ([] if slot.with_workers else ["--no-jobs"])]
@@ -76,26 +77,32 @@ def _script(name: str) -> str:
     return str(exe) if exe.exists() else (shutil.which(name) or name)
 
 
-def specs(outlast_cmd: str | None = None) -> dict[str, TargetSpec]:
+def _outlasts(outlast_cmd: str | None, workers: int) -> dict[str, TargetSpec]:
+    """outlast on each store, in one process and with ``serve --workers N``."""
+    stores: dict[str, tuple[str, Callable[[Slot], str]]] = {
+        "sqlite": ("SQLite", lambda s: f"sqlite:///{s.workdir}/outlast.db"),
+        "redis": ("Redis", lambda s: s.broker_url),
+    }
+    found: dict[str, TargetSpec] = {}
+    for suffix, n, extra in (("", 1, ""), ("-workers", workers, f", --workers {workers}")):
+        for store, (label, url) in stores.items():
+            name = f"outlast-{store}{suffix}"
+            found[name] = TargetSpec(
+                name,
+                f"outlast ({label}{extra})",
+                "outlast",
+                ("outlast",),
+                _outlast,
+                outlast_store=url,
+                outlast_cmd=outlast_cmd,
+                outlast_workers=n,
+            )
+    return found
+
+
+def specs(outlast_cmd: str | None = None, workers: int = 2) -> dict[str, TargetSpec]:
     return {
-        "outlast-sqlite": TargetSpec(
-            "outlast-sqlite",
-            "outlast (SQLite)",
-            "outlast",
-            ("outlast",),
-            _outlast,
-            outlast_store=lambda s: f"sqlite:///{s.workdir}/outlast.db",
-            outlast_cmd=outlast_cmd,
-        ),
-        "outlast-redis": TargetSpec(
-            "outlast-redis",
-            "outlast (Redis)",
-            "outlast",
-            ("outlast",),
-            _outlast,
-            outlast_store=lambda s: s.broker_url,
-            outlast_cmd=outlast_cmd,
-        ),
+        **_outlasts(outlast_cmd, workers),
         "celery": TargetSpec(
             "celery",
             "Celery (threads)",

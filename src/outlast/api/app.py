@@ -49,7 +49,7 @@ def create_app(
     app.state.store = store
     app.state.lifecycle = lifecycle
     app.state.metrics = metrics
-    wrapped: ASGIApp = _StreamsFirst(app, streams)
+    wrapped: ASGIApp = _HotPathsFirst(app, streams, jobs)
     if jobs.links is not None:
         wrapped = AuthMiddleware(wrapped, settings.auth, jobs.links)
     wrapped = BrowserGuard(wrapped, settings)
@@ -58,15 +58,23 @@ def create_app(
     return HeadersMiddleware(wrapped, settings.cors)
 
 
-class _StreamsFirst:
-    """Sends ``/v1/stream/*`` straight to the streams endpoint: the hot path skips the router."""
+class _HotPathsFirst:
+    """Sends ``/v1/stream/*`` straight to the streams endpoint, and ``POST /v1/jobs`` straight
+    to the submit handler: the hot paths skip Starlette's router and its exception middleware
+    (each renders its own errors, as the exception handlers would)."""
 
-    def __init__(self, app: ASGIApp, streams: StreamsEndpoint) -> None:
+    def __init__(self, app: ASGIApp, streams: StreamsEndpoint, jobs: JobsAPI) -> None:
         self.app = app
         self.streams = streams
+        self.jobs = jobs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/stream/"):
-            await self.streams(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path.startswith("/v1/stream/"):
+                await self.streams(scope, receive, send)
+                return
+            if path == "/v1/jobs" and scope["method"] == "POST":
+                await self.jobs.submit_endpoint(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -15,9 +15,11 @@ from typing import Any, Protocol
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from outlast.api.body import read_body, read_json
 from outlast.api.capability import LinkKey, sign
+from outlast.api.error_response import error_response
 from outlast.api.sse_response import PING, SSEResponse, sse_event
 from outlast.boundary import parse_json, whole_number
 from outlast.callbacks import parse_callback, refresh_gauge
@@ -319,6 +321,14 @@ class JobsAPI:
             raise
         self.count([(new, result)])
         return result.job, result.created
+
+    async def submit_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/jobs`` as a bare ASGI app (reached without the router: the hot path)."""
+        try:
+            response = await self.submit(Request(scope, receive))
+        except Exception as exc:
+            response = error_response(exc, scope)
+        await response(scope, receive, send)
 
     async def submit(self, request: Request) -> Response | SSEResponse:
         new = await self.parse_submission(

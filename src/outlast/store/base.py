@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -142,8 +143,10 @@ def is_json_type(content_type: str) -> bool:
     return media_type(content_type) == "application/json"
 
 
+@functools.lru_cache(maxsize=256)
 def media_type(content_type: str) -> str:
-    """The bare media type, lower-cased, without parameters."""
+    """The bare media type, lower-cased, without parameters (cached: every append compares its
+    type with its stream's, and a server sees few distinct types)."""
     return content_type.split(";", 1)[0].strip().lower()
 
 

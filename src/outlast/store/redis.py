@@ -35,6 +35,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from outlast.errors import NotFound, RequestError, StoreError, StoreUnavailable
@@ -80,6 +81,11 @@ SUBSCRIBE_TIMEOUT = 5.0
 MAX_HEADS = 4096
 # Connections to Redis for reads, per node: more concurrent reads wait for one.
 MAX_CONNECTIONS = 64
+# A stream read that finds every pooled connection busy for COMMAND_TIMEOUT queues again while
+# Redis answers the node's other calls, up to this long in all: under overload a live reader
+# falls behind and catches up rather than ending. A call that fails meanwhile (or the
+# subscription dropping) means Redis is in trouble: the read then fails as an outage (503).
+READ_QUEUE_LIMIT = 60.0
 # ... and apart from them, for the node's own upkeep (a claim loop's look at its queue, the
 # memory watch), so that readers queueing for the pool under overload never stall the workers.
 UPKEEP_CONNECTIONS = 4
@@ -120,6 +126,16 @@ def _pooled(parsed: RedisURL, connections: int) -> aioredis.Redis:
     return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
 
 
+def _pool_busy(exc: BaseException) -> bool:
+    """Whether *exc* says the pool had no connection free in time (this node is busy; Redis
+    may be well)."""
+    return (
+        isinstance(exc, RedisConnectionError)
+        and isinstance(exc.__cause__, TimeoutError)
+        and "No connection available" in str(exc)  # (not a connect that timed out)
+    )
+
+
 def _no_calls(commands: Any) -> list[Any]:
     raise AssertionError("a snapshot does not query Redis")
 
@@ -140,6 +156,16 @@ class RedisStore(RuleStore[Prefetch]):
         # entry is dropped when another node changes the stream (its notification) or when
         # notifications may have been missed (a reconnect).
         self.heads: OrderedDict[str, StreamInfo] = OrderedDict()
+        # What this node's reads last found of other nodes' streams, for a live reader's look
+        # before it waits (not for head(): a read can be older than a write acknowledged by
+        # another node). An entry is kept only if its stream did not change while the read
+        # was in flight: `changes` counts the changes this node heard of, `changed_at` tells
+        # when each of the latest MAX_HEADS streams changed last, and the others changed at
+        # `changed_before` at the latest.
+        self.seen: OrderedDict[str, StreamInfo] = OrderedDict()
+        self.changes = 0
+        self.changed_at: OrderedDict[str, int] = OrderedDict()
+        self.changed_before = 0
         engine.on_commit = self._committed
         engine.on_unknown = self._forget_all
         self._tasks: list[asyncio.Task[None]] = []
@@ -150,6 +176,8 @@ class RedisStore(RuleStore[Prefetch]):
         self.memory_used = 0
         self.memory_admitted = 0
         self.memory_full = False
+        # When a call to Redis last failed, or the subscription dropped (time.monotonic()).
+        self.failed_at = float("-inf")
 
     @classmethod
     async def open(cls, url: str) -> RedisStore:
@@ -194,10 +222,28 @@ class RedisStore(RuleStore[Prefetch]):
         try:
             return await call
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(
-                f"redis at {self.url.display} is unavailable: {exc}",
-                retry_after=OUTAGE_RETRY_AFTER,
-            ) from exc
+            raise self._unavailable(exc) from exc
+
+    async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A stream read: like :meth:`_redis`, but queueing again for a pooled connection
+        while Redis is well (see READ_QUEUE_LIMIT)."""
+        started = time.monotonic()
+        while True:
+            try:
+                return await call()
+            except (RedisError, OSError) as exc:
+                queued = time.monotonic() - started
+                if not _pool_busy(exc) or self.failed_at >= started or queued > READ_QUEUE_LIMIT:
+                    raise self._unavailable(exc) from exc
+                # (The pool waited COMMAND_TIMEOUT for a connection: not a busy loop.)
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        if not _pool_busy(exc):
+            self.failed_at = time.monotonic()
+        return StoreUnavailable(
+            f"redis at {self.url.display} is unavailable: {exc}",
+            retry_after=OUTAGE_RETRY_AFTER,
+        )
 
     # -- memory ---------------------------------------------------------------------------
 
@@ -334,6 +380,7 @@ class RedisStore(RuleStore[Prefetch]):
                     if message.get("type") == "message":
                         self._on_message(message["data"])
             except (RedisError, OSError, TimeoutError) as exc:
+                self.failed_at = time.monotonic()  # readers queueing for the pool give up
                 if down_since is None:
                     down_since = time.monotonic()
                     log.warning("redis subscription lost (%s); reconnecting", exc)
@@ -351,7 +398,29 @@ class RedisStore(RuleStore[Prefetch]):
         """Changes may have gone unheard: drop the caches and let every waiter re-check."""
         self.recent.forget()
         self.heads.clear()
+        self.seen.clear()
+        self.changes += 1
+        self.changed_at.clear()
+        self.changed_before = self.changes
         self.notifier.changed_all()
+
+    def _heard(self, name: str) -> None:
+        """*name* changed (a commit of this node or another's): what was seen of it is old."""
+        self.seen.pop(name, None)
+        self.changes += 1
+        self.changed_at[name] = self.changes
+        self.changed_at.move_to_end(name)
+        while len(self.changed_at) > MAX_HEADS:
+            _, self.changed_before = self.changed_at.popitem(last=False)
+
+    def _saw(self, name: str, info: StreamInfo, since: int) -> None:
+        """A read that started when `changes` was *since* found *info*."""
+        if self.changed_at.get(name, self.changed_before) > since or info.expiry() is not None:
+            return  # changed meanwhile; or expiring (a look must check the expiry)
+        self.seen[name] = info
+        self.seen.move_to_end(name)
+        while len(self.seen) > MAX_HEADS:
+            self.seen.popitem(last=False)
 
     def _on_message(self, data: bytes) -> None:
         try:
@@ -363,11 +432,13 @@ class RedisStore(RuleStore[Prefetch]):
         for name in names:
             self.recent.forget(name)
             self.heads.pop(name, None)
+            self._heard(name)
             self.notifier.changed(name)
 
     def _committed(self, changes: list[StreamChange]) -> None:
         """This node's commit changed these streams: keep what live readers need in memory."""
         for name, row, units in changes:
+            self._heard(name)
             if row is None or row.deleted:
                 self.recent.forget(name)
                 self.heads.pop(name, None)
@@ -392,11 +463,16 @@ class RedisStore(RuleStore[Prefetch]):
         # position hold what the read may return, and Redis sends them straight from the set
         # (a script gathering them instead costs Redis time per byte; see docs/benchmarks.md).
         # A closed stream's units may be folded into one record (redis_data.fold_units).
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hgetall(self.keys.stream(name))
-        pipe.zrangebyscore(self.keys.units(name), position, position + max_bytes)
-        pipe.get(self.keys.folded(name))
-        flat, members, folded = await self._redis(pipe.execute())
+        since = self.changes
+
+        def query() -> Awaitable[list[Any]]:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hgetall(self.keys.stream(name))
+            pipe.zrangebyscore(self.keys.units(name), position, position + max_bytes)
+            pipe.get(self.keys.folded(name))
+            return pipe.execute()
+
+        flat, members, folded = await self._read(query)
         row = decode_row(_texts(flat)) if flat else None
         found = [unpack_unit(member) for member in members]
         if folded is not None:
@@ -410,32 +486,34 @@ class RedisStore(RuleStore[Prefetch]):
                 break  # at least one unit, then no more than max_bytes
             units.append(unit)
             size += len(unit.data)
-        return logic.read(_Snapshot(self.keys, row, units), name, position, max_bytes, now)
+        result = logic.read(_Snapshot(self.keys, row, units), name, position, max_bytes, now)
+        self._saw(name, result.info, since)
+        return result
 
     async def head(self, name: str) -> StreamInfo:
         known = self.heads.get(name)
         if known is not None:
             return known
-        flat = await self._redis(self.client.hgetall(self.keys.stream(name)))
+        flat = await self._read(lambda: self.client.hgetall(self.keys.stream(name)))
         row = decode_row(_texts(flat)) if flat else None
         return logic.head(_Snapshot(self.keys, row, []), name, time.time())
 
     async def wait(self, name: str, position: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            # Register before checking, so that a commit after the check still wakes us.
-            event = self.notifier.event(name)
-            info = await self.head(name)
+        # Register before checking, so that a commit after the check still wakes us.
+        waiter = self.notifier.waiter(name, timeout)
+        try:
+            # What this node's last read of the stream found, if nothing changed since: a reader
+            # waits after a read that reached the tail, and wakes at the next change.
+            info = self.seen.get(name) or await self.head(name)
             if info.tail > position or info.closed:
                 return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            try:
-                await asyncio.wait_for(event.wait(), remaining)
-            except TimeoutError:
-                return False
-            # Woken: re-check (a wake-up may be for a reconnect, not for this stream's data).
+            # Woken: the stream changed (or notifications may have been missed: a reconnect).
+            # The caller reads next, which tells. A re-check here would cost every reader of
+            # another node's stream one more round trip per change; a wake-up for nothing
+            # costs one read, as the re-check would.
+            return await waiter
+        finally:
+            waiter.cancel()
 
     # -- jobs: reads straight from the client -------------------------------------------------
 
