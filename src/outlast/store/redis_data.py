@@ -14,8 +14,8 @@ The data model (every key starts with the store's prefix, ``outlast:`` by defaul
                            per field
     jf:<id>         string a finished job, as one compressed record (pack_job) in place of
                            j:<id>: a hash holding a value past hash-max-listpack-value (64
-                           bytes by default: an input, a result) costs Redis twice as much as a
-                           compact one, and a finished job changes little more (layout 4)
+                           bytes by default: an input, a result) makes Redis keep it in a larger
+                           encoding, and a finished job changes little more (layout 4)
     jobs            zset   every job id (score 0: ordered by id, i.e. by creation time)
     jkeys           hash   idempotency key -> job id
     c:<queue>       hash   state -> number of jobs      queues set     queues with counts
