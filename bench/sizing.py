@@ -8,7 +8,9 @@ On SQLite (the default), each measurement starts ``outlast serve`` on a fresh SQ
 units of one kind, stops it with SIGTERM (a clean exit folds the WAL back into the file) and
 divides the growth of the file by N. On Redis, it starts a private ``redis-server`` (no
 persistence), and divides the growth of its ``used_memory`` (``INFO memory``) over the N units,
-measured with outlast still running, by N.
+measured with outlast still running, by N; less what its connections' buffers use
+(``mem_clients_normal``), which is not what the units keep and varies with the connections open
+at each look.
 
 Kinds: a small Python job (``count`` of examples/myapp.py with ``n=1``: one output, its
 result, its state messages), a relay job of 36 events (35 OpenAI-style chunks of about 200 bytes
@@ -102,8 +104,10 @@ async def _jobs(client: httpx.AsyncClient, bodies: list[dict[str, Any]]) -> None
 
 
 def _used_memory(url: str) -> int:
+    """Redis's memory in use, less its clients' buffers."""
     with redis.Redis.from_url(url) as client:
-        return int(client.info("memory")["used_memory"])
+        info = client.info("memory")
+    return int(info["used_memory"]) - int(info["mem_clients_normal"])
 
 
 def measure(

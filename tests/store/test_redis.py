@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import math
+import random
+import string
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -13,10 +17,10 @@ from typing import Any
 import pytest
 import redis
 
-from outlast.errors import ConfigError, LeaseLost, StoreError, StoreUnavailable
-from outlast.models import JobState, NewJob
+from outlast.errors import ConfigError, LeaseLost, NotFound, StoreError, StoreUnavailable
+from outlast.models import JobRecord, JobState, NewJob
 from outlast.store import open_store, redis_data
-from outlast.store.base import AppendSpec, CreateSpec, Outcome, Store
+from outlast.store.base import AppendSpec, CreateSpec, DeliveryResult, Outcome, Store
 from outlast.store.redis import MAX_CONNECTIONS, RedisStore
 from outlast.store.redis_data import Command
 from outlast.store.redis_setup import parse_url
@@ -273,6 +277,153 @@ async def test_streams_closed_in_layout_2_stay_readable(
         assert admin.get("outlast:layout_version") == str(REDIS_LAYOUT_VERSION).encode()
 
 
+def _text(size: int, seed: int) -> str:
+    """Words, *size* characters of them: content that compresses as prose does, not better."""
+    rng = random.Random(seed)
+    words = [rng.choice(string.ascii_lowercase) * rng.randint(1, 3) + str(rng.random())[2:6]]
+    while sum(len(w) + 1 for w in words) < size:
+        words.append("".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9))))
+    return " ".join(words)[:size]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"input": {"big": 2**70, "small": -(2**64), "text": 'é\u2028"\\ 12345678901234567890'}},
+        {"timeout": math.inf, "result": [0.1, None, True], "extra": {"k": 1}, "waited": 0},
+        {"error": {"code": "x", "message": "y"}, "key": "k", "priority": -3, "retry_of": "job_1"},
+    ],
+)
+def test_a_finished_job_s_record_holds_every_value(changes: dict[str, Any]) -> None:
+    """pack_job/unpack_job give back the job as it was, with the values JSON has no plain
+    form for (integers past 64 bits, infinities) and fields left at their defaults."""
+    job = JobRecord(
+        id="job_1x",
+        task="t",
+        queue="q",
+        state=JobState.SUCCEEDED,
+        input={"a": [1, 2]},
+        attempt=2,
+        max_attempts=3,
+        timeout=30.0,
+        created_at=1.5,
+        run_at=2.5,
+        finished_at=3.25,
+    )
+    job = dataclasses.replace(job, **changes)
+    back = redis_data.unpack_job(job.id, redis_data.pack_job(job))
+    assert back == job
+    assert repr(back) == repr(job)  # an integer read back as a float would show
+
+
+async def _finished(store: Store, kind: str, **submit: Any) -> JobRecord:
+    """A job with a 1 KiB input (and a callback), claimed and ended with *kind* (a 1 KiB
+    result when it succeeds)."""
+    hook = {"url": "http://127.0.0.1:9/hook", "events": ["job.succeeded", "job.failed"]}
+    given = {"text": _text(1024, 1), "big": 2**70, "n": 0.1}
+    new = NewJob(
+        task="t", queue="q", input=given, max_attempts=1, timeout=60.0, callback=hook, **submit
+    )
+    job = (await store.submit_job(new, capacity=10)).job
+    [running] = await store.claim_jobs("q", "me", 1, 30.0)
+    assert running.id == job.id
+    await store.emit(job.id, "me", running.attempt, [{"type": "output", "n": 1}])
+    if kind == "succeeded":
+        outcome = Outcome("succeeded", result={"text": _text(1024, 2)})
+    else:
+        outcome = Outcome("failed", error={"code": "exception", "message": "no"})
+    return await store.finish_job(job.id, "me", running.attempt, outcome)
+
+
+async def _read_alike(store: Store, admin: redis.Redis, done: JobRecord, failed: JobRecord) -> None:
+    """Every read sees the two jobs as they ended, the reads inside transactions too (a retry
+    reads the input; the webhook's delivery changes the job), and a change of a finished job
+    leaves it a record."""
+    for job in (done, failed):
+        assert await store.get_job(job.id) == job
+    listed = (await store.list_jobs()).jobs
+    assert [j for j in listed if j.id in (done.id, failed.id)] == [failed, done]
+    again = (await store.retry_job(failed.id, capacity=10)).job
+    assert again.input == failed.input and again.retry_of == failed.id
+    claimed = await store.claim_deliveries("hooks", 10, 30.0)
+    assert {j.id for j in claimed} == {done.id, failed.id}
+    delivered = await store.finish_delivery(done.id, "hooks", DeliveryResult("delivered", 200))
+    assert delivered.callback is not None and delivered.callback["state"] == "delivered"
+    assert dataclasses.replace(delivered, callback=done.callback) == done
+    assert await store.get_job(done.id) == delivered
+    assert admin.exists(f"outlast:j:{done.id}") == 0
+    assert admin.exists(f"outlast:jf:{done.id}") == 1
+
+
+async def test_a_finished_job_is_one_compact_record_read_back_the_same(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    """A job that ends is kept as one compressed string in place of its hash (whose 1 KiB
+    values would make Redis encode it as a hashtable): every read sees the same job, and a
+    later change of it (its webhook's delivery) rewrites the record."""
+    server = redis_factory()
+    store = await open_store(server.url)
+    admin = redis.Redis(port=server.port)
+    try:
+        assert isinstance(store, RedisStore)
+        hash_key = store.keys.job
+        new = NewJob(
+            task="t", queue="q", input={"text": _text(1024, 1)}, max_attempts=1, timeout=60.0
+        )
+        queued = (await store.submit_job(new, capacity=10)).job
+        running_size = admin.memory_usage(hash_key(queued.id), samples=0)
+        await store.cancel_job(queued.id)
+        done = await _finished(store, "succeeded", key="k", priority=5, concurrency_key="c")
+        failed = await _finished(store, "failed")
+        for job in (done, failed):
+            assert admin.exists(hash_key(job.id)) == 0
+            assert admin.type(store.keys.finished_job(job.id)) == b"string"
+        # The record holds the input and the result, and costs less than the hash did with
+        # the input alone.
+        assert admin.memory_usage(store.keys.finished_job(done.id), samples=0) < running_size
+        assert done.result == {"text": _text(1024, 2)} and done.input["big"] == 2**70
+        await _read_alike(store, admin, done, failed)
+    finally:
+        admin.close()
+        await store.close()
+
+
+async def test_jobs_finished_in_layout_3_stay_readable(
+    redis_factory: Callable[[], RedisProcess],
+) -> None:
+    """A store of layout 3 kept a finished job as a hash: it reads as it did, becomes a
+    record at its next change, and is purged as any job."""
+    server = redis_factory()
+    store = await open_store(server.url)
+    try:
+        done = await _finished(store, "succeeded", key="k")
+        failed = await _finished(store, "failed")
+    finally:
+        await store.close()
+    with redis.Redis(port=server.port) as admin:
+        for job in (done, failed):
+            # What layout 3 wrote for this job: its hash, one JSON value per field.
+            fields = redis_data.encode_fields(redis_data.job_fields(job))
+            admin.hset(f"outlast:j:{job.id}", mapping=fields)
+            admin.delete(f"outlast:jf:{job.id}")
+        admin.set("outlast:layout_version", 3)
+    store = await open_store(server.url)
+    admin = redis.Redis(port=server.port)
+    try:
+        assert admin.get("outlast:layout_version") == str(REDIS_LAYOUT_VERSION).encode()
+        await _read_alike(store, admin, done, failed)
+        await store.finish_delivery(failed.id, "hooks", DeliveryResult("delivered", 200))
+        assert await store.purge_jobs(time.time() + 1) == 2
+        for job in (done, failed):
+            assert admin.exists(f"outlast:j:{job.id}", f"outlast:jf:{job.id}") == 0
+            with pytest.raises(NotFound):
+                await store.get_job(job.id)
+    finally:
+        admin.close()
+        await store.close()
+
+
 async def test_a_write_redis_refuses_for_memory_is_unavailable_and_not_applied(
     redis_factory: Callable[[], RedisProcess],
 ) -> None:
@@ -327,7 +478,8 @@ async def test_a_job_s_end_folds_its_stream_in_the_same_round_trips(
 async def test_a_claim_reads_the_jobs_it_may_take_not_the_whole_queue(
     redis_factory: Callable[[], RedisProcess],
 ) -> None:
-    """A claim of one job among a hundred queued reads a few of them, not a batch of 64."""
+    """A claim of one job among a hundred queued reads a few of them, not a batch of 64, and
+    their hashes alone."""
     server = redis_factory()
     store = await open_store(server.url)
     assert isinstance(store, RedisStore)
@@ -341,6 +493,8 @@ async def test_a_claim_reads_the_jobs_it_may_take_not_the_whole_queue(
         prefix = store.keys.job("")
         reads = [c for c in sent if c[0] == "HGETALL" and str(c[1]).startswith(prefix)]
         assert 1 <= len(reads) <= 16
+        # Queued jobs cannot have ended: no look for their finished records.
+        assert not any(c[0] == "GET" for c in sent), sent
     finally:
         await store.close()
 

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -48,8 +49,8 @@ from outlast.store.recent import RecentUnits
 from outlast.store.redis_data import (
     IdBlock,
     Keys,
-    decode_job,
     decode_row,
+    stored_job,
     unfold_units,
     unpack_unit,
 )
@@ -517,10 +518,12 @@ class RedisStore(RuleStore[Prefetch]):
     # -- jobs: reads straight from the client -------------------------------------------------
 
     async def get_job(self, job_id: str) -> JobRecord:
-        flat = await self._redis(self.client.hgetall(self.keys.job(job_id)))
-        if not flat:
+        pipe = self.client.pipeline(transaction=False)
+        _read_job(pipe, self.keys, job_id)
+        job = stored_job(job_id, *await self._redis(pipe.execute()))
+        if job is None:
             raise NotFound(f"job not found: {job_id}", code="job_not_found")
-        return decode_job(_texts(flat))
+        return job
 
     async def _find_jobs(self, where: JobFilter, below: str | None, limit: int) -> list[JobRecord]:
         found: list[JobRecord] = []
@@ -533,11 +536,12 @@ class RedisStore(RuleStore[Prefetch]):
                 break
             pipe = self.client.pipeline(transaction=False)
             for job_id in ids:
-                pipe.hgetall(self.keys.job(text(job_id)))
-            for flat in await self._redis(pipe.execute()):
-                if not flat:
+                _read_job(pipe, self.keys, text(job_id))
+            replies = await self._redis(pipe.execute())
+            for at, job_id in enumerate(ids):
+                job = stored_job(text(job_id), replies[2 * at], replies[2 * at + 1])
+                if job is None:
                     continue  # removed meanwhile
-                job = decode_job(_texts(flat))
                 if where.matches(job):
                     found.append(job)
             upper = "(" + text(ids[-1])
@@ -587,6 +591,13 @@ class RedisStore(RuleStore[Prefetch]):
         await self._redis(self.client.set(name, value, nx=True))
         stored = await self._redis(self.client.get(name))
         return text(stored)
+
+
+def _read_job(pipe: Pipeline, keys: Keys, job_id: str) -> None:
+    """Queue the reads of a job: its hash, then its finished record (redis_data.stored_job).
+    In this order, no transaction is needed: a job that ends in between is read as ended."""
+    pipe.hgetall(keys.job(job_id))
+    pipe.get(keys.finished_job(job_id))
 
 
 def _texts(flat: dict[Any, Any]) -> dict[str, str]:

@@ -10,7 +10,12 @@ The data model (every key starts with the store's prefix, ``outlast:`` by defaul
     p:<name>        hash   its idempotent producers: id -> "epoch seq"
     sids            hash   stream id -> name            sseq   string  id allocator
     children        hash   stream id -> forks of it     sexp   zset    stream id by expiry
-    j:<id>          hash   a job (models.JobRecord), one JSON value per field
+    j:<id>          hash   a job (models.JobRecord) while queued or running, one JSON value
+                           per field
+    jf:<id>         string a finished job, as one compressed record (pack_job) in place of
+                           j:<id>: a hash holding a value past hash-max-listpack-value (64
+                           bytes by default: an input, a result) makes Redis keep it in a larger
+                           encoding, and a finished job changes little more (layout 4)
     jobs            zset   every job id (score 0: ordered by id, i.e. by creation time)
     jkeys           hash   idempotency key -> job id
     c:<queue>       hash   state -> number of jobs      queues set     queues with counts
@@ -113,6 +118,14 @@ def dumps(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"))
 
 
+def _orjson_or_json(text: bytes) -> Any:
+    """JSON text without integers past 64 bits: json for what orjson refuses (NaN)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def loads(text: str | bytes) -> Any:
     """A field's value back (whichever of :func:`dumps`'s encoders wrote it). orjson reads an
     integer past 64 bits as a float: text with a run of that many digits goes through json."""
@@ -161,6 +174,76 @@ def job_fields(job: JobRecord) -> dict[str, Any]:
     return {name: getattr(job, name) for name in JOB_FIELDS}
 
 
+# A finished job's fields that hold their default are left out of its record, and so is its
+# id (the record's key holds it).
+_JOB_DEFAULTS = {
+    f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+    for f in dataclasses.fields(JobRecord)
+    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+}
+# A finished job's record: a format byte, then its fields as one JSON object, deflated (raw,
+# without zlib's header) with this preset dictionary: the names of the fields, common values,
+# and the words of the relay task's input and result (a small record is mostly these). Part of
+# the format: records are read with it, so it never changes. The format byte says whether the
+# text holds a run of digits that may be an integer orjson cannot read (see loads): looked for
+# once, when the record is written, not at every read.
+JOB_RECORD = b"\x01"
+JOB_RECORD_LONG_NUMBERS = b"\x02"
+JOB_RECORD_DICT = (
+    b'{"task":"queue":"state":"queued""running""succeeded""failed""cancelled""input":'
+    b'"attempt":"max_attempts":"timeout":"created_at":"run_at":"result":"error":{"code":'
+    b'"message":"started_at":"finished_at":"key":"lease_owner":"lease_expires":'
+    b'"cancel_requested":true"extra":"callback":{"url":"http"events":["job.succeeded",'
+    b'"job.failed","job.cancelled"],"state":"delivered","attempts":"priority":'
+    b'"concurrency_key":"retry_of":"job_"turn":"waiting":"waited":'
+    b'{"upstream":"path":"/v1/chat/completions","method":"headers":"body":{"model":'
+    b'"messages":[{"role":"user","content":"stream":true}{"status":200,"events":"done":true,'
+    b'"text":"usage":{"prompt_tokens":"completion_tokens":"total_tokens":'
+)
+
+
+def pack_job(job: JobRecord) -> bytes:
+    """A job as one compressed record (each value as :func:`dumps` writes it)."""
+    parts = []
+    for name in JOB_FIELDS:
+        value = getattr(job, name)
+        default = _JOB_DEFAULTS.get(name, dataclasses.MISSING)
+        if name == "id" or (type(value) is type(default) and value == default):
+            continue
+        parts.append(f'"{name}":{dumps(value)}')
+    text = ("{" + ",".join(parts) + "}").encode()
+    kind = JOB_RECORD_LONG_NUMBERS if _LONG_NUMBER_BYTES.search(text) else JOB_RECORD
+    packer = zlib.compressobj(6, zlib.DEFLATED, -15, zdict=JOB_RECORD_DICT)
+    return kind + packer.compress(text) + packer.flush()
+
+
+def unpack_job(job_id: str, record: bytes) -> JobRecord:
+    kind = record[:1]
+    if kind not in (JOB_RECORD, JOB_RECORD_LONG_NUMBERS):
+        raise ValueError(f"job {job_id}: a record of an unknown format ({kind!r})")
+    unpacker = zlib.decompressobj(-15, zdict=JOB_RECORD_DICT)
+    text = unpacker.decompress(record[1:]) + unpacker.flush()
+    values = _orjson_or_json(text) if kind == JOB_RECORD else json.loads(text)
+    job = {name: values[name] for name in JOB_FIELDS if name in values}
+    job["id"] = job_id
+    job["state"] = JobState(job["state"])
+    return JobRecord(**job)
+
+
+def stored_job(job_id: str, flat: dict[Any, Any], record: bytes | None) -> JobRecord | None:
+    """A job from what a reader got of its two keys (see the data model above): its hash (an
+    ``HGETALL`` reply, a dict) and its finished record; ``None`` when neither is there."""
+    if record is not None:
+        return unpack_job(job_id, record)
+    if not flat:
+        return None
+    return decode_job({_text(k): _text(v) for k, v in flat.items()})
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def pairs(flat: list[Any]) -> dict[str, str]:
     """A RESP2 ``HGETALL`` reply (a flat list) as a dict of text."""
     return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
@@ -198,6 +281,14 @@ class Keys:
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}j:{job_id}"
+
+    def finished_job(self, job_id: str) -> str:
+        return f"{self.prefix}jf:{job_id}"
+
+    def finished_of(self, key: str) -> str | None:
+        """For a job's hash (its key), the key of its finished record; else ``None``."""
+        head = f"{self.prefix}j:"
+        return self.finished_job(key[len(head) :]) if key.startswith(head) else None
 
     def counts(self, queue: str) -> str:
         return f"{self.prefix}c:{queue}"

@@ -53,10 +53,12 @@ from outlast.store.redis_data import (
     fold_units,
     job_fields,
     loads,
+    pack_job,
     pack_unit,
     pairs,
     ready_score,
     unfold_units,
+    unpack_job,
     unpack_unit,
 )
 
@@ -162,9 +164,12 @@ class RedisTx(JobTx):
         self.base[cache_key] = reply
         return reply
 
-    def prefetch(self, items: Sequence[Prefetch], now: float = 0.0) -> None:
+    def prefetch(
+        self, items: Sequence[Prefetch], now: float = 0.0, *, finished: bool = True
+    ) -> None:
         """Read several hashes (and due jobs, as of *now*) in one round trip, each key
-        watched, ahead of the rules asking for them one by one."""
+        watched, ahead of the rules asking for them one by one. With a job's hash, its
+        finished record, unless *finished* is false (jobs that cannot have ended)."""
         todo: list[tuple[str, tuple[Any, ...], Command]] = []
         for item in dict.fromkeys(items):
             if isinstance(item, Due):
@@ -204,8 +209,11 @@ class RedisTx(JobTx):
                     and not self._cleared(item.key)[1]
                 ):
                     todo.append((item.key, cache_key, ("HGET", item.key, item.field)))
-            elif ("hgetall", item) not in self.base and not self._cleared(item)[1]:
-                todo.append((item, ("hgetall", item), ("HGETALL", item)))
+            else:
+                if ("hgetall", item) not in self.base and not self._cleared(item)[1]:
+                    todo.append((item, ("hgetall", item), ("HGETALL", item)))
+                if finished:
+                    todo += self._finished_read(item)
         if not todo:
             return
         fresh = list(dict.fromkeys(key for key, _, _ in todo if key not in self.watched))
@@ -221,10 +229,11 @@ class RedisTx(JobTx):
             else:
                 self.base[cache_key] = reply
 
-    def prefetch_jobs(self, job_ids: list[str]) -> None:
-        """A batch of jobs and their streams, in one round trip."""
+    def prefetch_jobs(self, job_ids: list[str], *, finished: bool = True) -> None:
+        """A batch of jobs and their streams, in one round trip (*finished*: see prefetch)."""
         keys = [self.k.job(j) for j in job_ids]
-        self.prefetch(keys + [self.k.stream(job_stream_name(j)) for j in job_ids])
+        streams = [self.k.stream(job_stream_name(j)) for j in job_ids]
+        self.prefetch(keys + streams, finished=finished)
 
     def _unwritten(self, key: str) -> bool:
         """Whether nothing was written to *key* here yet: Redis's reply is all there is."""
@@ -599,10 +608,32 @@ class RedisTx(JobTx):
         if after is not None:
             self.zadd(after[0], member, after[1])
 
+    def _finished_read(self, key: str) -> list[tuple[str, tuple[Any, ...], Command]]:
+        """With a job's hash (*key*), its finished record is read, in the same round trip:
+        a job is either (redis_data: j:<id>, jf:<id>). Nothing for other hashes."""
+        record = self.k.finished_of(key)
+        if record is None or ("get", record) in self.base:
+            return []
+        for layer in (self.op, self.group):
+            if record in layer.strings or record in layer.cleared:
+                return []  # written here: Redis's value is not needed
+        return [(record, ("get", record), ("GET", record))]
+
+    def _write_job(self, job: JobRecord, fields: dict[str, Any], *, new: bool) -> None:
+        """Store the job as it now is (*fields*: what changed): a job that ends becomes one
+        compressed record in place of its hash (a layout 3 store's finished jobs are hashes:
+        they become records at their next write)."""
+        key = self.k.job(job.id)
+        if job.state.terminal:
+            self.delete(key)
+            self.set_string(self.k.finished_job(job.id), pack_job(job))
+        else:
+            self.hset(key, encode_fields(fields), replace=new)
+        self.decoded[key] = job
+
     def insert_job(self, job: JobRecord) -> None:
         self.new_jobs.add(job.id)
-        self.hset(self.k.job(job.id), encode_fields(job_fields(job)), replace=True)
-        self.decoded[self.k.job(job.id)] = job
+        self._write_job(job, job_fields(job), new=True)
         self.zadd(self.k.jobs, job.id.encode(), 0)
         if job.key is not None:
             self.hset(self.k.jkeys, {job.key: job.id})
@@ -613,7 +644,12 @@ class RedisTx(JobTx):
         if key in self.decoded:
             cached: JobRecord | None = self.decoded[key]
             return cached
-        job = self._read_hash(key, decode_job_reply, decode_job)
+        self.prefetch([key])  # the hash and the finished record: one round trip
+        record = self.get_string(self.k.finished_job(job_id))
+        if record is not None:
+            job: JobRecord | None = unpack_job(job_id, record)
+        else:
+            job = self._read_hash(key, decode_job_reply, decode_job)
         self.decoded[key] = job
         return job
 
@@ -624,7 +660,9 @@ class RedisTx(JobTx):
         # Three fields (prefetched by an emit), never the job's input.
         state = self.hget(key, "state")
         if state is None:
-            return None
+            # No hash: a finished job (its record, read whole) or none. An emit to a job
+            # that ended is refused either way.
+            return super().lease_of(job_id)
         owner, attempt = self.hget(key, "lease_owner"), self.hget(key, "attempt")
         return (
             JobState(loads(state)),
@@ -637,8 +675,7 @@ class RedisTx(JobTx):
         if old is None:
             raise LookupError(f"no job {job_id}")
         job = evolve_job(old, fields)
-        self.hset(self.k.job(job_id), encode_fields(fields))
-        self.decoded[self.k.job(job_id)] = job
+        self._write_job(job, fields, new=False)
         self._index_job(old, job)
 
     def find_job_by_key(self, key: str) -> JobRecord | None:
@@ -661,10 +698,21 @@ class RedisTx(JobTx):
             self.op.extra.append(("SADD", self.k.queues, queue))
 
     def _jobs(self, members: list[tuple[bytes, float]], state: JobState) -> list[JobRecord]:
+        """The jobs of an index that are in *state*, one that is not an end: their hashes
+        alone are read (a job that ended is a record, and not in that state)."""
+        assert not state.terminal
         ids = [m.decode() for m, _ in members]
-        self.prefetch_jobs(ids)
-        jobs = [self.get_job(job_id) for job_id in ids]
-        return [j for j in jobs if j is not None and j.state == state]
+        self.prefetch_jobs(ids, finished=False)
+        jobs = []
+        for job_id in ids:
+            key = self.k.job(job_id)
+            job = self.decoded.get(key) or self._read_hash(key, decode_job_reply, decode_job)
+            if job is None:
+                continue  # not cached: a job without a hash may still be a record
+            self.decoded[key] = job
+            if job.state == state:
+                jobs.append(job)
+        return jobs
 
     def _promote(self, queue: str, now: float) -> None:
         """Delayed jobs of *queue* that are due now join its ready set."""
@@ -733,6 +781,7 @@ class RedisTx(JobTx):
             return
         member = job_id.encode()
         self.delete(self.k.job(job_id))
+        self.delete(self.k.finished_job(job_id))
         keys = (self.k.jobs, self.k.due(old.queue), self.k.ready(old.queue), self.k.leases)
         for key in (*keys, self.k.done, self.k.hooks):
             self.zrem(key, member)

@@ -21,7 +21,11 @@ SQLITE_SCHEMA_VERSION = 3
 # redis_data.fold_units). A layout 2 store needs no rewrite: every read takes the units it finds
 # one by one and folded, so its streams closed before stay readable as they are. An outlast
 # of layout 2 would not see folded units: it refuses to start on a layout 3 store.
-REDIS_LAYOUT_VERSION = 3
+# Layout 4: a job that ends is kept as one compressed record (jf:<id>, redis_data.pack_job) in
+# place of its hash. A layout 3 store needs no rewrite: a job without a record is read from its
+# hash, and its finished jobs become records at their next write (a webhook's delivery). An
+# outlast of layout 3 would not see the records: it refuses to start on a layout 4 store.
+REDIS_LAYOUT_VERSION = 4
 
 
 def _statements(script: str) -> list[str]:
