@@ -251,13 +251,15 @@ async def test_a_higher_priority_starts_first_and_each_priority_is_fifo(store: S
 
 @pytest.mark.anyio
 async def test_a_delayed_job_is_claimed_once_due_in_its_priority_place(store: Store) -> None:
-    delayed = (await store.submit_job(new(delay=0.05, priority=1), capacity=100)).job.id
+    # The delay must outlast three submits and a claim on a loaded machine (50 ms did not,
+    # once, on Redis): the first claim has to come before the delayed job is due.
+    delayed = (await store.submit_job(new(delay=0.5, priority=1), capacity=100)).job.id
     first = (await store.submit_job(new(), capacity=100)).job.id
     second = (await store.submit_job(new(), capacity=100)).job.id
     [claimed] = await store.claim_jobs("q", "w", 1, LEASE)
     assert claimed.id == first  # the delayed one is not due yet
     run_at = (await store.get_job(delayed)).run_at
-    deadline = time.monotonic() + 10  # a guard: the job is due within 0.05 s
+    deadline = time.monotonic() + 10  # a guard: the job is due within 0.5 s
     while time.time() <= run_at:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
