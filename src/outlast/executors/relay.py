@@ -47,7 +47,7 @@ from outlast.executors.relay_policy import (
     RATE_LIMIT_STATUSES,
     RELAY_HOLD,
     RETRYABLE_STATUSES,
-    Silent,
+    _Silent,
     parse_duration,
     retry_delay,
     transport_failure,
@@ -178,7 +178,7 @@ async def _call(
                 await response.aclose()
     except EgressRefused as exc:
         raise TaskFailure("upstream_error", str(exc), retryable=False) from exc
-    except (httpx.HTTPError, Silent) as exc:
+    except (httpx.HTTPError, _Silent) as exc:
         # What arrived before the break is kept: a retry resumes after it (Last-Event-ID), and
         # a relay that cannot resume reports exactly what was stored.
         await appender.flush()

@@ -24,7 +24,7 @@ _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)")
 RELAY_HOLD = 600.0
 
 
-class Silent(Exception):
+class _Silent(Exception):
     """The upstream sent nothing for longer than ``idle_timeout``."""
 
 
@@ -61,9 +61,9 @@ def retry_delay(headers: httpx.Headers, now: float | None = None) -> float | Non
 
 
 def transport_failure(
-    exc: httpx.HTTPError | Silent, progress: Progress, relay: RelaySettings
+    exc: httpx.HTTPError | _Silent, progress: Progress, relay: RelaySettings
 ) -> TaskFailure:
-    if isinstance(exc, Silent | httpx.ReadTimeout):
+    if isinstance(exc, _Silent | httpx.ReadTimeout):
         what = f"the upstream was silent for more than {relay.idle_timeout:g} s (idle_timeout)"
     elif isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
         what = (

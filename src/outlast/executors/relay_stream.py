@@ -21,7 +21,7 @@ from outlast.executors import TaskFailure, TaskWait
 from outlast.executors.relay_policy import (
     RATE_LIMIT_STATUSES,
     RETRYABLE_STATUSES,
-    Silent,
+    _Silent,
     after_break,
     retry_delay,
 )
@@ -122,7 +122,7 @@ async def _chunks(response: httpx.Response, idle: float) -> AsyncIterator[bytes]
         except StopAsyncIteration:
             return
         except TimeoutError as exc:
-            raise Silent() from exc
+            raise _Silent() from exc
         yield chunk
 
 
@@ -177,7 +177,7 @@ async def consume(
 async def _excerpt(response: httpx.Response, relay: RelaySettings) -> str:
     """The start of an error body, bounded in size and in time."""
     data = b""
-    with contextlib.suppress(httpx.HTTPError, Silent):
+    with contextlib.suppress(httpx.HTTPError, _Silent):
         async for chunk in _chunks(response, relay.idle_timeout):
             data += chunk
             if len(data) >= relay.excerpt_bytes:
