@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from outlast.errors import StoreUnavailable
 from outlast.follow import Readers
@@ -212,3 +213,27 @@ async def test_a_reader_of_another_node_s_stream_costs_one_call_per_change(
     # wait (if the stream's creation was heard of while that read was in flight), then one
     # read per append.
     assert pool.given <= 2 + len(sent), pool.given
+
+
+def _caused(exc: BaseException, cause: BaseException) -> BaseException:
+    exc.__cause__ = cause
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "busy"),
+    [
+        # redis-py's own errors, as its pool and connections raise them.
+        (_caused(RedisConnectionError("No connection available."), TimeoutError()), True),
+        # A pooled connection whose handshake ran late on an overloaded event loop: seen in
+        # bench.relay's unthrottled run with `serve --workers 2`, where it ended live readers.
+        (RedisTimeoutError("Timeout connecting to server"), True),
+        (RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Refused."), False),
+        (RedisTimeoutError("Timeout reading from socket"), False),
+        (_caused(RedisConnectionError("Timeout connecting to server"), TimeoutError()), False),
+    ],
+)
+def test_only_a_node_too_busy_to_get_a_connection_counts_as_busy(
+    exc: BaseException, busy: bool
+) -> None:
+    assert redis_store._pool_busy(exc) is busy

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping
 
 from starlette.types import Receive, Scope, Send
 
 from outlast.errors import RequestError, StoreError
+
+log = logging.getLogger("outlast.sse")
 
 
 class SSEResponse:
@@ -61,8 +64,12 @@ class SSEResponse:
         try:
             async for chunk in self.events:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (RequestError, StoreError):
+        except RequestError:
             pass
+        except StoreError as exc:
+            # The reader ends without its stream's end: its client resumes from the last id it
+            # got. Said here, as nothing else would tell why a reader ended early.
+            log.warning("a live reader ended early: %s", exc)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

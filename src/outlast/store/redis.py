@@ -37,6 +37,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from outlast.errors import NotFound, RequestError, StoreError, StoreUnavailable
 from outlast.models import JobRecord, NewJob, job_stream_name
@@ -127,8 +128,13 @@ def _pooled(parsed: RedisURL, connections: int) -> aioredis.Redis:
 
 
 def _pool_busy(exc: BaseException) -> bool:
-    """Whether *exc* says the pool had no connection free in time (this node is busy; Redis
-    may be well)."""
+    """Whether *exc* says this node was too busy to get a connection in time (Redis may be
+    well): the pool had no connection free, or a new pooled connection did not finish
+    connecting within the timeout, which is measured on this node's event loop (an overloaded
+    loop runs the handshake late). A Redis that is gone refuses connections instead, or fails
+    this node's other calls and its subscription (see ``_read``)."""
+    if isinstance(exc, RedisTimeoutError):
+        return str(exc).startswith("Timeout connecting")
     return (
         isinstance(exc, RedisConnectionError)
         and isinstance(exc.__cause__, TimeoutError)
