@@ -67,10 +67,11 @@ class JobTx(streams.Tx, webhooks.DeliveryTx):
         jobs from *old* to *new* (``None``: from or to nowhere)."""
 
     @abc.abstractmethod
-    def ready(self, queue: str, now: float, keyed: bool) -> Iterator[JobRecord]:
+    def ready(self, queue: str, now: float, keyed: bool, want: int = 0) -> Iterator[JobRecord]:
         """The due jobs of *queue* in the order they start: priority (highest first), then
-        turn, then id. Read lazily: a claim stops when it has what it needs. With *keyed*, the
-        running counts of the keys met will be asked for (a backend may fetch them ahead)."""
+        turn, then id. Read lazily: a claim stops when it has what it needs (*want* jobs, if
+        nothing is skipped: a backend may read that many first). With *keyed*, the running
+        counts of the keys met will be asked for (a backend may fetch them ahead)."""
 
     # Turns: round-robin across concurrency keys (see _Admission._take_turn).
     @abc.abstractmethod
@@ -326,7 +327,7 @@ def _startable(tx: JobTx, queue: str, now: float, limit: int, per_key: int) -> l
         return picked
     running: dict[str, int] = {}
     seen = 0
-    for job in tx.ready(queue, now, per_key > 0):
+    for job in tx.ready(queue, now, per_key > 0, limit):
         key = job.concurrency_key
         if per_key > 0 and key is not None:
             count = running.get(key)

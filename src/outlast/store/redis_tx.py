@@ -722,16 +722,21 @@ class RedisTx(JobTx):
             self.zrem(self.k.due(queue), member)
             self.zadd(self.k.ready(queue), member, ready_score(job.priority, job.turn))
 
-    def ready(self, queue: str, now: float, keyed: bool) -> Iterator[JobRecord]:
+    def ready(self, queue: str, now: float, keyed: bool, want: int = 0) -> Iterator[JobRecord]:
         self._promote(queue, now)
         key = self.k.ready(queue)
         count, seen = READY_BATCH, 0
+        # The jobs a few at a time: a claim usually takes the first few of them, and reading
+        # and decoding every member of the batch would cost most of the claim. The first read
+        # is of as many as the claim wants (a worker with one free slot reads one hash).
+        chunk = min(want, JOB_CHUNK) if want > 0 else JOB_CHUNK
         while True:
             members = self.zrange(key, -math.inf, math.inf, count)
-            # The jobs a few at a time: a claim usually takes the first few of them, and
-            # reading and decoding every member of the batch would cost most of the claim.
-            for at in range(seen, len(members), JOB_CHUNK):
-                jobs = self._jobs(members[at : at + JOB_CHUNK], JobState.QUEUED)
+            at = seen
+            while at < len(members):
+                jobs = self._jobs(members[at : at + chunk], JobState.QUEUED)
+                at += chunk
+                chunk = JOB_CHUNK
                 if keyed:
                     running = self.k.key_running(queue)
                     keys = {j.concurrency_key for j in jobs if j.concurrency_key is not None}

@@ -254,7 +254,7 @@ class SQLiteTx(JobTx):
             [v for row in rows for v in row],
         )
 
-    def ready(self, queue: str, now: float, keyed: bool) -> Iterator[JobRecord]:
+    def ready(self, queue: str, now: float, keyed: bool, want: int = 0) -> Iterator[JobRecord]:
         # The index holds the order: the claim reads as far as it needs, no sort.
         cur = self.conn.execute(
             f"SELECT {JOB_COLUMNS} FROM jobs INDEXED BY jobs_ready"
