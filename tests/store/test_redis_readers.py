@@ -114,6 +114,14 @@ async def _append(store: RedisStore, name: str, data: bytes, *, close: bool = Fa
     await store.append(name, AppendSpec(content_type=TEXT, unit=(data, 1), close=close))
 
 
+async def _stop(tasks: list[asyncio.Task[Any]], pool: _Pool) -> None:
+    """End the readers still running, then give the held connections back."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await pool.release()
+
+
 async def test_live_readers_wait_for_a_busy_pool_and_miss_nothing(
     nodes: tuple[RedisProcess, RedisStore, RedisStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -141,10 +149,7 @@ async def test_live_readers_wait_for_a_busy_pool_and_miss_nothing(
             got = await asyncio.gather(*tasks)
         assert got == [sent] * READERS
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await pool.release()
+        await _stop(tasks, pool)
 
 
 async def test_live_readers_waiting_for_the_pool_end_when_redis_goes(
@@ -173,10 +178,7 @@ async def test_live_readers_waiting_for_the_pool_end_when_redis_goes(
         with pytest.raises(StoreUnavailable):
             await reader.read("s", 0, 1 << 20)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await pool.release()
+        await _stop(tasks, pool)
 
 
 async def test_a_reader_of_another_node_s_stream_costs_one_call_per_change(
